@@ -1,0 +1,242 @@
+"""Command line: ``python -m bench {run,list,report,status} ...`` (also installed as ``bench``).
+
+Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
+saying what is wrong and how to fix it, and exits with code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
+from methods import REGISTRY, resolve_hparams
+
+
+class UsageError(ConfigError):
+    pass
+
+
+# -- --set ------------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.1' -> 0.1, '8/255' -> 0.0313.., 'true' -> True, '0.5,0.75' -> (0.5, 0.75), else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if "," in text:
+        return tuple(parse_value(t) for t in text.split(",") if t.strip())
+    if "/" in text:
+        try:
+            return float(Fraction(text.strip()))
+        except (ValueError, ZeroDivisionError):
+            return text
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _check_type(key: str, old: Any, new: Any) -> Any:
+    if isinstance(old, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(old, float):
+        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+        new = float(new) if ok else new
+    elif isinstance(old, int):
+        ok = isinstance(new, int) and not isinstance(new, bool)
+    elif isinstance(old, tuple):
+        new = new if isinstance(new, tuple) else (new,)
+        ok = True
+    elif isinstance(old, str):
+        ok = isinstance(new, str)
+    else:
+        ok = True
+    if not ok:
+        raise UsageError(f"--set {key}: expected a {type(old).__name__}, got {new!r}")
+    return new
+
+
+TOP_KEYS = {"model", "dataset", "seed", "eps"}
+
+
+def apply_set(cfg: RunConfig, key: str, value: Any) -> tuple[RunConfig, bool]:
+    """Apply one --set to a run and, recursively, to its parent; returns (run, whether it applied anywhere)."""
+    applied = False
+    parent = cfg.parent
+    if parent is not None:
+        parent, applied = apply_set(parent, key, value)
+        cfg = dataclasses.replace(cfg, parent=parent)
+    head, _, rest = key.partition(".")
+    if head in ("train", "eval") and rest:
+        sub = cfg.train if head == "train" else cfg.eval
+        if rest not in {f.name for f in dataclasses.fields(sub)}:
+            cls = TrainConfig if head == "train" else EvalConfig
+            raise UsageError(f"--set {key}: unknown key; {head}.* keys are: "
+                             + ", ".join(f.name for f in dataclasses.fields(cls)))
+        return replace_path(cfg, key, _check_type(key, getattr(sub, rest), value)), True
+    if key in TOP_KEYS:
+        return dataclasses.replace(cfg, **{key: _check_type(key, getattr(cfg, key), value)}), True
+    if rest and (head == "hparams" or head in REGISTRY):
+        if head != "hparams" and head != cfg.method:
+            return cfg, applied
+        hp = dict(cfg.hparams)
+        if rest not in hp:
+            return cfg, applied
+        hp[rest] = value
+        return dataclasses.replace(cfg, hparams=resolve_hparams(cfg.method, hp)), True
+    raise UsageError(f"--set {key}: unknown key; use train.<key>, eval.<key>, <method>.<hparam>, hparams.<hparam>, "
+                     f"or one of {', '.join(sorted(TOP_KEYS))}")
+
+
+def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip() or not text.strip():
+            raise UsageError(f"--set '{item}' is malformed: write --set key=value, e.g. --set train.epochs=2")
+        key, value = key.strip(), parse_value(text)
+        hit = False
+        out = []
+        for cfg in runs:
+            cfg, applied = apply_set(cfg, key, value)
+            hit |= applied
+            out.append(cfg)
+        if not hit:
+            raise UsageError(f"--set {key}: no run of this grid has that hyperparameter")
+        runs = out
+    for cfg in runs:
+        cfg.validate()
+    return runs
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+def _runtime(args) -> "Runtime":
+    from bench.runtime import Runtime
+
+    return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
+                   device=args.device, threads=args.threads)
+
+
+def _grid_runs(args) -> list[RunConfig]:
+    from bench.grids import get_grid
+
+    return apply_sets(get_grid(args.grid, args.seeds), args.set or [])
+
+
+def cmd_run(args) -> int:
+    from bench.report import report
+    from bench.runner import run_local
+
+    runs = _grid_runs(args)
+    rt = _runtime(args)
+    if args.dry_run:
+        from bench.grids import expand
+
+        for cfg in expand(runs):
+            print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
+                  f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else ""))
+        return 0
+    results = run_local(runs, rt)
+    print()
+    print(report(runs, rt.results, "markdown"))
+    failed = [r for r in results.values() if r.get("status") != "done"]
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import report
+
+    out = report(_grid_runs(args), Path(args.results), args.format)
+    if args.out:
+        Path(args.out).write_text(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from bench.report import load
+
+    df = load(_grid_runs(args), Path(args.results))
+    for _, r in df.iterrows():
+        reason = f"  ({r.reason})" if r.status not in ("done",) and isinstance(r.reason, str) else ""
+        print(f"{r.run_id}  {r.method:10s} {r.model}/{r.dataset} seed {r.seed}: {r.status}{reason}")
+    counts = df.status.value_counts().to_dict()
+    print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from bench.data import DATASETS
+    from bench.grids import GRIDS
+    from bench.models import MODELS
+
+    print("methods:")
+    for name, cls in sorted(REGISTRY.items()):
+        hp = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Hparams))
+        r = cls.recipe
+        print(f"  {name:10s} parent={cls.parent or 'scratch'}  recipe: {r.epochs} epochs lr {r.lr} {r.schedule}"
+              f"{' ema' if r.ema else ''}  {cls.summary}")
+        if hp:
+            print(f"  {'':10s} hparams: {hp}")
+    print("models:   " + ", ".join(MODELS))
+    print("datasets: " + ", ".join(DATASETS) + ", folder:<path>")
+    print("grids:    " + ", ".join(sorted(GRIDS)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def grid_args(sp):
+        sp.add_argument("--grid", required=True, help="grid name (see `bench list`)")
+        sp.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
+        sp.add_argument("--results", default="results", help="results folder (default: results)")
+
+    sp = sub.add_parser("run", help="train and evaluate a grid (resumes; skips finished runs)")
+    grid_args(sp)
+    sp.add_argument("--data-root", default=None, help="data folder (default: $BENCH_DATA_ROOT or ./data)")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.add_argument("--executor", default="local", choices=["local"], help="where runs execute")
+    sp.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("report", help="render a grid's table from the result files")
+    grid_args(sp)
+    sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
+    sp.add_argument("--out", default=None, help="write to this file instead of stdout")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("status", help="per run: done / failed (with reason) / corrupt / missing")
+    grid_args(sp)
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("list", help="methods, models, data sets and grids")
+    sp.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed one usage line; keep its exit code 2
+        return int(e.code or 0)
+    from bench.data import DataError
+    from bench.models import ModelError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,174 @@
+"""Run configurations: frozen, keyword-only dataclasses whose canonical JSON names a run.
+
+A run is one method trained on one model and data set with one schedule, then evaluated:
+``RunConfig(method, hparams, model, dataset, train, eval, seed, eps, parent)``. Its identity
+(``run_id``) is a short hash of its canonical JSON, so the same run asked for by two grids is
+trained once, and a parent (the natural model behind vAFT, the PGD-AT model behind RiFT) is a
+run of its own, nested in its children's configs.
+
+Paths, device, worker counts and precision of evaluation are *runtime* settings
+(``bench.runtime.Runtime``): they do not change what a run means and stay out of the hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+# Bump when the meaning of a config field changes, so old result files are not mistaken for new ones.
+SCHEMA_VERSION = 1
+
+EPS_8 = 8 / 255
+
+SCHEDULES = ("constant", "piecewise", "aft", "cosine", "cyclic")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message is one line saying what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimizer and schedule. Defaults are overridden by each method's paper recipe."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    # "piecewise": lr * gamma**k after each milestone, milestones given as FRACTIONS of the epochs so a
+    # recipe keeps its shape when a grid scales the epochs down (110 epochs x0.1 at 100, 105 ->
+    # (100/110, 105/110)). "aft": the AFT schedule of ARREST/AFD code, also by fraction (see schedules.py).
+    # "cyclic": per-iteration triangle 0 -> lr at `cyclic_peak` -> 0 (FGSM-GA).
+    schedule: str = "piecewise"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    cyclic_peak: float = 0.4
+    ema: bool = False  # evaluate an EMA of weights and buffers, decay min(0.999, (t+1)/(t+10))
+    precision: str = "fp32"  # training precision; evaluation is always fp32
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1 (got {self.batch_size})")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"train.lr must be a finite number >= 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0 (got {self.weight_decay})")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown train.schedule '{self.schedule}'; known: {', '.join(SCHEDULES)}")
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ConfigError(f"train.milestones are fractions of the epochs in (0, 1] (got {self.milestones})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown train.precision '{self.precision}'; known: {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation protocol of the paper (TRADES pgd_attack_cifar10.py, AFD tl+sl.py): PGD-20, step 0.003,
+    random start, eps 8/255, model in eval mode; AutoAttack standard, per-example worst case."""
+
+    n_clean: int = 10_000  # test images for clean accuracy (first n of the test split)
+    n_pgd: int = 10_000
+    n_aa: int = 10_000  # 0 disables AutoAttack
+    pgd_steps: int = 20
+    pgd_step_size: float = 0.003
+    batch_size: int = 500
+    feature_gap_every_epoch: bool = False  # Figure 1a: gap measured after every epoch
+    n_gap: int = 1_000
+
+    def validate(self) -> None:
+        for name in ("n_clean", "n_pgd", "n_aa", "n_gap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.n_clean < 1:
+            raise ConfigError("eval.n_clean must be >= 1")
+        if self.pgd_steps < 1:
+            raise ConfigError(f"eval.pgd_steps must be >= 1 (got {self.pgd_steps})")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1 (got {self.batch_size})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    method: str
+    # The method's FULL resolved hyperparameters as sorted (name, value) pairs: the hash then changes when a
+    # default changes in code, so a result is never attributed to hyperparameters it was not trained with.
+    hparams: tuple[tuple[str, Any], ...] = ()
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    eps: float = EPS_8
+    parent: "RunConfig | None" = None
+    # A model from RobustBench's zoo used as the parent instead of a trained run ("zoo:<name>").
+    parent_zoo: str | None = None
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def validate(self) -> None:
+        if not (0 < self.eps <= 1):
+            hint = " (pixels are in [0, 1]: write 8/255, not 8)" if self.eps > 1 else ""
+            raise ConfigError(f"eps must be in (0, 1], got {self.eps}{hint}")
+        self.train.validate()
+        self.eval.validate()
+        if self.parent is not None:
+            self.parent.validate()
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain JSON-able structure of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def canonical_json(cfg: RunConfig) -> str:
+    return json.dumps({"schema": SCHEMA_VERSION, "run": to_dict(cfg)}, sort_keys=True, separators=(",", ":"))
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Short stable hash naming the run (12 hex digits: collisions are negligible for any real grid)."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Inverse of ``to_dict`` for a RunConfig (used to rebuild a run inside a cluster job)."""
+    d = dict(d)
+    parent = d.pop("parent", None)
+    return RunConfig(
+        method=d["method"],
+        hparams=tuple((k, _tupled(v)) for k, v in d["hparams"]),
+        model=d["model"],
+        dataset=d["dataset"],
+        train=TrainConfig(**{k: _tupled(v) for k, v in d["train"].items()}),
+        eval=EvalConfig(**d["eval"]),
+        seed=d["seed"],
+        eps=d["eps"],
+        parent=from_dict(parent) if parent else None,
+        parent_zoo=d.get("parent_zoo"),
+    )
+
+
+def replace_path(cfg: Any, path: str, value: Any) -> Any:
+    """``replace`` through a dotted path: replace_path(run, "train.epochs", 3)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return replace(cfg, **{head: value})
+    return replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})

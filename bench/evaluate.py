@@ -1,0 +1,119 @@
+"""Evaluation as the paper does it: clean accuracy, PGD-20 (step 0.003, random start, eps 8/255, CE),
+AutoAttack standard with the per-example worst case, and the feature gap of Figure 1a.
+
+Everything runs on the exported plain model, in eval mode and in fp32 (training precision never leaks into
+the reported numbers), on the first n images of the test split, with a fixed seed for the random starts so
+two evaluations of the same model give the same numbers. AA <= PGD-20 <= clean is checked on the images all
+three share, and any violation is recorded on the run: it points at gradient masking or a bug.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from bench.attacks import autoattack, pgd
+from bench.config import EvalConfig
+from bench.data import Split
+from bench.models import feature_extractor_and_head
+
+
+@dataclass
+class Evaluator:
+    test: Split
+    cfg: EvalConfig
+    eps: float
+    device: torch.device
+    seed: int = 0
+
+    def _batches(self, n: int):
+        n = min(n, len(self.test))
+        for i in range(0, n, self.cfg.batch_size):
+            j = min(i + self.cfg.batch_size, n)
+            x = self.test.images[i:j].to(self.device, non_blocking=True).float().div_(255)
+            y = self.test.labels[i:j].to(self.device, non_blocking=True)
+            yield x, y
+
+    @staticmethod
+    def prepare(model: nn.Module) -> nn.Module:
+        # A private fp32, contiguous-format copy in eval mode: the caller's model (and its train/eval mode,
+        # memory format, dtype) is left untouched.
+        model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def correct(self, model: nn.Module, n: int) -> Tensor:
+        """Per-example clean correctness on the first n test images."""
+        out = []
+        with torch.inference_mode():
+            for x, y in self._batches(n):
+                out.append(model(x).argmax(1) == y)
+        return torch.cat(out).cpu()
+
+    def pgd_correct(self, model: nn.Module, n: int, *, return_gap: bool = False):
+        """Per-example correctness under PGD-20, and optionally the per-example feature gap."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        feats, _ = feature_extractor_and_head(model)
+        correct, gaps = [], []
+        for x, y in self._batches(n):
+            x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
+                        random_start=True, generator=gen)
+            with torch.inference_mode():
+                correct.append(model(x_adv).argmax(1) == y)
+                if return_gap:
+                    # Figure 1a: per-sample L-inf norm of the last-hidden-layer feature difference
+                    gaps.append((feats(x) - feats(x_adv)).flatten(1).abs().amax(1))
+        correct = torch.cat(correct).cpu()
+        return (correct, torch.cat(gaps).cpu()) if return_gap else correct
+
+    def feature_gap(self, model: nn.Module, n: int | None = None) -> float:
+        model = self.prepare(model)
+        _, gaps = self.pgd_correct(model, n if n is not None else self.cfg.n_gap, return_gap=True)
+        return float(gaps.mean())
+
+    def accuracy(self, model: nn.Module, n: int | None = None) -> float:
+        return float(self.correct(self.prepare(model), n or self.cfg.n_clean).float().mean())
+
+    def run(self, model: nn.Module, log: Callable[[str], None] = lambda s: None) -> dict:
+        model = self.prepare(model)
+        cfg = self.cfg
+        clean = self.correct(model, cfg.n_clean)
+        log(f"clean {clean.float().mean():.4f} on {len(clean)}")
+        metrics: dict = {"clean": float(clean.float().mean()), "n_clean": len(clean)}
+        if cfg.n_pgd:
+            pgd_ok, gaps = self.pgd_correct(model, cfg.n_pgd, return_gap=True)
+            metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok),
+                           feature_gap=float(gaps.mean()))
+            log(f"PGD-{cfg.pgd_steps} {metrics['pgd20']:.4f} on {len(pgd_ok)}")
+        if cfg.n_aa:
+            n = min(cfg.n_aa, len(self.test))
+            x = self.test.images[:n].float().div(255)
+            y = self.test.labels[:n]
+            aa = autoattack(model, x, y, eps=self.eps, version="standard", batch_size=cfg.batch_size,
+                            device=self.device, seed=self.seed)
+            aa_ok = aa["robust"].cpu()
+            metrics.update(aa=float(aa_ok.float().mean()), n_aa=len(aa_ok))
+            log(f"AutoAttack {metrics['aa']:.4f} on {len(aa_ok)}")
+        metrics["violations"] = self.check_order(clean, pgd_ok if cfg.n_pgd else None, aa_ok if cfg.n_aa else None)
+        return metrics
+
+    @staticmethod
+    def check_order(clean: Tensor, pgd_ok: Tensor | None, aa_ok: Tensor | None) -> list[str]:
+        """AA <= PGD-20 <= clean, compared on the images the measurements share."""
+        out = []
+        accs = {"clean": clean}
+        if pgd_ok is not None:
+            accs["pgd20"] = pgd_ok
+        if aa_ok is not None:
+            accs["aa"] = aa_ok
+        names = list(accs)
+        for hi, lo in zip(names, names[1:]):
+            n = min(len(accs[hi]), len(accs[lo]))
+            a_hi, a_lo = float(accs[hi][:n].float().mean()), float(accs[lo][:n].float().mean())
+            if a_lo > a_hi:
+                out.append(f"{lo} accuracy {a_lo:.4f} > {hi} accuracy {a_hi:.4f} on the first {n} test images")
+        return out

@@ -1,0 +1,65 @@
+"""Running a grid: preflight checks, then the runs in dependency order on this machine.
+
+The local executor trains parents before children in one process; finished runs are skipped, half-done ones
+resume from their checkpoint, failed ones are tried again. A run whose parent failed is recorded as failed
+with that reason, and the rest of the grid goes on.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+from bench.config import ConfigError, RunConfig, run_id
+from bench.data import load_dataset
+from bench.grids import expand
+from bench.models import MODELS, ModelError
+from bench.runtime import Runtime
+from bench.store import CorruptFile, Store
+from bench.train import _result, execute
+from methods import get_method
+
+
+def preflight(runs: list[RunConfig], rt: Runtime) -> None:
+    """Every check that can fail on bad input, before anything is written: names, values, data, results."""
+    for cfg in runs:
+        cfg.validate()
+        get_method(cfg.method)
+        if cfg.model not in MODELS:
+            raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
+    for name in sorted({cfg.dataset for cfg in runs}):
+        load_dataset(name, rt.data_root, rt.cache_dir)  # raises DataError naming the folder; cached after
+    rt.torch_device()
+    Store(rt.results).check_writable()
+
+
+def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = print) -> dict[str, dict]:
+    ordered = expand(runs)
+    preflight(ordered, rt)
+    store = Store(rt.results)
+    results: dict[str, dict] = {}
+    for i, cfg in enumerate(ordered, 1):
+        rid = run_id(cfg)
+        pid = run_id(cfg.parent) if cfg.parent is not None else None
+        if pid is not None and results.get(pid, {}).get("status") != "done":
+            reason = f"parent {pid} ({cfg.parent.method}) did not finish"
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed", reason=reason)
+            store.write(rid, results[rid])
+            log(f"[{i}/{len(ordered)}] {rid} {cfg.method}: skipped, {reason}")
+            continue
+        try:
+            status = store.status(rid)
+        except CorruptFile:
+            status = "corrupt"
+        log(f"[{i}/{len(ordered)}] {rid} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: "
+            + ("done, skipped" if status == "done" else "training"))
+        try:
+            results[rid] = execute(cfg, rt, log=log)
+        except ConfigError:
+            raise  # bad input: stop the whole grid with one line
+        except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid
+            reason = f"{type(e).__name__}: {e}"
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed", reason=reason)
+            results[rid]["traceback"] = traceback.format_exc()
+            store.write(rid, results[rid])
+            log(f"[{rid}] {cfg.method} FAILED: {reason}")
+    return results

@@ -1,0 +1,155 @@
+"""The result store: one JSON file per run, checkpoints, exported models and per-run locks.
+
+Layout under the results folder (default ``results/``)::
+
+    runs/<run_id>.json      the result: config, status, metrics, per-epoch log, provenance (committed)
+    models/<run_id>.pt      the exported plain model of a finished run (children load their parent from it)
+    ckpt/<run_id>/last.pt   the latest end-of-epoch checkpoint, prev.pt the one before
+    locks/<run_id>.lock     flock'd while a process trains the run
+
+Every file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+reader sees the old file or the new one, never half of one. Locks are ``fcntl.flock`` locks: the kernel
+releases them when the holding process dies, so a killed runner never blocks a run forever.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from bench.config import ConfigError
+
+
+class CorruptFile(Exception):
+    """A result or checkpoint file that cannot be read; ``path`` names it."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: store them as strings so a diverged run's log is still valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- paths -----------------------------------------------------------------------------------------
+    def result_path(self, rid: str) -> Path:
+        return self.root / "runs" / f"{rid}.json"
+
+    def model_path(self, rid: str) -> Path:
+        return self.root / "models" / f"{rid}.pt"
+
+    def ckpt_dir(self, rid: str) -> Path:
+        return self.root / "ckpt" / rid
+
+    def check_writable(self) -> None:
+        """Fail early, with one line, if results cannot be written (before any training is spent)."""
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"results folder {self.root} is not writable: choose another with --results")
+
+    # -- results -----------------------------------------------------------------------------------------
+    def read(self, rid: str) -> dict | None:
+        """The result of a run, None if it has none; raises CorruptFile if the file is unreadable."""
+        path = self.result_path(rid)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CorruptFile(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(result, dict) or result.get("run_id") != rid or "status" not in result:
+            raise CorruptFile(path, "not a result file of this run (run_id or status missing)")
+        return result
+
+    def status(self, rid: str) -> str:
+        """done / failed / corrupt / missing (from the result file only)."""
+        try:
+            result = self.read(rid)
+        except CorruptFile:
+            return "corrupt"
+        return "missing" if result is None else result["status"]
+
+    def write(self, rid: str, result: dict) -> None:
+        text = json.dumps(_json_safe(result), indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(self.result_path(rid), text.encode())
+
+    def all_results(self) -> Iterator[tuple[Path, dict | CorruptFile]]:
+        for path in sorted((self.root / "runs").glob("*.json")):
+            try:
+                yield path, self.read(path.stem)
+            except CorruptFile as e:
+                yield path, e
+
+    # -- locks -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, rid: str, *, blocking: bool = True) -> Iterator[bool]:
+        """Hold the run's lock; yields False (without waiting) when non-blocking and another holds it."""
+        path = self.root / "locks" / f"{rid}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def is_locked(self, rid: str) -> bool:
+        with self.lock(rid, blocking=False) as got:
+            return not got

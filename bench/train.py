@@ -1,0 +1,321 @@
+"""The one training loop, and what happens around it for a run: parent loading, resume, evaluation, result.
+
+Every method, from natural pre-training to AFD, goes through ``execute``:
+
+1. take the run's lock (a second runner waits, then finds the run done);
+2. build the model, initialise it from the parent's exported model if the method fine-tunes;
+3. resume from the last good end-of-epoch checkpoint (net, EMA, optimizers, method state, RNG, log);
+4. train: per epoch, per batch, set the lr from the schedule, ``method.train_step`` under optional bf16
+   autocast, update the EMA; metrics are summed on the device (no host sync per step);
+5. after each epoch: check the losses are finite (else the run fails with the epoch and reason), optionally
+   measure the feature gap (Figure 1a), write an atomic checkpoint;
+6. finalize (RiFT's interpolation), export the plain model, save it for the children, evaluate it, and write
+   the result file last, atomically: a result with status "done" means everything before it exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError, RunConfig, run_id, to_dict
+from bench.data import Loader, load_dataset
+from bench.evaluate import Evaluator
+from bench.models import build_model
+from bench.runtime import Runtime, set_threads
+from bench.schedules import lr_at
+from bench.store import CorruptFile, Store, atomic_torch_save
+from methods import Context, StepInfo, get_method, make_hparams
+
+CKPT_VERSION = 1
+
+
+class RunFailed(Exception):
+    """Training could not finish (non-finite loss, ...); the reason goes into the result."""
+
+
+# -- EMA -------------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of weights AND buffers, decay min(0.999, (t+1)/(t+10)) (AFD tl+sl.py).
+
+    Integer buffers (BatchNorm's num_batches_tracked) are copied, not averaged."""
+
+    def __init__(self, net: nn.Module):
+        import copy
+
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.t = 0
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        decay = min(0.999, (self.t + 1) / (self.t + 10))
+        src = net.state_dict()
+        for name, avg in self.net.state_dict().items():
+            cur = src[name].detach()
+            if avg.dtype.is_floating_point:
+                avg.mul_(decay).add_(cur.to(avg.dtype), alpha=1 - decay)
+            else:
+                avg.copy_(cur)
+        self.t += 1
+
+
+# -- provenance --------------------------------------------------------------------------------------------
+def provenance(device: torch.device) -> dict:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = None, None
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("torchvision", "pyautoattack", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
+            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"git": rev, "git_dirty": dirty, "versions": versions, "device": str(device), "device_name": name,
+            "host": platform.node(), "threads": torch.get_num_threads()}
+
+
+# -- parents -------------------------------------------------------------------------------------------------
+def save_model(store: Store, rid: str, cfg: RunConfig, model: nn.Module, num_classes: int, channels: int) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_torch_save({"model": cfg.model, "num_classes": num_classes, "in_channels": channels,
+                       "run_id": rid, "state_dict": state}, store.model_path(rid))
+
+
+def load_parent(cfg: RunConfig, store: Store, num_classes: int, channels: int, rt: Runtime) -> nn.Module:
+    """The parent's exported plain model, checked to match this run's architecture and classes."""
+    if cfg.parent_zoo is not None:
+        from bench.zoo import load_zoo_model
+
+        return load_zoo_model(cfg.parent_zoo, cfg.dataset, rt)
+    assert cfg.parent is not None
+    pid = run_id(cfg.parent)
+    path = store.model_path(pid)
+    if not path.exists():
+        raise ConfigError(f"parent run {pid} ({cfg.parent.method}) has no model at {path}: run its grid so "
+                          "parents train first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ConfigError(f"parent model {path} is unreadable ({type(e).__name__}): delete it and rerun the parent") from None
+    if (blob.get("model"), blob.get("num_classes"), blob.get("in_channels")) != (cfg.model, num_classes, channels):
+        raise ConfigError(f"parent checkpoint {path} is a {blob.get('model')} with {blob.get('num_classes')} classes; "
+                          f"this run needs a {cfg.model} with {num_classes}: give it a parent of the same model and data set")
+    model = build_model(cfg.model, num_classes, channels)
+    model.load_state_dict(blob["state_dict"])
+    return model
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------
+def load_checkpoint(store: Store, rid: str, log: Callable[[str], None]) -> dict | None:
+    """The newest readable checkpoint (last.pt, else prev.pt); corrupt files are reported and skipped."""
+    for name in ("last.pt", "prev.pt"):
+        path = store.ckpt_dir(rid) / name
+        if not path.exists():
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if ckpt.get("run_id") != rid or ckpt.get("version") != CKPT_VERSION:
+                raise ValueError("checkpoint of another run or format")
+            return ckpt
+        except Exception as e:  # noqa: BLE001 - truncated zip, garbled pickle, wrong content: all unusable
+            log(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); falling back")
+    return None
+
+
+def save_checkpoint(store: Store, rid: str, ckpt: dict) -> None:
+    d = store.ckpt_dir(rid)
+    last, prev = d / "last.pt", d / "prev.pt"
+    if last.exists():
+        last.replace(prev)  # keep the previous good one in case this write is cut off
+    atomic_torch_save(ckpt, last)
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
+            stop_after_epoch: int | None = None) -> dict:
+    """Train and evaluate one run (resuming if it was cut off); return its result, which is also stored.
+
+    A run that is already done is returned as stored. ``stop_after_epoch`` (tests) returns after that many
+    epochs with the checkpoint written, as if the process had been killed there."""
+    cfg.validate()
+    store = Store(rt.results)
+    rid = run_id(cfg)
+    with store.lock(rid):
+        try:
+            existing = store.read(rid)
+        except CorruptFile as e:
+            log(f"result {e.path} is corrupt; redoing the run")
+            existing = None
+        if existing is not None and existing["status"] == "done":
+            return existing
+        return _execute_locked(cfg, rt, store, rid, log, stop_after_epoch)
+
+
+def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch) -> dict:
+    set_threads(rt.threads)
+    device = rt.torch_device()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    wall0 = time.perf_counter()
+    cls = get_method(cfg.method)
+    hp = make_hparams(cfg.method, cfg.hparams)
+
+    train_split, test_split, info = load_dataset(cfg.dataset, rt.data_root, rt.cache_dir)
+    torch.manual_seed(cfg.seed)
+    parent_model = None
+    if cls.parent is not None:
+        if cfg.parent is None and cfg.parent_zoo is None:
+            raise ConfigError(f"method '{cfg.method}' fine-tunes a {cls.parent} model but the run has no parent")
+        parent_model = load_parent(cfg, store, info.num_classes, info.channels, rt)
+    if parent_model is not None and cfg.parent_zoo is not None:
+        model = parent_model  # a zoo architecture: fine-tune it as it is
+        import copy
+
+        parent_model = copy.deepcopy(model)
+    else:
+        model = build_model(cfg.model, info.num_classes, info.channels)
+        if parent_model is not None:
+            model.load_state_dict(parent_model.state_dict())
+    if parent_model is not None:
+        parent_model = parent_model.to(device).eval()
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
+                    seed=cfg.seed)
+    ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
+                  seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
+    method = cls(model, hp, ctx)
+    method.net.to(device)
+    method.optimizers = method.configure_optimizers(cfg.train)
+    ema = EMA(method.net) if cfg.train.ema else None
+    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed)
+
+    start_epoch, epoch_log, train_seconds = 0, [], 0.0
+    ckpt = load_checkpoint(store, rid, log)
+    if ckpt is not None:
+        method.net.load_state_dict(ckpt["net"])
+        for opt, state in zip(method.optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        method.load_state_dict(ckpt["method"])
+        if ema is not None:
+            ema.net.load_state_dict(ckpt["ema"])
+            ema.t = ckpt["ema_t"]
+        torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        start_epoch, epoch_log, train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
+        log(f"[{rid}] resuming {cfg.method} at epoch {start_epoch + 1}/{cfg.train.epochs}")
+
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid)
+            train_seconds += entry["seconds"]
+            if cfg.eval.feature_gap_every_epoch:
+                net = ema.net if ema is not None else method.net
+                entry["feature_gap"] = evaluator.feature_gap(method.export(net))
+            epoch_log.append(entry)
+            save_checkpoint(store, rid, {
+                "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
+                "train_seconds": train_seconds, "net": method.net.state_dict(),
+                "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
+                "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            log(f"[{rid}] {cfg.method} epoch {epoch + 1}/{cfg.train.epochs} "
+                + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
+                return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
+    except RunFailed as e:
+        result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="failed", reason=str(e))
+        store.write(rid, result)
+        log(f"[{rid}] {cfg.method} FAILED: {e}")
+        return result
+
+    net = ema.net if ema is not None else method.net
+    extra = method.finalize(net, evaluator) or {}
+    final = method.export(net)
+    save_model(store, rid, cfg, final, info.num_classes, info.channels)
+    metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"))
+    metrics.update(method.extra_metrics(net, test_split, evaluator))
+    result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="done", metrics=metrics,
+                     extra=extra)
+    store.write(rid, result)
+    return result
+
+
+def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch: int, device, rt: Runtime,
+                 rid: str) -> dict:
+    method.net.train()
+    method.on_epoch_start(epoch)
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    lr = 0.0
+    steps = len(loader)
+    bar = None
+    if rt.progress or (rt.progress is None and sys.stderr.isatty()):
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"{cfg.method} {epoch + 1}/{cfg.train.epochs}", leave=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for step, batch in enumerate(loader.epoch(epoch)):
+        lr = lr_at(cfg.train, epoch, step, steps)
+        for opt in method.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        with _autocast(device, cfg.train.precision):
+            out = method.train_step(batch, StepInfo(epoch=epoch, step=step, global_step=epoch * steps + step))
+        n = batch.y.shape[0]
+        for k, v in out.items():  # summed on the device: no host synchronisation inside the epoch
+            v = v.detach().float() * n
+            sums[k] = sums[k] + v if k in sums else v
+        seen += n
+        if ema is not None:
+            ema.update(method.net)
+        if bar is not None:
+            bar.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    means = {k: float(v) / seen for k, v in sums.items()}
+    bad = [k for k, v in means.items() if not math.isfinite(v)]
+    if bad:
+        raise RunFailed(f"non-finite {', '.join(bad)} in epoch {epoch + 1}")
+    return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **means}
+
+
+def _result(cfg: RunConfig, rid: str, device, started: str, wall0: float, train_seconds: float, epoch_log: list,
+            *, status: str, reason: str | None = None, metrics: dict | None = None, extra: dict | None = None) -> dict:
+    return {
+        "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
+        "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1, len(epoch_log)),
+        "wall_seconds": time.perf_counter() - wall0, "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **provenance(device),
+    }

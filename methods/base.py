@@ -1,0 +1,200 @@
+"""The method interface every training method implements, and the one registry that names them.
+
+A method is a plugin: one module in ``methods/`` with one class decorated by ``@register``. It declares
+
+- ``Hparams``: a frozen dataclass whose defaults are its paper's values, each citing its source;
+- ``parent``: where training starts: ``None`` (from scratch), ``"natural"`` (a naturally pre-trained model,
+  the parent of the adversarial fine-tuning methods) or ``"adversarial"`` (a PGD-AT model, RiFT's parent);
+- ``recipe``: its paper's training schedule (a ``TrainConfig``), which grids scale down but keep in shape;
+
+and implements either ``loss(batch)`` (most methods: the base class does zero_grad / backward / step) or
+``train_step(batch)`` for unusual update rules (Free-AT's replays, AFD's routed losses). Everything it trains
+lives in ``self.net`` (a ``ModuleDict`` holding at least ``"model"``): the loop checkpoints it, keeps its EMA,
+and hands it to ``export`` which returns the plain classifier that is evaluated. Extra state (a persistent
+perturbation, per-example buffers) goes through ``state_dict``/``load_state_dict`` so that a resumed run
+continues bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.attacks import pgd
+from bench.config import ConfigError, TrainConfig
+from bench.data import Batch, DatasetInfo, Split
+
+
+class MethodError(ConfigError):
+    """Unknown method or bad hyperparameters (one line, exit code 2 at the CLI)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may know about the run it is part of, beyond its model and hyperparameters."""
+
+    info: DatasetInfo
+    eps: float
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    seed: int
+    train: Split  # the full training split on the CPU (RiFT's held-out set, ATAS's buffer sizes)
+    parent_model: nn.Module | None = None  # the parent's exported plain model (frozen copy), if any
+    train_cfg: TrainConfig | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the loop is: methods with per-epoch behaviour (ARREST's first half, ATAS's warm-up) read it."""
+
+    epoch: int  # 0-based
+    step: int  # 0-based within the epoch
+    global_step: int
+
+
+class Method:
+    name: ClassVar[str]
+    Hparams: ClassVar[type]
+    parent: ClassVar[str | None] = None
+    recipe: ClassVar[TrainConfig] = TrainConfig()
+    summary: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, hp: Any, ctx: Context):
+        self.hp = hp
+        self.ctx = ctx
+        self.net = nn.ModuleDict({"model": model})
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    # -- convenience ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.net["model"]
+
+    def frozen_parent(self) -> nn.Module:
+        """A frozen, eval-mode copy of the parent (the teacher of feature-alignment methods)."""
+        if self.ctx.parent_model is None:
+            raise MethodError(f"method '{self.name}' needs a parent model but the run has none")
+        teacher = copy.deepcopy(self.ctx.parent_model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def pgd(self, x: Tensor, y: Tensor, *, steps: int, step_size: float, model: nn.Module | None = None,
+            **kw: Any) -> Tensor:
+        return pgd(model if model is not None else self.model, x, y, eps=self.ctx.eps, step_size=step_size,
+                   steps=steps, **kw)
+
+    # -- what the loop calls -----------------------------------------------------------------------------
+    def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
+        """One SGD over every trainable parameter of ``self.net`` (override to route parameters)."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return [torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
+                                nesterov=train.nesterov)]
+
+    def loss(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
+        """Return {"loss": scalar tensor to minimise, ...logged scalar tensors}."""
+        raise NotImplementedError(f"method '{self.name}' implements neither loss() nor train_step()")
+
+    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
+        out = self.loss(batch, step)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        for opt in self.optimizers:
+            opt.step()
+        return out
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (also the first epoch after a resume)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state beyond ``self.net`` and the optimizers (tensors and plain values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method '{self.name}' has no extra state but the checkpoint has {sorted(state)}")
+
+    def export(self, net: nn.ModuleDict) -> nn.Module:
+        """The plain classifier to evaluate, built from ``net`` (the live net or its EMA copy)."""
+        return net["model"]
+
+    def finalize(self, net: nn.ModuleDict, evaluate: Callable[..., dict]) -> dict[str, Any]:
+        """Post-training stage (RiFT's interpolation). May change ``net`` in place; returns result fields."""
+        return {}
+
+    def extra_metrics(self, net: nn.ModuleDict, test: Split, evaluator: Any) -> dict[str, float]:
+        """Method-specific test metrics recorded in the result (AFD: natural accuracy of f1 and f2)."""
+        return {}
+
+
+# -- registry ----------------------------------------------------------------------------------------------
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not dataclasses.is_dataclass(cls.Hparams) or not cls.Hparams.__dataclass_params__.frozen:
+        raise TypeError(f"{cls.__name__}.Hparams must be a frozen dataclass")
+    if cls.name in REGISTRY:
+        raise ValueError(f"method name '{cls.name}' registered twice ({REGISTRY[cls.name].__name__}, {cls.__name__})")
+    if cls.parent not in (None, "natural", "adversarial"):
+        raise ValueError(f"{cls.__name__}.parent must be None, 'natural' or 'adversarial'")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise MethodError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> tuple[tuple[str, Any], ...]:
+    """The method's full hyperparameters (paper defaults + overrides) as sorted pairs for a RunConfig."""
+    cls = get_method(name)
+    known = {f.name: f for f in fields(cls.Hparams)}
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        if key not in known:
+            raise MethodError(f"method '{name}' has no hyperparameter '{key}'; known: {', '.join(sorted(known)) or 'none'}")
+        overrides[key] = _coerce(name, key, value, known[key].type, getattr(cls.Hparams(), key))
+    hp = cls.Hparams(**overrides)
+    return tuple(sorted(dataclasses.asdict(hp).items()))
+
+
+def make_hparams(name: str, pairs: tuple[tuple[str, Any], ...]) -> Any:
+    return get_method(name).Hparams(**dict(pairs))
+
+
+def _coerce(method: str, key: str, value: Any, annotation: Any, default: Any) -> Any:
+    """Check a value against the default's type; ints are accepted where floats are expected."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (tuple, list))
+        value = tuple(value) if ok else value
+    else:
+        ok = default is None or isinstance(value, type(default))
+    if not ok:
+        raise MethodError(f"hyperparameter {method}.{key} expects {type(default).__name__}, got {value!r}")
+    return value
+
+
+# -- small helpers shared by methods ---------------------------------------------------------------------
+def angular_distance(u: Tensor, v: Tensor) -> Tensor:
+    """Mean over the batch of 1 - cos(u, v) (AFD's D, AFKD's RGKD distance)."""
+    return (1 - F.cosine_similarity(u.flatten(1), v.flatten(1), dim=1)).mean()

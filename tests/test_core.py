@@ -1,0 +1,127 @@
+"""Config identity, schedules, the result store, grids and the registry."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
+from bench.grids import expand, get_grid, make_run
+from bench.schedules import lr_at
+from bench.store import CorruptFile, Store
+from methods import REGISTRY, MethodError, get_method, resolve_hparams
+
+
+def test_run_id_stable_and_sensitive():
+    a = make_run("afd", model="small_cnn", dataset="digits", epochs=2)
+    b = make_run("afd", model="small_cnn", dataset="digits", epochs=2)
+    assert run_id(a) == run_id(b) and len(run_id(a)) == 12
+    assert run_id(replace(a, seed=1)) != run_id(a)
+    assert run_id(make_run("afd", model="small_cnn", dataset="digits", epochs=2, hparams={"gamma": 10})) != run_id(a)
+    # the parent's config is part of the child's identity
+    assert run_id(make_run("afd", model="small_cnn", dataset="digits", epochs=2, parent_epochs=3)) != run_id(a)
+
+
+def test_config_roundtrip_through_json():
+    a = make_run("afd", model="small_cnn", dataset="digits", epochs=2, hparams={"gamma": 10})
+    back = from_dict(json.loads(json.dumps(to_dict(a))))
+    assert back == a and canonical_json(back) == canonical_json(a)
+
+
+def test_full_hparams_recorded_and_unknown_rejected():
+    hp = dict(resolve_hparams("afd", {"gamma": 10}))
+    assert hp["gamma"] == 10.0 and hp["alpha"] == 0.05 and hp["beta"] == 0.25
+    with pytest.raises(MethodError, match="no hyperparameter 'gama'.*known: alpha"):
+        resolve_hparams("afd", {"gama": 1})
+    with pytest.raises(MethodError, match="expects float"):
+        resolve_hparams("afd", {"gamma": "x"})
+
+
+def test_unknown_method_lists_known():
+    with pytest.raises(MethodError, match="unknown method 'afx'; known: .*afd"):
+        get_method("afx")
+
+
+def test_registry_has_parents_and_recipes():
+    assert get_method("standard").parent is None
+    assert get_method("vaft").parent == "natural" and get_method("afd").parent == "natural"
+    assert get_method("afd").recipe.ema and get_method("afd").recipe.epochs == 20
+    for cls in REGISTRY.values():
+        cls.Hparams()  # every default set builds
+
+
+def test_eps_in_pixels_rejected():
+    cfg = make_run("standard", model="small_cnn", dataset="digits")
+    with pytest.raises(ConfigError, match="write 8/255, not 8"):
+        replace(cfg, eps=8.0).validate()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(epochs=0), "epochs"), (dict(batch_size=-1), "batch_size"), (dict(schedule="linear"), "schedule"),
+    (dict(milestones=(50,)), "fractions"), (dict(precision="fp8"), "precision")])
+def test_train_config_validation(change, match):
+    with pytest.raises(ConfigError, match=match):
+        replace(TrainConfig(), **change).validate()
+
+
+def test_aft_schedule_matches_code_at_20_epochs():
+    cfg = TrainConfig(epochs=20, lr=0.025, schedule="aft")
+    got = [round(lr_at(cfg, e, 0, 10), 6) for e in range(20)]
+    want = [0.025] * 10 + [0.02] * 2 + [0.01] * 2 + [0.005] * 2 + [0.0025] * 2 + [0.00125] * 2
+    assert got == want
+
+
+def test_piecewise_and_cyclic():
+    cfg = TrainConfig(epochs=110, lr=0.1, schedule="piecewise", milestones=(100 / 110, 105 / 110))
+    assert lr_at(cfg, 99, 0, 5) == pytest.approx(0.1)
+    assert lr_at(cfg, 100, 0, 5) == pytest.approx(0.01)
+    assert lr_at(cfg, 105, 0, 5) == pytest.approx(0.001)
+    assert lr_at(replace(cfg, epochs=1, milestones=(0.5, 0.75)), 0, 0, 5) == pytest.approx(0.1)
+    cyc = TrainConfig(epochs=10, lr=0.3, schedule="cyclic")
+    assert lr_at(cyc, 0, 0, 10) == 0.0
+    assert lr_at(cyc, 4, 0, 10) == pytest.approx(0.3)
+    assert lr_at(cyc, 9, 9, 10) == pytest.approx(0.3 / 60)
+
+
+def test_expand_dedupes_parents_and_orders_them_first():
+    runs = get_grid("demo")
+    full = expand(runs)
+    assert [r.method for r in full] == ["standard", "vaft", "afd"]
+    assert len({run_id(r) for r in full}) == 3
+    two = expand(get_grid("demo", seeds=2))
+    assert len(two) == 5  # one shared parent, two seeds of each fine-tuning method
+
+
+@pytest.mark.parametrize("name", ["nope", "../demo", "a/b"])
+def test_bad_grid_names(name):
+    with pytest.raises(ConfigError, match="grid"):
+        get_grid(name)
+
+
+def test_store_atomic_and_corrupt_detection(tmp_path):
+    s = Store(tmp_path)
+    assert s.read("abc") is None and s.status("abc") == "missing"
+    s.write("abc", {"run_id": "abc", "status": "done", "metrics": {"x": float("nan")}})
+    assert s.read("abc")["metrics"]["x"] == "nan"
+    assert not list((tmp_path / "runs").glob("*.tmp"))
+    s.result_path("abc").write_text('{"run_id": "abc", "stat')
+    with pytest.raises(CorruptFile, match="abc.json"):
+        s.read("abc")
+    assert s.status("abc") == "corrupt"
+
+
+def test_lock_released_when_holder_dies(tmp_path):
+    s = Store(tmp_path)
+    code = ("import sys, time; sys.path.insert(0, %r); from bench.store import Store; "
+            "cm = Store(%r).lock('r1'); cm.__enter__(); print('held', flush=True); time.sleep(60)"
+            % (os.getcwd(), str(tmp_path)))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    assert s.is_locked("r1")
+    p.kill()
+    p.wait()
+    assert not s.is_locked("r1")
