@@ -132,6 +132,16 @@ def cmd_run(args) -> int:
 
     runs = _grid_runs(args)
     rt = _runtime(args)
+    if args.executor == "slurm":
+        from bench.slurm import run_slurm, wait
+
+        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run)
+        if args.wait and not args.dry_run:
+            wait(plan)
+            print()
+            print(report(runs, rt.results, "markdown"))
+            return cmd_status(args)
+        return 0
     if args.dry_run:
         from bench.grids import expand
 
@@ -158,14 +168,26 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from bench.report import load
+    """Per run (parents included): done / running / queued / failed (reason) / corrupt / missing, from the result
+    files, local locks and the SLURM queue (jobs recorded by `bench run --executor slurm`)."""
+    from bench.slurm import grid_status
 
-    df = load(_grid_runs(args), Path(args.results))
-    for _, r in df.iterrows():
-        reason = f"  ({r.reason})" if r.status not in ("done",) and isinstance(r.reason, str) else ""
-        print(f"{r.run_id}  {r.method:10s} {r.model}/{r.dataset} seed {r.seed}: {r.status}{reason}")
-    counts = df.status.value_counts().to_dict()
+    statuses = grid_status(_grid_runs(args), Path(args.results))
+    counts: dict[str, int] = {}
+    for st in statuses:
+        cfg = st.cfg
+        counts[st.state] = counts.get(st.state, 0) + 1
+        job = f"  [job {st.job_id}]" if st.job_id and st.state != "done" else ""
+        reason = f"  ({st.reason})" if st.reason and st.state != "done" else ""
+        print(f"{st.run_id}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed}: {st.state}{reason}{job}")
     print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from bench.plan import render
+
+    sys.stdout.write(render(args.grid, _grid_runs(args), Path(args.results)))
     return 0
 
 
@@ -204,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root", default=None, help="data folder (default: $BENCH_DATA_ROOT or ./data)")
     sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sp.add_argument("--executor", default="local", choices=["local"], help="where runs execute")
+    sp.add_argument("--executor", default="local", choices=["local", "slurm"],
+                    help="local: in order on this machine; slurm: job arrays through submitit")
+    sp.add_argument("--profile", default=None,
+                    help="SLURM resource profile in slurm/profiles.toml (default: $BENCH_SLURM_PROFILE or gpu)")
+    sp.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then print the table")
     sp.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
     sp.set_defaults(func=cmd_run)
 
@@ -214,9 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="write to this file instead of stdout")
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser("status", help="per run: done / failed (with reason) / corrupt / missing")
+    sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")
     grid_args(sp)
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")
+    grid_args(sp)
+    sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
     sp.set_defaults(func=cmd_list)

@@ -78,3 +78,96 @@ def demo(seeds: int = 1) -> list[RunConfig]:
     """Natural pre-training, then vAFT and AFD, on the embedded digits with the small CNN: offline, minutes."""
     common = dict(model="small_cnn", dataset="digits", eval=DEMO_EVAL, parent_epochs=15)
     return seeded([make_run("vaft", epochs=4, **common), make_run("afd", epochs=4, **common)], seeds)
+
+
+# -- the paper's grids (paper-scale: each method's full recipe, evaluation on 10,000 test images) ---------------
+PAPER_EVAL = EvalConfig()
+DATASETS_3 = ("cifar10", "cifar100", "tiny-imagenet")
+# AFD Table 1 rows (ResNet18): AT from scratch, fast AT, then the fine-tuning methods.
+TABLE1_METHODS = ("pgd_at", "trades", "free_at", "fgsm_ga", "atas", "vaft", "rift", "afkd", "arrest", "afd")
+# AFD Table 2 rows (WideResNet-34-10): no fast-AT baselines.
+TABLE2_METHODS = ("pgd_at", "trades", "vaft", "rift", "afkd", "arrest", "afd")
+TABLE3_METHODS = ("vaft", "vaft_d", "vaft_a", "afd")
+FIG1_METHODS = ("vaft", "afkd", "arrest", "afd")
+# AFD Table 4: (model, data set) pairs on which the f1/f2 accuracies are reported.
+TABLE4_CELLS = (("resnet18", "cifar10"), ("resnet18", "cifar100"), ("resnet18", "tiny-imagenet"),
+                ("resnet50", "cifar10"), ("resnet50", "cifar100"),
+                ("wrn34_10", "cifar10"), ("wrn34_10", "cifar100"), ("wrn34_10", "tiny-imagenet"))
+# AFD Figure 4 (read off the plot): each hyperparameter swept with the other two at the defaults (0.05, 0.25, 25).
+FIG4_SWEEP = {"alpha": (0.01, 0.025, 0.05, 0.1, 0.2), "beta": (0.05, 0.1, 0.25, 0.5, 1.0),
+              "gamma": (2.0, 4.0, 10.0, 25.0, 30.0)}
+
+
+def paper_run(method: str, model: str, dataset: str, *, eval: EvalConfig = PAPER_EVAL,
+              hparams: dict[str, Any] | None = None) -> RunConfig:
+    """A run at paper scale. Its parent (if any) is always built with the paper's evaluation, so a grid that
+    changes only its own runs' evaluation (Figure 1's per-epoch gap) shares the parents of Table 1."""
+    parent = None
+    if get_method(method).parent is not None:
+        parent_method = "standard" if get_method(method).parent == "natural" else "pgd_at"
+        parent = make_run(parent_method, model=model, dataset=dataset, eval=PAPER_EVAL)
+    return make_run(method, model=model, dataset=dataset, eval=eval, hparams=hparams, parent=parent)
+
+
+def _unique(runs: list[RunConfig]) -> list[RunConfig]:
+    out: dict[str, RunConfig] = {}
+    for r in runs:
+        out.setdefault(run_id(r), r)
+    return list(out.values())
+
+
+@grid
+def table1(seeds: int = 1) -> list[RunConfig]:
+    """AFD Table 1: ResNet18 x CIFAR-10 / CIFAR-100 / Tiny-ImageNet x ten methods (30 runs + 3 natural parents;
+    PGD-AT is both a row and RiFT's parent)."""
+    return seeded([paper_run(m, "resnet18", d) for d in DATASETS_3 for m in TABLE1_METHODS], seeds)
+
+
+@grid
+def table2(seeds: int = 1) -> list[RunConfig]:
+    """AFD Table 2: WideResNet-34-10 x the three data sets x seven methods."""
+    return seeded([paper_run(m, "wrn34_10", d) for d in DATASETS_3 for m in TABLE2_METHODS], seeds)
+
+
+@grid
+def table3(seeds: int = 1) -> list[RunConfig]:
+    """AFD Table 3 (ablation): vAFT, vAFT + disentangler, vAFT + alignment, AFD on ResNet18 CIFAR-10."""
+    return seeded([paper_run(m, "resnet18", "cifar10") for m in TABLE3_METHODS], seeds)
+
+
+@grid
+def table4(seeds: int = 1) -> list[RunConfig]:
+    """AFD Table 4: AFD's f1/f2 natural accuracies on RN18 (3 data sets), RN50 (CIFAR) and WRN-34-10 (3)."""
+    return seeded([paper_run("afd", m, d) for m, d in TABLE4_CELLS], seeds)
+
+
+@grid
+def table5(seeds: int = 1) -> list[RunConfig]:
+    """AFD Table 5: training time of every method on ResNet18 CIFAR-10, natural pre-training included (the
+    same runs as Table 1's CIFAR-10 column: the seconds per epoch are in every result)."""
+    runs = [make_run("standard", model="resnet18", dataset="cifar10", eval=PAPER_EVAL)]
+    runs += [paper_run(m, "resnet18", "cifar10") for m in TABLE1_METHODS]
+    return seeded(runs, seeds)
+
+
+@grid
+def fig1(seeds: int = 1) -> list[RunConfig]:
+    """AFD Figure 1(a): feature gap after every epoch for vAFT, AFKD, ARREST and AFD (ResNet18 CIFAR-10)."""
+    ev = replace(PAPER_EVAL, feature_gap_every_epoch=True)
+    return seeded([paper_run(m, "resnet18", "cifar10", eval=ev) for m in FIG1_METHODS], seeds)
+
+
+@grid
+def fig4(seeds: int = 1) -> list[RunConfig]:
+    """AFD Figure 4: alpha, beta, gamma of AFD one at a time around the defaults (13 distinct runs)."""
+    runs = [paper_run("afd", "resnet18", "cifar10", hparams={name: v})
+            for name, values in FIG4_SWEEP.items() for v in values]
+    return seeded(_unique(runs), seeds)
+
+
+@grid
+def afa(seeds: int = 1) -> list[RunConfig]:
+    """AFA (Park et al. 2024) alone and jointly with TRADES (beta 6), ResNet18 CIFAR-10."""
+    runs = [paper_run("afa", "resnet18", "cifar10"),
+            paper_run("afa", "resnet18", "cifar10", hparams={"trades_beta": 6.0})]
+    return seeded(runs, seeds)

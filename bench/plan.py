@@ -1,0 +1,143 @@
+"""`bench plan`: what a grid will cost before anything is submitted.
+
+Training cost of a run = epochs x seconds per epoch. Seconds per epoch come, in order of preference, from
+
+1. measured throughput: the median ``seconds_per_epoch`` of finished results of the same method, model, data
+   set and batch size in the results folder (on whatever device they ran: the column says so);
+2. declared throughput: AFD Table 5's seconds per epoch for the method on ResNet18 CIFAR-10 (the paper's GPU),
+   scaled by the model's forward FLOPs relative to ResNet18 and by the data set's training pixels relative to
+   CIFAR-10 (50,000 images of 32x32). Methods not in Table 5 have a declared estimate, marked "guess".
+
+Evaluation cost is added in units of "one forward+backward of one image" (u), with u taken from PGD-AT's Table 5
+epoch (37 s for 50,000 images x 11 forward+backward passes): clean accuracy 1/3 u per image, PGD-k k u per
+image, AutoAttack standard ~1,500 u per image (machines.md: ~50 u for an image it breaks at once, ~3,200 u for
+a robust one; ~45% robust for these models).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import RunConfig, run_id
+from bench.grids import expand
+from bench.store import CorruptFile, Store
+
+# AFD Table 5: seconds per epoch, ResNet18 CIFAR-10 (the paper's GPU).
+TABLE5_SECONDS_PER_EPOCH = {
+    "standard": 6.0, "pgd_at": 37.0, "trades": 53.0, "free_at": 119.0, "fgsm_ga": 68.0, "atas": 36.0,
+    "vaft": 37.0, "rift": 25.0, "afkd": 40.0, "arrest": 36.0, "afd": 46.0,
+}
+# Not in Table 5: declared from the closest measured method (marked "guess" in the plan).
+GUESSED_SECONDS_PER_EPOCH = {
+    "vaft_d": 42.0,  # vAFT + AFD's disentangler: between vAFT (37) and AFD (46)
+    "vaft_a": 40.0,  # vAFT + feature alignment to the frozen parent: like AFKD (40)
+    "afa": 60.0,  # PGD on a contrastive loss over [x, x_adv] + CE: above TRADES (53)
+}
+FALLBACK_SECONDS_PER_EPOCH = 50.0
+# Forward GFLOPs (multiply-adds) per 32x32 image, counted with torch.utils.flop_counter on bench.models.
+GFLOPS_32 = {"small_cnn": 0.0576, "resnet18": 0.555, "preact_resnet18": 0.555, "resnet50": 1.298,
+             "wrn34_10": 6.659}
+# Training images and side length of each named data set.
+DATASET_SIZE = {"cifar10": (50_000, 32), "cifar100": (50_000, 32), "cifar10-jpeg": (50_000, 32),
+                "tiny-imagenet": (100_000, 64), "digits": (1_437, 8)}
+UNIT_SECONDS = 37.0 / (50_000 * 11)  # one forward+backward of one 32x32 image on ResNet18, paper GPU
+AA_UNITS = 1_500
+
+
+@dataclass
+class RunCost:
+    cfg: RunConfig
+    run_id: str
+    status: str
+    seconds_per_epoch: float
+    source: str
+    train_hours: float
+    eval_hours: float
+
+    @property
+    def hours(self) -> float:
+        return self.train_hours + self.eval_hours
+
+
+def _scale(model: str, dataset: str) -> tuple[float, str]:
+    """Model FLOPs and data set pixels relative to ResNet18 on CIFAR-10."""
+    flops = GFLOPS_32.get(model, GFLOPS_32["resnet18"]) / GFLOPS_32["resnet18"]
+    note = "" if model in GFLOPS_32 else f"{model} FLOPs unknown: counted as ResNet18"
+    if dataset in DATASET_SIZE:
+        n, side = DATASET_SIZE[dataset]
+    elif dataset.startswith("folder:") and Path(dataset[7:]).is_dir():
+        n, side = sum(1 for p in (Path(dataset[7:]) / "train").rglob("*") if p.is_file()), 32
+    else:
+        n, side = DATASET_SIZE["cifar10"]
+        note = note or f"{dataset} size unknown: counted as CIFAR-10"
+    return flops * (n / 50_000) * (side * side / 1024), note
+
+
+def measured_throughput(results: Path) -> dict[tuple, list[tuple[float, str]]]:
+    out: dict[tuple, list[tuple[float, str]]] = {}
+    for _, r in Store(results).all_results():
+        if isinstance(r, CorruptFile) or r.get("status") != "done" or not r.get("epochs"):
+            continue
+        c = r["config"]
+        key = (c["method"], c["model"], c["dataset"], c["train"]["batch_size"])
+        out.setdefault(key, []).append((float(r["seconds_per_epoch"]), str(r.get("device_name") or r.get("device"))))
+    return out
+
+
+def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
+    store = Store(results)
+    measured = measured_throughput(results)
+    costs = []
+    for cfg in expand(runs):
+        rid = run_id(cfg)
+        scale, note = _scale(cfg.model, cfg.dataset)
+        key = (cfg.method, cfg.model, cfg.dataset, cfg.train.batch_size)
+        if key in measured:
+            spe = statistics.median(s for s, _ in measured[key])
+            source = f"measured ({measured[key][0][1]})"
+        elif cfg.method in TABLE5_SECONDS_PER_EPOCH:
+            spe, source = TABLE5_SECONDS_PER_EPOCH[cfg.method] * scale, "Table 5 x FLOPs x pixels"
+        elif cfg.method in GUESSED_SECONDS_PER_EPOCH:
+            spe, source = GUESSED_SECONDS_PER_EPOCH[cfg.method] * scale, "guess x FLOPs x pixels"
+        else:
+            spe, source = FALLBACK_SECONDS_PER_EPOCH * scale, "guess (method unknown to the cost table)"
+        if note:
+            source += f"; {note}"
+        ev = cfg.eval
+        unit = UNIT_SECONDS * GFLOPS_32.get(cfg.model, GFLOPS_32["resnet18"]) / GFLOPS_32["resnet18"]
+        if cfg.dataset in DATASET_SIZE:
+            unit *= DATASET_SIZE[cfg.dataset][1] ** 2 / 1024
+        eval_units = ev.n_clean / 3 + ev.n_pgd * ev.pgd_steps + ev.n_aa * AA_UNITS
+        if ev.feature_gap_every_epoch:
+            eval_units += cfg.train.epochs * ev.n_gap * 11  # PGD-10 + features on n_gap images per epoch
+        costs.append(RunCost(cfg, rid, store.status(rid), spe, source, cfg.train.epochs * spe / 3600,
+                             eval_units * unit / 3600))
+    return costs
+
+
+def render(grid: str, runs: list[RunConfig], results: Path, gpus_per_job: int = 1) -> str:
+    costs = estimate(runs, results)
+    in_grid = {run_id(c) for c in runs}
+    lines = [f"grid {grid}: {len(in_grid)} run(s) + {len(costs) - len(in_grid)} shared parent(s) = {len(costs)} "
+             "distinct runs (deduplicated by config hash)", ""]
+    lines.append(f"{'run_id':12s}  {'method':10s} {'model/dataset':26s} {'seed':>4s} {'epochs':>6s} "
+                 f"{'s/epoch':>8s} {'train h':>8s} {'eval h':>7s}  {'status':8s} role / throughput source")
+    for c in costs:
+        role = "parent" if c.run_id not in in_grid else "run"
+        lines.append(f"{c.run_id:12s}  {c.cfg.method:10s} {c.cfg.model + '/' + c.cfg.dataset:26s} {c.cfg.seed:>4d} "
+                     f"{c.cfg.train.epochs:>6d} {c.seconds_per_epoch:>8.1f} {c.train_hours:>8.2f} "
+                     f"{c.eval_hours:>7.2f}  {c.status:8s} {role}; {c.source}")
+    todo = [c for c in costs if c.status != "done"]
+    total = sum(c.hours for c in costs)
+    left = sum(c.hours for c in todo)
+    lines += ["", f"total: {len(costs)} runs, {sum(c.cfg.train.epochs for c in costs)} epochs, "
+                  f"{total * gpus_per_job:.1f} GPU-hours ({sum(c.train_hours for c in costs) * gpus_per_job:.1f} "
+                  f"training + {sum(c.eval_hours for c in costs) * gpus_per_job:.1f} evaluation), on the GPU of "
+                  "AFD Table 5 unless measured",
+              f"still to run: {len(todo)} runs, {left * gpus_per_job:.1f} GPU-hours"]
+    by_cell: dict[str, float] = {}
+    for c in costs:
+        by_cell[f"{c.cfg.model}/{c.cfg.dataset}"] = by_cell.get(f"{c.cfg.model}/{c.cfg.dataset}", 0.0) + c.hours
+    lines.append("by model/dataset: " + ", ".join(f"{k} {v * gpus_per_job:.1f} h" for k, v in by_cell.items()))
+    return "\n".join(lines) + "\n"
