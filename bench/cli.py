@@ -159,11 +159,23 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench.report import report
 
-    out = report(_grid_runs(args), Path(args.results), args.format)
+    out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
+                 compare=args.compare)
     if args.out:
-        Path(args.out).write_text(out)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(out, encoding="utf-8")
+        print(f"wrote {args.out}")
     else:
         sys.stdout.write(out)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from bench.plots import plot
+
+    for path in plot(args.figure, _grid_runs(args), Path(args.results), Path(args.out or Path(args.results) / "figures"),
+                     name=args.grid, run=args.run, n=args.n, data_root=args.data_root):
+        print(f"wrote {path}")
     return 0
 
 
@@ -238,7 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     grid_args(sp)
     sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     sp.add_argument("--out", default=None, help="write to this file instead of stdout")
+    sp.add_argument("--compare", default=None, choices=["paper"],
+                    help="put the paper's published numbers and the difference under ours")
+    sp.add_argument("--table", default=None, help="declared table to render (default: the grid's name: "
+                    "table1..table5; other grids get a generic accuracy table)")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("plot", help="draw a paper figure (PNG and PDF) from a grid's results")
+    grid_args(sp)
+    sp.add_argument("--figure", required=True, choices=["fig1", "fig3", "fig4"],
+                    help="fig1: feature gap per epoch; fig3: t-SNE before/after disentanglement; fig4: hparams")
+    sp.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
+    sp.add_argument("--run", default=None, help="fig3: the AFD run id (default: the grid's first finished AFD run)")
+    sp.add_argument("--n", type=int, default=1000, help="fig3: test images to embed (default 1000)")
+    sp.add_argument("--data-root", default=None, help="fig3: data folder (default: $BENCH_DATA_ROOT or ./data)")
+    sp.set_defaults(func=cmd_plot)
 
     sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")
     grid_args(sp)

@@ -1,12 +1,26 @@
-"""Reading results into one DataFrame, and rendering tables from it.
+"""Reading results into one DataFrame, and rendering the paper's tables from it.
 
 ``load(grid)`` is public for researchers' own analyses: one row per run of the grid (parents included), with
-its status, metrics (as percentages) and config fields. Missing and failed runs are rows too, so a table can
-show them as "—" and count them, never silently drop them.
+its status, metrics (accuracies as percentages) and config fields. Missing, failed and corrupt runs are rows
+too, so a table can show them as "—" and count them, never silently drop them.
+
+Tables are declared once, in ``TABLES``: which runs a table selects (by method / model / data set / hparam,
+never by grid), what its rows and columns are, and which metric each cell shows. The grid only supplies the
+runs, so ``--grid table1`` renders Table 1 from whatever runs exist, and a grid without a declared table gets
+a generic table (methods as rows; Clean, PGD-20, AA, Avg per model/data set).
+
+A cell aggregates every run matching its row, its column and the table's selection: one run shows its value,
+several (seeds) show mean ± sample std; a cell with no finished run shows "—". Every selected run that is not
+done is listed in a footnote with its reason. ``compare="paper"`` puts the paper's number (``results/paper``,
+transcribed from AFD AAAI 2025 Tables 1-5) and the difference under each of ours.
 """
 from __future__ import annotations
 
+import io
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -14,94 +28,505 @@ from bench.config import RunConfig, run_id
 from bench.grids import expand, get_grid
 from bench.store import CorruptFile, Store
 
-METRICS = {"clean": "Clean", "pgd20": "PGD-20", "aa": "AA"}
+PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+DASH = "—"
+
+METHOD_LABELS = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "free_at": "Free-AT",
+                 "fgsm_ga": "FGSM-GA", "atas": "ATAS", "vaft": "vAFT", "rift": "RiFT", "afkd": "AFKD",
+                 "arrest": "ARREST", "afd": "AFD", "vaft_d": "vAFT+D", "vaft_a": "vAFT+A", "afa": "AFA"}
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny-ImageNet",
+                  "cifar10-jpeg": "CIFAR-10 (JPEG)", "digits": "Digits"}
+MODEL_LABELS = {"resnet18": "RN18", "resnet50": "RN50", "wrn34_10": "WRN-34-10", "preact_resnet18": "PreAct-RN18",
+                "small_cnn": "SmallCNN"}
 
 
+def method_label(m: str) -> str:
+    return METHOD_LABELS.get(m, m)
+
+
+# -- loading --------------------------------------------------------------------------------------------------
 def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: int = 1) -> pd.DataFrame:
+    """Every run of a grid (parents included) as one row: ids, config fields (``hp.<name>`` for
+    hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
+    percent; feature_gap as measured), timings (train_seconds, seconds_per_epoch, total_seconds = own +
+    ancestors' training time, as the paper's Table 5 counts it), device_name, and the per-epoch log."""
     runs = expand(get_grid(grid, seeds) if isinstance(grid, str) else grid)
     store = Store(results)
     rows = []
     for cfg in runs:
         rid = run_id(cfg)
-        row = {"run_id": rid, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
-               "epochs": cfg.train.epochs, **{f"hp.{k}": v for k, v in cfg.hparams}}
+        row: dict[str, Any] = {
+            "run_id": rid, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
+            "epochs": cfg.train.epochs, "parent_id": run_id(cfg.parent) if cfg.parent is not None else None,
+            **{f"hp.{k}": v for k, v in cfg.hparams}}
         try:
             res = store.read(rid)
         except CorruptFile as e:
-            res, row["status"], row["reason"] = None, "corrupt", f"corrupt result file {e.path}"
+            # The file's name, not its absolute path: reports are compared and shared across machines.
+            why = str(e).replace(str(e.path), f"runs/{e.path.name}")
+            res, row["status"], row["reason"] = None, "corrupt", f"corrupt result file {why}"
         if res is None:
             row.setdefault("status", "missing")
             row.setdefault("reason", "no result file")
         else:
-            row["status"], row["reason"] = res["status"], res.get("reason")
-            m = res.get("metrics", {})
-            for k in ("clean", "pgd20", "aa", "feature_gap", "f1_clean", "f2_clean"):
-                if isinstance(m.get(k), (int, float)):
-                    row[k] = 100 * m[k] if k != "feature_gap" else m[k]
-            row["violations"] = "; ".join(m.get("violations", []))
-            row["seconds_per_epoch"] = res.get("seconds_per_epoch")
-            row["train_seconds"] = res.get("train_seconds")
+            row["status"], row["reason"] = res.get("status"), res.get("reason")
+            m = res.get("metrics") or {}
+            for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean"):
+                if _is_num(m.get(k)):
+                    row[k] = 100.0 * m[k]
+            if _is_num(m.get("feature_gap")):
+                row["feature_gap"] = float(m["feature_gap"])
+            row["violations"] = "; ".join(m.get("violations") or [])
+            for k in ("seconds_per_epoch", "train_seconds"):
+                row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
             row["device_name"] = res.get("device_name")
+            row["epoch_log"] = res.get("epochs") or []
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "seconds_per_epoch",
+              "train_seconds"):
+        if k not in df:
+            df[k] = math.nan
+        df[k] = df[k].astype(float)
+    for k in ("reason", "device_name", "violations", "epoch_log"):
+        if k not in df:
+            df[k] = None
+    # Derived per run, before any averaging over seeds (the paper's Avg is the mean of the three accuracies).
+    df["avg"] = df[["clean", "pgd20", "aa"]].mean(axis=1, skipna=False)
+    df["f_delta"] = df["f1_clean"] - df["f2_clean"]
+    df["total_seconds"] = _total_seconds(df)
+    return df
 
 
-def accuracy_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Methods as rows; Clean, PGD-20, AA and their mean (Avg) as columns; mean +- std over seeds."""
-    notes = []
-    rows = {}
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _total_seconds(df: pd.DataFrame) -> list[float]:
+    """Own training time plus every ancestor's (Table 5: vAFT 1330 s = 20 x 37 s + 590 s of pre-training)."""
+    own = dict(zip(df.run_id, df.train_seconds.where(df.status == "done")))
+    parent = dict(zip(df.run_id, df.parent_id))
+
+    def total(rid: str) -> float:
+        t = own.get(rid, math.nan)
+        p = parent.get(rid)
+        return t + total(p) if isinstance(p, str) else t
+
+    return [total(r) for r in df.run_id]
+
+
+# -- table declarations ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    key: str  # a column of load()'s DataFrame
+    label: str
+    digits: int = 2
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Sel:
+    """A row, column or column group: a label and the runs it selects (DataFrame column == value)."""
+    label: str | tuple[str, ...]
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+def S(label, **where) -> Sel:  # noqa: N802 - short constructor for the declarations below
+    return Sel(label, {_col(k): v for k, v in where.items()})
+
+
+def _col(key: str) -> str:
+    return f"hp.{key[3:]}" if key.startswith("hp_") else key
+
+
+CLEAN, PGD, AA, AVG = Metric("clean", "Clean"), Metric("pgd20", "PGD-20"), Metric("aa", "AA"), Metric("avg", "Avg")
+ACC = (CLEAN, PGD, AA, AVG)
+SEP = Sel("---")  # a rule between row blocks (LaTeX \midrule; ignored elsewhere)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows x (groups x) columns; exactly one of rows / cols holds Metrics, the other Sels."""
+    caption: str
+    rows: Sequence[Sel | Metric]
+    cols: Sequence[Sel | Metric]
+    groups: Sequence[Sel] = ()  # column groups (data sets), each spanning all cols
+    select: dict[str, Any] = field(default_factory=dict)
+    row_header: tuple[str, ...] = ("Method",)
+    rank: bool = False  # best bold, second underlined, per column
+    device_note: bool = False  # name the device(s) the runs were timed on
+    paper: str | None = None  # results/paper/<name>.csv
+
+
+def _methods(*names: str) -> list[Sel]:
+    return [SEP if n == "|" else S(method_label(n), method=n) for n in names]
+
+
+def _datasets(*names: str) -> list[Sel]:
+    return [S(DATASET_LABELS[d], dataset=d) for d in names]
+
+
+DATA3 = ("cifar10", "cifar100", "tiny-imagenet")
+TABLES: dict[str, Table] = {
+    "table1": Table("Quantitative evaluations of all methods on ResNet18 (accuracy, %).",
+                    rows=_methods("pgd_at", "trades", "|", "free_at", "fgsm_ga", "atas", "|",
+                                  "vaft", "rift", "afkd", "arrest", "afd"),
+                    groups=_datasets(*DATA3), cols=ACC, select={"model": "resnet18"}, rank=True, paper="table1"),
+    "table2": Table("Quantitative evaluations of all methods on WideResNet-34-10 (accuracy, %).",
+                    rows=_methods("pgd_at", "trades", "|", "vaft", "rift", "afkd", "arrest", "afd"),
+                    groups=_datasets(*DATA3), cols=ACC, select={"model": "wrn34_10"}, rank=True, paper="table2"),
+    "table3": Table("vAFT with the disentangler (+D), the feature alignment (+A) and both (AFD); "
+                    "ResNet18, CIFAR-10 (accuracy, %).",
+                    rows=(CLEAN, Metric("pgd20", "PGD"), AA), row_header=("",),
+                    cols=_methods("vaft", "vaft_d", "vaft_a", "afd"),
+                    select={"model": "resnet18", "dataset": "cifar10"}, paper="table3"),
+    "table4": Table("Natural accuracy (%) of the intrinsic features f1 and the confused features f2 of AFD; "
+                    "Δ = f1 − f2.",
+                    rows=[S((MODEL_LABELS[m], DATASET_LABELS[d]), model=m, dataset=d) for m, d in (
+                        ("resnet18", "cifar10"), ("resnet18", "cifar100"), ("resnet18", "tiny-imagenet"),
+                        ("resnet50", "cifar10"), ("resnet50", "cifar100"),
+                        ("wrn34_10", "cifar10"), ("wrn34_10", "cifar100"), ("wrn34_10", "tiny-imagenet"))],
+                    cols=(Metric("f1_clean", "f1"), Metric("f2_clean", "f2"), Metric("f_delta", "Δ")),
+                    row_header=("Model", "Data"), select={"method": "afd"}, paper="table4"),
+    "table5": Table("Training time (seconds) on ResNet18, CIFAR-10, measured: epochs, seconds per epoch, and total "
+                    "(the run's own training plus its parent's, as in the paper).",
+                    rows=_methods("standard", "pgd_at", "trades", "free_at", "fgsm_ga", "atas",
+                                  "vaft", "rift", "afkd", "arrest", "afd"),
+                    cols=(Metric("epochs", "Epoch", 0), Metric("seconds_per_epoch", "Time one", 1),
+                          Metric("total_seconds", "Time total", 0)),
+                    select={"model": "resnet18", "dataset": "cifar10"}, device_note=True, paper="table5"),
+}
+
+
+def generic_table(df: pd.DataFrame, caption: str) -> Table:
+    """Any other grid: one row per method (and hyperparameter variant), Clean / PGD-20 / AA / Avg, one column
+    group per model and data set when the grid has several."""
+    rows: list[Sel] = []
     for method, g in df.groupby("method", sort=False):
-        done = g[g.status == "done"]
-        for _, r in g[g.status != "done"].iterrows():
-            notes.append(f"{method} (run {r.run_id}, seed {r.seed}): {r.status} — {r.reason}")
-        row = {}
-        for key, label in METRICS.items():
-            vals = done[key].dropna() if key in done else pd.Series(dtype=float)
-            if len(vals) == 0:
-                row[label] = "—"
-            elif len(vals) == 1:
-                row[label] = f"{vals.iloc[0]:.2f}"
-            else:
-                row[label] = f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
-        if all(key in done and done[key].notna().all() and len(done) for key in METRICS):
-            row["Avg"] = f"{done[list(METRICS)].mean(axis=1).mean():.2f}"
+        hp_cols = [c for c in g.columns if c.startswith("hp.") and g[c].notna().any()]
+        varying = [c for c in hp_cols if g[c].astype(str).nunique() > 1]
+        if not varying:
+            rows.append(S(method_label(method), method=method))
+            continue
+        for values, _ in g.groupby([g[c].astype(str) for c in varying], sort=False):
+            values = values if isinstance(values, tuple) else (values,)
+            where = {"method": method, **{c: _typed(g[c], v) for c, v in zip(varying, values)}}
+            label = method_label(method) + " (" + ", ".join(f"{c[3:]}={v}" for c, v in zip(varying, values)) + ")"
+            rows.append(Sel(label, where))
+    pairs = list(dict.fromkeys(zip(df.model, df.dataset)))
+    groups = [] if len(pairs) <= 1 else [
+        S(f"{MODEL_LABELS.get(m, m)} / {DATASET_LABELS.get(d, d)}", model=m, dataset=d) for m, d in pairs]
+    return Table(caption, rows=rows, cols=ACC, groups=groups)
+
+
+def _typed(col: pd.Series, text: str) -> Any:
+    for v in col:
+        if str(v) == text:
+            return v
+    return text
+
+
+# -- building a table -----------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    mean: float = math.nan
+    std: float = math.nan
+    n: int = 0  # finished runs averaged
+    n_runs: int = 0  # runs selected
+    mark: str = ""  # "best" / "second"
+    paper: float = math.nan
+    paper_note: str = ""
+    digits: int = 2
+
+
+@dataclass
+class Built:
+    caption: str
+    row_header: tuple[str, ...]
+    row_labels: list[tuple[str, ...]]
+    col_labels: list[str]
+    groups: list[tuple[str, int]]  # (label, span)
+    cells: list[list[Cell]]
+    rules: list[int]  # a \midrule before these row indices
+    notes: list[str]
+    compare: bool = False
+
+
+def _match(df: pd.DataFrame, where: dict[str, Any]) -> pd.Series:
+    mask = pd.Series(True, index=df.index)
+    for k, v in where.items():
+        if k not in df:
+            return pd.Series(False, index=df.index)
+        mask &= df[k] == v
+    return mask
+
+
+def _label(lab: str | tuple[str, ...]) -> tuple[str, ...]:
+    return lab if isinstance(lab, tuple) else (lab,)
+
+
+def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
+    rows = [r for r in table.rows]
+    rules, kept = [], []
+    for r in rows:
+        if r is SEP:
+            if kept:
+                rules.append(len(kept))
         else:
-            row["Avg"] = "—"
-        rows[method] = row
-    return pd.DataFrame.from_dict(rows, orient="index"), notes
+            kept.append(r)
+    groups = list(table.groups) or [Sel("")]
+    base = _match(df, table.select)
+    paper = load_paper(table.paper) if compare == "paper" and table.paper else None
+    cells: list[list[Cell]] = []
+    selected: dict[str, pd.Series] = {}
+    for r in kept:
+        line = []
+        for g in groups:
+            for c in table.cols:
+                metric = r if isinstance(r, Metric) else c
+                where = {**table.select, **g.where, **(c.where if isinstance(c, Sel) else {}),
+                         **(r.where if isinstance(r, Sel) else {})}
+                assert isinstance(metric, Metric), "one of rows / cols must be Metrics"
+                runs = df[base & _match(df, where)]
+                for _, run in runs.iterrows():
+                    selected[run.run_id] = run
+                vals = runs.loc[runs.status == "done", metric.key].dropna()
+                cell = Cell(n=len(vals), n_runs=len(runs), digits=metric.digits)
+                if len(vals):
+                    cell.mean = float(vals.mean())
+                    cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+                if paper is not None:
+                    cell.paper, cell.paper_note = _paper_value(paper, where, metric.key)
+                line.append(cell)
+        cells.append(line)
+    if table.rank:
+        _rank(cells, [c if isinstance(c, Metric) else None for g in groups for c in table.cols])
+    notes = _notes(selected, cells)
+    if table.device_note:
+        done = [r for r in selected.values() if r.status == "done"]
+        devices = pd.Series([r.device_name or "unknown device" for r in done], dtype=object).value_counts()
+        notes.insert(0, "Measured on " + ("; ".join(f"{d} ({n} run{'s' * (n > 1)})" for d, n in devices.items())
+                                          if len(devices) else "— (no finished run)") + ".")
+    if paper is not None:
+        if any(c.paper_note for line in cells for c in line):
+            notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10.")
+        notes.append("paper: AFD (AAAI 2025) as published; Δ = ours − paper.")
+    col_labels = [c.label if isinstance(c, Metric) else _label(c.label)[0] for g in groups for c in table.cols]
+    return Built(caption=table.caption, row_header=table.row_header,
+                 row_labels=[_label(r.label) for r in kept], col_labels=col_labels,
+                 groups=[(_label(g.label)[0], len(table.cols)) for g in groups] if table.groups else [],
+                 cells=cells, rules=rules, notes=notes, compare=paper is not None)
 
 
-def render(table: pd.DataFrame, notes: list[str], fmt: str, caption: str = "") -> str:
-    if fmt == "csv":
-        return table.to_csv(index_label="method")
-    if fmt == "markdown":
-        text = table.to_markdown(tablefmt="github")
-        if notes:
-            text += "\n\n" + "\n".join(f"- {n}" for n in notes)
-        return text + "\n"
-    if fmt == "latex":
-        cols = list(table.columns)
-        lines = ["\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{l{'c' * len(cols)}}}", "\\toprule",
-                 "Method & " + " & ".join(cols) + " \\\\", "\\midrule"]
-        for name, row in table.iterrows():
-            cells = [str(v).replace("±", "$\\pm$") for v in row]
-            lines.append(_tex(str(name)) + " & " + " & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        if caption:
-            lines.append(f"\\caption{{{_tex(caption)}}}")
-        lines.append("\\end{table}")
-        text = "\n".join(lines) + "\n"
-        if notes:
-            text += "".join(f"% {n}\n" for n in notes)
+def _rank(cells: list[list[Cell]], metrics: list[Metric | None]) -> None:
+    for j, metric in enumerate(metrics):
+        if metric is None:
+            continue
+        sign = 1 if metric.higher_is_better else -1
+        # Rank by the value as displayed, so ties on screen get the same mark.
+        vals = sorted({round(sign * line[j].mean, line[j].digits) for line in cells if not math.isnan(line[j].mean)},
+                      reverse=True)
+        for line in cells:
+            c = line[j]
+            if math.isnan(c.mean):
+                continue
+            v = round(sign * c.mean, c.digits)
+            c.mark = "best" if v == vals[0] else "second" if len(vals) > 1 and v == vals[1] else ""
+
+
+def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]:
+    notes = []
+    bad = [r for r in selected.values() if r.status != "done"]
+    if bad:
+        counts = pd.Series([r.status for r in bad]).value_counts()
+        notes.append(f"{DASH}: {len(bad)} of {len(selected)} runs not finished ("
+                     + ", ".join(f"{n} {s}" for s, n in counts.items()) + "):")
+        for r in bad:
+            reason = r.reason if isinstance(r.reason, str) and r.reason else "no reason recorded"
+            notes.append(f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
+                         f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): "
+                         f"{r.status}: {reason}")
+    empty = sum(1 for line in cells for c in line if c.n_runs == 0)
+    if empty:
+        notes.append(f"{DASH}: {empty} cell{'s' * (empty > 1)} with no run in this grid.")
+    return notes
+
+
+# -- the paper's numbers --------------------------------------------------------------------------------------
+def load_paper(name: str, paper_dir: str | Path | None = None) -> pd.DataFrame:
+    """results/paper/<name>.csv: one row per (method, model, dataset) with the paper's metrics (percent or
+    seconds); ``dagger`` = 1 marks numbers the paper excerpted from another paper."""
+    path = Path(paper_dir or PAPER_DIR) / f"{name}.csv"
+    return pd.read_csv(path, comment="#")
+
+
+def _paper_value(paper: pd.DataFrame, where: dict[str, Any], key: str) -> tuple[float, str]:
+    if key not in paper:
+        return math.nan, ""
+    sub = paper[_match(paper, {k: v for k, v in where.items() if k in ("method", "model", "dataset")})]
+    if "dagger" in sub and (sub.dagger == 0).any():
+        sub = sub[sub.dagger == 0]
+    vals = sub[key].dropna()
+    if not len(vals):
+        return math.nan, ""
+    dagger = "dagger" in sub and bool(sub.loc[vals.index[0], "dagger"])
+    return float(vals.iloc[0]), "†" if dagger else ""
+
+
+# -- rendering ------------------------------------------------------------------------------------------------
+def _num(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}"
+
+
+def _value_text(c: Cell, pm: str) -> str:
+    if c.n == 0:
+        return DASH
+    text = _num(c.mean, c.digits)
+    if c.n == 1 or (c.digits == 0 and c.std == 0):  # e.g. epochs: identical over seeds by construction
         return text
-    raise ValueError(f"unknown format {fmt}")
+    return text + f" {pm} {_num(c.std, c.digits)}"
+
+
+def _lines(b: Built) -> list[tuple[tuple[str, ...], str, list[tuple[Cell, str]]]]:
+    """(row label, sub-row 'ours' / 'paper' / 'Δ' or '', [(cell, kind)]) for each displayed line."""
+    out = []
+    for lab, line in zip(b.row_labels, b.cells):
+        if not b.compare:
+            out.append((lab, "", [(c, "ours") for c in line]))
+        else:
+            out.append((lab, "ours", [(c, "ours") for c in line]))
+            out.append((("",) * len(lab), "paper", [(c, "paper") for c in line]))
+            out.append((("",) * len(lab), "Δ", [(c, "delta") for c in line]))
+    return out
+
+
+def _text(c: Cell, kind: str, pm: str, minus: str = "−") -> str:
+    if kind == "ours":
+        return _value_text(c, pm)
+    if kind == "paper":
+        return DASH if math.isnan(c.paper) else _num(c.paper, c.digits) + c.paper_note
+    if c.n == 0 or math.isnan(c.paper):
+        return DASH
+    d = c.mean - c.paper
+    return ("+" if d >= 0 else minus) + _num(abs(d), c.digits)
+
+
+def render_markdown(b: Built) -> str:
+    head = list(b.row_header) + (["" ] if b.compare else [])
+    spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
+    head += [f"{g} {c}".strip() for g, c in zip(spans, b.col_labels)]
+    lines = ["| " + " | ".join(_md_escape(h) for h in head) + " |",
+             "|" + "|".join([":---"] * (len(b.row_header) + b.compare) + ["---:"] * len(b.col_labels)) + "|"]
+    for lab, sub, cells in _lines(b):
+        texts = []
+        for c, kind in cells:
+            t = _md_escape(_text(c, kind, "±"))
+            if kind == "ours" and c.mark == "best":
+                t = f"**{t}**"
+            elif kind == "ours" and c.mark == "second":
+                t = f"<u>{t}</u>"
+            texts.append(t)
+        lines.append("| " + " | ".join([_md_escape(x) for x in lab] + ([sub] if b.compare else []) + texts) + " |")
+    out = "\n".join(lines) + "\n\n" + _md_escape(b.caption) + "\n"
+    if b.notes:
+        # Notes as a list; a run's line (starting with a tab) nests under the count it belongs to.
+        out += "\n" + "\n".join(("  - " if n.startswith("\t") else "- ") + _md_escape(n.strip())
+                                for n in b.notes) + "\n"
+    return out
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def render_latex(b: Built) -> str:
+    nlab = len(b.row_header) + b.compare
+    ncol = len(b.col_labels)
+    lines = ["\\begin{table}[t]", "\\centering", "\\small",
+             f"\\begin{{tabular}}{{{'l' * nlab}{'c' * ncol}}}", "\\toprule"]
+    if b.groups:
+        cells, rules, start = [], [], nlab + 1
+        for lab, span in b.groups:
+            cells.append(f"\\multicolumn{{{span}}}{{c}}{{{_tex(lab)}}}")
+            rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+            start += span
+        lines.append(" & " * nlab + " & ".join(cells) + " \\\\")
+        lines.append(" ".join(rules))
+    head = [_tex(h) for h in b.row_header] + ([""] if b.compare else []) + [_tex(c) for c in b.col_labels]
+    lines += [" & ".join(head) + " \\\\", "\\midrule"]
+    for i, (lab, sub, cells) in enumerate(_lines(b)):
+        if b.compare and i % 3 == 0 and i and (i // 3) in b.rules:
+            lines.append("\\midrule")
+        elif not b.compare and i in b.rules:
+            lines.append("\\midrule")
+        texts = []
+        for c, kind in cells:
+            t = _tex(_text(c, kind, "±", minus="-"))
+            if kind == "ours" and c.mark == "best":
+                t = f"\\textbf{{{t}}}"
+            elif kind == "ours" and c.mark == "second":
+                t = f"\\underline{{{t}}}"
+            texts.append(t)
+        lines.append(" & ".join([_tex(x) for x in lab] + ([_tex(sub)] if b.compare else []) + texts) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if b.notes:
+        lines.append("\\par\\smallskip\\parbox{\\linewidth}{\\footnotesize")
+        notes = [("\\quad " if n.startswith("\t") else "") + _tex(n.strip()) for n in b.notes]
+        lines += [n + "\\\\" for n in notes[:-1]] + [notes[-1] + "}"]
+    lines += [f"\\caption{{{_tex(b.caption)}}}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
+        "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "—": "---", "–": "--",
+        "±": "$\\pm$", "Δ": "$\\Delta$", "−": "$-$", "†": "$^\\dagger$", "×": "$\\times$", "<": "$<$", ">": "$>$"}
 
 
 def _tex(s: str) -> str:
-    return s.replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+    return "".join(_TEX.get(ch, ch if ord(ch) < 128 else "?") for ch in str(s))
 
 
-def report(grid: str, results: str | Path, fmt: str = "markdown", seeds: int = 1) -> str:
+def render_csv(b: Built) -> str:
+    """Long format, one line per cell: the row's labels, group, column, mean, std, runs averaged, runs selected
+    (and the paper's number and the difference with --compare paper); notes as trailing comment lines."""
+    recs = []
+    spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
+    for lab, line in zip(b.row_labels, b.cells):
+        for g, col, c in zip(spans, b.col_labels, line):
+            rec = {h or "row": x for h, x in zip(b.row_header, lab)}
+            rec.update(group=g, column=col, mean=_fmt_csv(c.mean, c.digits), std=_fmt_csv(c.std, c.digits),
+                       n_done=c.n, n_runs=c.n_runs, mark=c.mark)
+            if b.compare:
+                rec.update(paper=_fmt_csv(c.paper, c.digits), paper_note=c.paper_note,
+                           delta=_fmt_csv(c.mean - c.paper, c.digits))
+            recs.append(rec)
+    buf = io.StringIO()
+    pd.DataFrame(recs).to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue() + "".join(f"# {'  ' if n.startswith(chr(9)) else ''}{n.strip()}\n" for n in b.notes)
+
+
+def _fmt_csv(v: float, digits: int) -> str:
+    return "" if math.isnan(v) else _num(v, digits)
+
+
+RENDERERS: dict[str, Callable[[Built], str]] = {"markdown": render_markdown, "latex": render_latex,
+                                               "csv": render_csv}
+
+
+def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: str = "markdown", seeds: int = 1,
+           *, table: str | None = None, compare: str | None = None) -> str:
+    """Render a grid's table. ``table`` names a declared table (default: the grid's name when it is one);
+    runs given as a list (cmd_run) get the generic table unless ``table`` is given."""
+    if fmt not in RENDERERS:
+        raise ValueError(f"unknown format {fmt}; known: {', '.join(RENDERERS)}")
+    if compare not in (None, "paper"):
+        raise ValueError(f"unknown --compare {compare}; known: paper")
     df = load(grid, results, seeds)
-    table, notes = accuracy_table(df)
-    return render(table, notes, fmt, caption=f"Grid {grid}: accuracy (%) on clean, PGD-20 and AutoAttack inputs")
+    name = table or (grid if isinstance(grid, str) else None)
+    if name in TABLES:
+        t = TABLES[name]
+    else:
+        what = f"grid {name}" if name else "this grid"
+        t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
+                              "Avg is their mean.")
+    return RENDERERS[fmt](build(t, df, compare))
