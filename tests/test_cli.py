@@ -1,0 +1,93 @@
+"""The command line: bad input gets one line and exit code 2, and nothing is written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import apply_sets, main, parse_value
+from bench.grids import get_grid
+from conftest import REPO
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
+    assert parse_value("8/255") == pytest.approx(8 / 255)
+    assert parse_value("0.5,0.75") == (0.5, 0.75)
+    assert parse_value("cifar10") == "cifar10"
+
+
+def test_set_applies_to_runs_and_parents():
+    runs = apply_sets(get_grid("demo"), ["train.epochs=1", "afd.gamma=10", "eps=4/255"])
+    afd = next(r for r in runs if r.method == "afd")
+    vaft = next(r for r in runs if r.method == "vaft")
+    assert afd.train.epochs == 1 and afd.parent.train.epochs == 1
+    assert afd.hp["gamma"] == 10.0 and "gamma" not in vaft.hp
+    assert afd.eps == pytest.approx(4 / 255) and afd.parent.eps == pytest.approx(4 / 255)
+
+
+BAD = [
+    (["run", "--grid", "nope"], "unknown grid 'nope'"),
+    (["run", "--grid", "../demo"], "path separator"),
+    (["run", "--grid", "demo", "--set", "method=afx"], "unknown key"),
+    (["run", "--grid", "demo", "--set", "model=resnet19"], "unknown model 'resnet19'"),
+    (["run", "--grid", "demo", "--set", "dataset=cifar11"], "unknown data set 'cifar11'"),
+    (["run", "--grid", "demo", "--set", "train.epochs"], "malformed"),
+    (["run", "--grid", "demo", "--set", "train.epoch=3"], "unknown key"),
+    (["run", "--grid", "demo", "--set", "train.epochs=two"], "expected a int"),
+    (["run", "--grid", "demo", "--set", "train.epochs=0"], "epochs must be >= 1"),
+    (["run", "--grid", "demo", "--set", "train.batch_size=-4"], "batch_size must be >= 1"),
+    (["run", "--grid", "demo", "--set", "eval.pgd_steps=0"], "pgd_steps must be >= 1"),
+    (["run", "--grid", "demo", "--set", "eps=8"], "write 8/255, not 8"),
+    (["run", "--grid", "demo", "--set", "afd.gama=3"], "no run of this grid"),
+    (["run", "--grid", "demo", "--set", "afd.gamma=abc"], "expects float"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:/nonexistent/x"], "/nonexistent/x"),
+    (["run", "--grid", "demo", "--set", "dataset=cifar100"], "CIFAR-100"),
+    (["run", "--grid", "demo", "--device", "cuda:7"], "CUDA is not available"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[2:]) for a, _ in BAD])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    results = tmp_path / "results"
+    code = main([*argv, "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err
+    assert not results.exists()
+
+
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    code = main(["run", "--grid", "demo", "--set", f"dataset=folder:{tmp_path / 'empty'}",
+                 "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "empty" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_folder_not_writable(tmp_path, tiny_folder, capsys):
+    # (root ignores permission bits, so the unwritable place is a path below a regular file)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["run", "--grid", "demo", "--set", f"dataset=folder:{tiny_folder}", "--results", str(blocker / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not writable" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_list_shows_methods_with_parents(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "afd" in out and "parent=natural" in out and "standard" in out and "parent=scratch" in out
+    assert "demo" in out and "small_cnn" in out and "digits" in out
+
+
+def test_console_script_and_module_agree():
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "nope"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 2 and out.stderr.strip().startswith("bench: error: unknown grid")
