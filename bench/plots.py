@@ -29,10 +29,14 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.config import RunConfig  # noqa: E402
+from bench.config import ConfigError, RunConfig  # noqa: E402
 from bench.report import DATASET_LABELS, MODEL_LABELS, load, method_label  # noqa: E402
 
 NO_GAP_NOTE = "no per-epoch feature gap recorded"
+
+
+class PlotError(ConfigError):
+    """A figure that cannot be drawn from these results; the CLI prints the one-line message (exit 2)."""
 
 
 def save(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
@@ -160,19 +164,19 @@ def disentangler_weight(results: Path, rid: str, exported_w: "torch.Tensor | Non
         if path.exists():
             break
     else:
-        raise FileNotFoundError(
+        raise PlotError(
             f"fig3 needs D1, which the exported model folds into its classifier and which cannot be recovered from "
             f"it; the run's checkpoint {results / 'ckpt' / rid / 'last.pt'} is gone: rerun the run to recreate it")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = ckpt.get("ema") or ckpt["net"]
     if "d1.weight" not in state:
-        raise KeyError(f"{path} has no d1.weight: run {rid} is not an AFD run with a disentangler")
+        raise PlotError(f"{path} has no d1.weight: run {rid} is not an AFD run with a disentangler")
     d1 = state["d1.weight"].float()
     if exported_w is not None:
         heads = [k for k in state if k.startswith("model.") and k.endswith(".weight")
                  and state[k].dim() == 2 and state[k].shape == exported_w.shape]
         if heads and not torch.allclose(state[heads[-1]].float() @ d1, exported_w.float(), atol=1e-4, rtol=1e-3):
-            raise ValueError(f"{path}: w D1 does not match the exported classifier of run {rid}; the checkpoint is "
+            raise PlotError(f"{path}: w D1 does not match the exported classifier of run {rid}; the checkpoint is "
                              "not the one the model was exported from")
     return d1
 
@@ -190,7 +194,7 @@ def tsne_features(results: Path, rid: str, n: int = 1000, data_root: str | None 
     store = Store(results)
     res = store.read(rid)
     if res is None or res.get("status") != "done":
-        raise FileNotFoundError(f"run {rid} has no finished result in {results}")
+        raise PlotError(f"run {rid} has no finished result in {results}")
     blob = torch.load(store.model_path(rid), map_location="cpu", weights_only=True)
     model = build_model(blob["model"], blob["num_classes"], blob["in_channels"])
     model.load_state_dict(blob["state_dict"])
@@ -258,7 +262,7 @@ def plot(figure: str, grid: str | list[RunConfig], results: Path, out: Path, *, 
         afd = df[(df.method == "afd") & (df.status == "done")]
         rid = run or (afd.run_id.iloc[0] if len(afd) else None)
         if rid is None:
-            raise FileNotFoundError("fig3 needs a finished AFD run in this grid (or --run RUN_ID)")
+            raise PlotError("fig3 needs a finished AFD run in this grid (or --run RUN_ID)")
         row = df[df.run_id == rid]
         where = _where(row) if len(row) else rid
         fig = fig3(tsne_features(Path(results), rid, n=n, data_root=data_root),

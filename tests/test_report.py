@@ -226,8 +226,8 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
     assert len(fig.axes[1].get_legend().get_texts()) == len(set(feats["labels"].tolist()))
     # A checkpoint that does not belong to the export is refused, a missing one explained.
     torch.save({"ema": {**net_state, "d1.weight": torch.eye(d)}, "net": net_state}, tmp_path / "ckpt" / rid / "last.pt")
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(plots.PlotError, match="does not match"):
         plots.tsne_features(tmp_path, rid, n=10)
     shutil.rmtree(tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError, match="cannot be recovered"):
+    with pytest.raises(plots.PlotError, match="cannot be recovered"):
         plots.tsne_features(tmp_path, rid, n=10)
