@@ -52,6 +52,7 @@ class TrainConfig:
     ema: bool = False  # evaluate an EMA of weights and buffers, decay min(0.999, (t+1)/(t+10))
     precision: str = "fp32"  # training precision; evaluation is always fp32
     augment: bool = True  # random crop (pad 4) + horizontal flip
+    n_train: int = 0  # train on a fixed random subset of this many images (0: all); CPU-scale grids
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -60,6 +61,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1 (got {self.batch_size})")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise ConfigError(f"train.lr must be a finite number >= 0 (got {self.lr})")
+        if self.n_train < 0:
+            raise ConfigError(f"train.n_train must be >= 0 (0 = the whole training split), got {self.n_train}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0 (got {self.weight_decay})")
         if self.schedule not in SCHEDULES:

@@ -182,6 +182,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     hp = make_hparams(cfg.method, cfg.hparams)
 
     train_split, test_split, info = load_dataset(cfg.dataset, rt.data_root, rt.cache_dir)
+    if cfg.train.n_train:
+        train_split = train_split.sample(cfg.train.n_train)
     torch.manual_seed(cfg.seed)
     parent_model = None
     if cls.parent is not None:
@@ -199,9 +201,9 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             model.load_state_dict(parent_model.state_dict())
     if parent_model is not None:
         parent_model = parent_model.to(device).eval()
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
+    # 1.6x on 2 cores); evaluation converts back to the contiguous format (AutoAttack needs it).
+    model = model.to(device).to(memory_format=torch.channels_last)
 
     loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
                     seed=cfg.seed)

@@ -229,7 +229,10 @@ def test_image_folder_loads_with_labels_and_classes(tmp_path):
     assert info.classes == ("cat", "dog") and info.num_classes == 2
     assert info.channels == 3 and info.image_size == 8 and info.name == "folder:pets"
     assert train.images.shape == (5, 3, 8, 8) and test.images.shape == (2, 3, 8, 8)
-    assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+    # the splits come in a fixed shuffled order (so "the first n" is a sample of every class)
+    assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1] and sorted(test.labels.tolist()) == [0, 1]
+    again, _, _ = load_dataset("folder:pets", data_root=tmp_path / "data", cache_dir=cache)
+    assert torch.equal(again.labels, train.labels) and torch.equal(again.images, train.images)
     # Label matches content: cat = red, dog = blue.
     red = train.images[:, 0].float().mean(dim=(1, 2))
     blue = train.images[:, 2].float().mean(dim=(1, 2))
@@ -258,7 +261,9 @@ def test_image_folder_cache_is_used_and_corrupt_cache_rebuilt(tmp_path, monkeypa
         train3, _, _ = load_dataset(f"folder:{root}", cache_dir=cache)
     assert torch.equal(train.images, train3.images)
     rebuilt = torch.load(train_cache, weights_only=True)
-    assert torch.equal(rebuilt["images"], train.images) and rebuilt["classes"] == ["cat", "dog"]
+    # the cache holds the decoded files in folder order; the loader then applies its fixed shuffle
+    assert torch.equal(data.Split(rebuilt["images"], rebuilt["labels"]).shuffled(0).images, train.images)
+    assert rebuilt["classes"] == ["cat", "dog"]
 
 
 def test_image_folder_cache_invalidated_when_files_change(tmp_path):
@@ -514,3 +519,15 @@ def test_data_root_and_cache_dir_from_environment(tmp_path, monkeypatch):
     train, _, _ = load_dataset("folder:pets")
     assert len(train) == 5
     assert len(list((tmp_path / "env_cache").glob("*.pt"))) == 2
+
+
+def test_folder_splits_interleave_classes_and_sample_is_fixed(tmp_path):
+    from conftest import write_tiny_folder
+
+    root = write_tiny_folder(tmp_path / "t", n_train=60, n_test=30)
+    train, test, _ = load_dataset(f"folder:{root}", cache_dir=tmp_path / "c")
+    # the first 10 test images are not all of the first class
+    assert len(set(test.labels[:10].tolist())) > 1
+    a, b = train.sample(20), train.sample(20)
+    assert len(a) == 20 and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert train.sample(1000) is train
