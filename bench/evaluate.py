@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from bench.attacks import autoattack, pgd
+from bench.attacks import autoattack, fgsm, pgd
 from bench.config import EvalConfig
 from bench.data import Split
 from bench.models import feature_extractor_and_head
@@ -74,6 +74,20 @@ class Evaluator:
         model = self.prepare(model)
         _, gaps = self.pgd_correct(model, n if n is not None else self.cfg.n_gap, return_gap=True)
         return float(gaps.mean())
+
+    def fgsm_pgd_accuracy(self, model: nn.Module, n: int | None = None) -> tuple[float, float]:
+        """(FGSM accuracy, PGD accuracy) on the first n (default eval.n_gap) test images: the per-epoch
+        catastrophic-overfitting probe of single-step methods. FGSM is one step of eps without random start; PGD
+        is the evaluation's attack with a fixed-seed random start. The global RNG is not touched."""
+        model = self.prepare(model)
+        n = n if n is not None else self.cfg.n_gap
+        f_ok = []
+        for x, y in self._batches(n):
+            x_adv = fgsm(model, x, y, eps=self.eps)
+            with torch.inference_mode():
+                f_ok.append(model(x_adv).argmax(1) == y)
+        p_ok = self.pgd_correct(model, n)
+        return float(torch.cat(f_ok).float().mean()), float(p_ok.float().mean())
 
     def accuracy(self, model: nn.Module, n: int | None = None) -> float:
         return float(self.correct(self.prepare(model), n or self.cfg.n_clean).float().mean())

@@ -30,6 +30,7 @@ from bench.store import CorruptFile, Store
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 DASH = "—"
+SANITY = "‡"  # marks a value from a run whose evaluation violated clean >= PGD-20 >= AA (footnote lists them)
 
 METHOD_LABELS = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "free_at": "Free-AT",
                  "fgsm_ga": "FGSM-GA", "atas": "ATAS", "vaft": "vAFT", "rift": "RiFT", "afkd": "AFKD",
@@ -237,6 +238,7 @@ class Cell:
     paper: float = math.nan
     paper_note: str = ""
     digits: int = 2
+    flag: str = ""  # SANITY when a finished run in the cell violates clean >= PGD-20 >= AA
 
 
 @dataclass
@@ -294,6 +296,8 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                 cell = Cell(n=len(vals), n_runs=len(runs), digits=metric.digits)
                 if len(vals):
                     cell.mean = float(vals.mean())
+                    if runs.loc[runs.status == "done", "violations"].fillna("").astype(bool).any():
+                        cell.flag = SANITY
                     cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
                 if paper is not None:
                     cell.paper, cell.paper_note = _paper_value(paper, where, metric.key)
@@ -346,6 +350,13 @@ def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]
             notes.append(f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
                          f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): "
                          f"{r.status}: {reason}")
+    violated = [r for r in selected.values() if r.status == "done" and isinstance(r.violations, str) and r.violations]
+    if violated:
+        notes.append(f"{SANITY}: {len(violated)} run{'s' * (len(violated) > 1)} violate clean >= PGD-20 >= AA "
+                     "(gradient masking or a bug):")
+        notes += [f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
+                  f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): {r.violations}"
+                  for r in violated]
     empty = sum(1 for line in cells for c in line if c.n_runs == 0)
     if empty:
         notes.append(f"{DASH}: {empty} cell{'s' * (empty > 1)} with no run in this grid.")
@@ -383,8 +394,8 @@ def _value_text(c: Cell, pm: str) -> str:
         return DASH
     text = _num(c.mean, c.digits)
     if c.n == 1 or (c.digits == 0 and c.std == 0):  # e.g. epochs: identical over seeds by construction
-        return text
-    return text + f" {pm} {_num(c.std, c.digits)}"
+        return text + c.flag
+    return text + f" {pm} {_num(c.std, c.digits)}" + c.flag
 
 
 def _lines(b: Built) -> list[tuple[tuple[str, ...], str, list[tuple[Cell, str]]]]:
@@ -479,7 +490,7 @@ def render_latex(b: Built) -> str:
 
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
         "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "—": "---", "–": "--",
-        "±": "$\\pm$", "Δ": "$\\Delta$", "−": "$-$", "†": "$^\\dagger$", "×": "$\\times$", "<": "$<$", ">": "$>$"}
+        "±": "$\\pm$", "Δ": "$\\Delta$", "−": "$-$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", "×": "$\\times$", "<": "$<$", ">": "$>$"}
 
 
 def _tex(s: str) -> str:

@@ -15,7 +15,7 @@ from bench.grids import expand
 from bench.models import MODELS, ModelError
 from bench.runtime import Runtime
 from bench.store import CorruptFile, Store
-from bench.train import _result, execute
+from bench.train import _result, execute, read_parent_file
 from methods import get_method
 
 
@@ -26,10 +26,18 @@ def preflight(runs: list[RunConfig], rt: Runtime) -> None:
         get_method(cfg.method)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
+    infos = {}
     for name in sorted({cfg.dataset for cfg in runs}):
-        load_dataset(name, rt.data_root, rt.cache_dir)  # raises DataError naming the folder; cached after
+        infos[name] = load_dataset(name, rt.data_root, rt.cache_dir)[2]  # raises DataError naming the folder
     rt.torch_device()
-    Store(rt.results).check_writable()
+    store = Store(rt.results)
+    store.check_writable()
+    for cfg in runs:  # an existing parent model of another architecture or class count fails now, not mid-grid
+        if cfg.parent is not None and cfg.parent_zoo is None:
+            path = store.model_path(run_id(cfg.parent))
+            if path.exists():
+                info = infos[cfg.dataset]
+                read_parent_file(path, cfg, info.num_classes, info.channels, mmap=True)
 
 
 def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = print) -> dict[str, dict]:

@@ -10,6 +10,10 @@ Layout under the results folder (default ``results/``)::
 Every file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
 reader sees the old file or the new one, never half of one. Locks are ``fcntl.flock`` locks: the kernel
 releases them when the holding process dies, so a killed runner never blocks a run forever.
+
+Test hook: with ``BENCH_TEST_SLOW_WRITES=<seconds>`` in the environment, every atomic write prints
+``bench-test: writing <path>`` to stderr and sleeps that long between the complete temporary file and
+``os.replace``, so the crash-consistency test (tests/test_reliability.py) can SIGKILL a process mid-write.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import fcntl
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +41,14 @@ class CorruptFile(Exception):
         self.path = path
 
 
+def _test_pause(path: Path) -> None:
+    """The BENCH_TEST_SLOW_WRITES hook (see the module doc); a no-op unless the variable is set."""
+    delay = os.environ.get("BENCH_TEST_SLOW_WRITES")
+    if delay:
+        print(f"bench-test: writing {path}", file=sys.stderr, flush=True)
+        time.sleep(float(delay))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -43,6 +57,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -58,6 +73,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

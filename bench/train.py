@@ -40,7 +40,34 @@ CKPT_VERSION = 1
 
 
 class RunFailed(Exception):
-    """Training could not finish (non-finite loss, ...); the reason goes into the result."""
+    """Training could not finish (non-finite loss, ...); the reason and epoch go into the result."""
+
+    def __init__(self, reason: str, epoch: int | None = None):
+        super().__init__(reason)
+        self.epoch = epoch
+
+
+# -- catastrophic overfitting -------------------------------------------------------------------------------
+# Single-step methods (``single_step = True``: Free-AT, FGSM-GA, ATAS) are measured after every epoch on the first
+# eval.n_gap test images: FGSM accuracy (one step of eps, no random start) and PGD accuracy (eval.pgd_steps,
+# eval.pgd_step_size, random start, fixed seed), logged as co_fgsm / co_pgd. Catastrophic overfitting (Wong et
+# al. 2020) is recorded at the first epoch whose PGD accuracy fell below half the best earlier PGD accuracy while
+# FGSM accuracy stays at least 0.3 above PGD accuracy (the model only resists the attack it trains on).
+CO_PGD_DROP = 0.5
+CO_FGSM_MARGIN = 0.3
+
+
+def catastrophic_overfitting(epoch_log: list[dict]) -> dict | None:
+    """The first epoch of ``epoch_log`` that meets the rule above, as {"epoch", "fgsm", "pgd", "best_pgd"}."""
+    best = None
+    for e in epoch_log:
+        fgsm_acc, pgd_acc = e.get("co_fgsm"), e.get("co_pgd")
+        if not isinstance(fgsm_acc, float) or not isinstance(pgd_acc, float):
+            continue
+        if best is not None and pgd_acc < CO_PGD_DROP * best and fgsm_acc >= pgd_acc + CO_FGSM_MARGIN:
+            return {"epoch": e["epoch"], "fgsm": fgsm_acc, "pgd": pgd_acc, "best_pgd": best}
+        best = pgd_acc if best is None else max(best, pgd_acc)
+    return None
 
 
 # -- EMA -------------------------------------------------------------------------------------------------
@@ -109,16 +136,26 @@ def load_parent(cfg: RunConfig, store: Store, num_classes: int, channels: int, r
     if not path.exists():
         raise ConfigError(f"parent run {pid} ({cfg.parent.method}) has no model at {path}: run its grid so "
                           "parents train first")
+    blob = read_parent_file(path, cfg, num_classes, channels)
+    model = build_model(cfg.model, num_classes, channels)
+    model.load_state_dict(blob["state_dict"])
+    return model
+
+
+def read_parent_file(path: Path, cfg: RunConfig, num_classes: int, channels: int, *, mmap: bool = False) -> dict:
+    """An exported parent model file, loaded with weights_only=True and checked to be the architecture and class
+    count ``cfg`` needs; ConfigError (one line) otherwise. ``mmap`` (preflight) reads little more than the header."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if not isinstance(blob, dict) or "state_dict" not in blob:
+            raise ValueError("not an exported model")
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ConfigError(f"parent model {path} is unreadable ({type(e).__name__}): delete it and rerun the parent") from None
     if (blob.get("model"), blob.get("num_classes"), blob.get("in_channels")) != (cfg.model, num_classes, channels):
         raise ConfigError(f"parent checkpoint {path} is a {blob.get('model')} with {blob.get('num_classes')} classes; "
-                          f"this run needs a {cfg.model} with {num_classes}: give it a parent of the same model and data set")
-    model = build_model(cfg.model, num_classes, channels)
-    model.load_state_dict(blob["state_dict"])
-    return model
+                          f"this run needs a {cfg.model} with {num_classes}: delete it or give the run a parent of the "
+                          "same model and data set")
+    return blob
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -141,6 +178,8 @@ def load_checkpoint(store: Store, rid: str, log: Callable[[str], None]) -> dict 
 def save_checkpoint(store: Store, rid: str, ckpt: dict) -> None:
     d = store.ckpt_dir(rid)
     last, prev = d / "last.pt", d / "prev.pt"
+    for tmp in d.glob(".*.tmp"):  # left by a process killed mid-write; only the lock holder writes here
+        tmp.unlink(missing_ok=True)
     if last.exists():
         last.replace(prev)  # keep the previous good one in case this write is cut off
     atomic_torch_save(ckpt, last)
@@ -238,6 +277,9 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if cfg.eval.feature_gap_every_epoch:
                 net = ema.net if ema is not None else method.net
                 entry["feature_gap"] = evaluator.feature_gap(method.export(net))
+            if getattr(cls, "single_step", False) and cfg.eval.n_gap:
+                net = ema.net if ema is not None else method.net
+                entry["co_fgsm"], entry["co_pgd"] = evaluator.fgsm_pgd_accuracy(method.export(net))
             epoch_log.append(entry)
             save_checkpoint(store, rid, {
                 "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
@@ -252,6 +294,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                 return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
     except RunFailed as e:
         result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="failed", reason=str(e))
+        result["failed_epoch"] = e.epoch
         store.write(rid, result)
         log(f"[{rid}] {cfg.method} FAILED: {e}")
         return result
@@ -264,6 +307,12 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     metrics.update(method.extra_metrics(net, test_split, evaluator))
     result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="done", metrics=metrics,
                      extra=extra)
+    # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
+    result["sanity"] = "violated" if metrics.get("violations") else "ok"
+    if getattr(cls, "single_step", False):
+        result["catastrophic_overfitting"] = catastrophic_overfitting(epoch_log)
+        if result["catastrophic_overfitting"]:
+            log(f"[{rid}] {cfg.method} catastrophic overfitting at epoch {result['catastrophic_overfitting']['epoch']}")
     store.write(rid, result)
     return result
 
@@ -308,7 +357,7 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
     means = {k: float(v) / seen for k, v in sums.items()}
     bad = [k for k, v in means.items() if not math.isfinite(v)]
     if bad:
-        raise RunFailed(f"non-finite {', '.join(bad)} in epoch {epoch + 1}")
+        raise RunFailed(f"non-finite {', '.join(bad)} in epoch {epoch + 1}", epoch + 1)
     return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **means}
 
 

@@ -71,6 +71,7 @@ class ATAS(Method):
     name = "atas"
     parent = None
     summary = "ATAS: one-step AT with per-example adaptive step sizes and stored perturbations (Huang et al. 2023)"
+    single_step = True
     # ATAS_CIFAR.sh: 30 epochs, lr 0.1 x0.1 after epochs 24 and 28 (MultiStepLR in iterations), wd 5e-4, batch 128
     recipe = TrainConfig(epochs=RECIPE_EPOCHS, lr=0.1, weight_decay=5e-4, schedule="piecewise",
                          milestones=(24 / 30, 28 / 30))

@@ -64,6 +64,9 @@ class Method:
     parent: ClassVar[str | None] = None
     recipe: ClassVar[TrainConfig] = TrainConfig()
     summary: ClassVar[str] = ""
+    # One gradient step per example for its attack (Free-AT, FGSM-GA, ATAS): the loop then probes FGSM vs PGD
+    # accuracy after every epoch and records catastrophic overfitting (bench/train.py).
+    single_step: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, hp: Any, ctx: Context):
         self.hp = hp

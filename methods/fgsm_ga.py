@@ -62,6 +62,7 @@ class FGSMGA(Method):
     name = "fgsm_ga"
     parent = None
     summary = "FGSM training + GradAlign regularizer (Andriushchenko & Flammarion 2020)"
+    single_step = True
     # README command: 30 epochs, cyclic lr 0 -> 0.3 (at 40%) -> 0 per iteration; train.py: SGD momentum 0.9, wd 5e-4
     recipe = TrainConfig(epochs=30, lr=0.3, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.4)
 

@@ -49,6 +49,7 @@ class FreeAT(Method):
     name = "free_at"
     parent = None
     summary = "Free-AT: m minibatch replays with a persistent FGSM perturbation (Shafahi et al. 2019)"
+    single_step = True
     # train_free.py: --epochs 10 (passes; x8 replays), cyclic 0 -> 0.04 -> 0 per replay, wd 5e-4, momentum 0.9
     recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5)
 

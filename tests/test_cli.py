@@ -38,27 +38,90 @@ BAD = [
     (["run", "--grid", "demo", "--set", "train.epoch=3"], "unknown key"),
     (["run", "--grid", "demo", "--set", "train.epochs=two"], "expected a int"),
     (["run", "--grid", "demo", "--set", "train.epochs=0"], "epochs must be >= 1"),
+    (["run", "--grid", "demo", "--set", "train.epochs=-3"], "epochs must be >= 1"),
     (["run", "--grid", "demo", "--set", "train.batch_size=-4"], "batch_size must be >= 1"),
     (["run", "--grid", "demo", "--set", "eval.pgd_steps=0"], "pgd_steps must be >= 1"),
+    (["run", "--grid", "demo", "--seeds", "0"], "--seeds must be >= 1"),
     (["run", "--grid", "demo", "--set", "eps=8"], "write 8/255, not 8"),
     (["run", "--grid", "demo", "--set", "afd.gama=3"], "no run of this grid"),
     (["run", "--grid", "demo", "--set", "afd.gamma=abc"], "expects float"),
     (["run", "--grid", "demo", "--set", "dataset=folder:/nonexistent/x"], "/nonexistent/x"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:{empty}"], "has no class folders"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:{flat}"], "has no train/ folder"),
     (["run", "--grid", "demo", "--set", "dataset=cifar100"], "CIFAR-100"),
+    (["run", "--grid", "demo", "--set", "dataset=tiny-imagenet"], "val_annotations.txt is missing"),
     (["run", "--grid", "demo", "--device", "cuda:7"], "CUDA is not available"),
+    (["run", "--grid", "demo", "--profile", "nope", "--executor", "slurm"], "unknown SLURM profile 'nope'"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "--results", "{file}/r"], "not writable"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:resnet18:3}"], "is a resnet18 with 3"),
+    (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:small_cnn:10}"], "with 10 classes"),
 ]
+
+
+def _bad_setup(tmp_path, argv: list[str], results):
+    """Fill the placeholders of a BAD case: tiny/empty/flat image folders, a Tiny-ImageNet tree without
+    val_annotations.txt under the data root, a regular file, and a parent model file of the wrong kind."""
+    import torch
+
+    from bench.config import run_id
+    from conftest import write_tiny_folder
+
+    data = tmp_path / "data"
+    ti = data / "tiny-imagenet-200"
+    (ti / "train" / "n01" / "images").mkdir(parents=True)
+    (ti / "val" / "images").mkdir(parents=True)
+    (ti / "wnids.txt").write_text("n01\n")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    write_tiny_folder(tmp_path / "flat_src", n_train=3, n_test=3)
+    (tmp_path / "flat").mkdir()
+    for png in (tmp_path / "flat_src" / "train").rglob("*.png"):  # images with no train/<class>/ layout
+        png.rename(tmp_path / "flat" / f"{png.parent.name}_{png.name}")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    subs = {"{empty}": str(tmp_path / "empty"), "{flat}": str(tmp_path / "flat"), "{file}": str(blocker)}
+    if any("{tiny}" in a for a in argv):
+        subs["{tiny}"] = str(write_tiny_folder(tmp_path / "tiny"))
+    out = []
+    for a in argv:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        if a.startswith("{parent:"):
+            _, model, classes = a.strip("{}").split(":")
+            sets = [x for x, prev in zip(out, ["", *out]) if prev == "--set"]
+            vaft = next(c for c in apply_sets(get_grid("demo"), sets) if c.method == "vaft")
+            path = results / "models" / f"{run_id(vaft.parent)}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model, "num_classes": int(classes), "in_channels": 3, "run_id": run_id(vaft.parent),
+                        "state_dict": {}}, path)
+            continue
+        out.append(a)
+    return out
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[2:]) for a, _ in BAD])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv, message):
+    """Each bad input: one stderr line naming the problem, exit code 2, no traceback, and a results folder that
+    already holds a finished run is left exactly as it was (no file created, changed or deleted)."""
+    from bench.store import Store
+
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
     results = tmp_path / "results"
-    code = main([*argv, "--results", str(results)])
+    Store(results).write("0123456789ab", {"run_id": "0123456789ab", "status": "done", "metrics": {"clean": 0.5}})
+    argv = _bad_setup(tmp_path, argv, results)
+    before = _snapshot(results)
+    blocker = (tmp_path / "file").read_text()
+    code = main([*argv, *([] if "--results" in argv else ["--results", str(results)])])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert "Traceback" not in err
-    assert not results.exists()
+    assert _snapshot(results) == before
+    assert (tmp_path / "file").read_text() == blocker
 
 
 def test_empty_data_folder(tmp_path, capsys):
