@@ -33,10 +33,10 @@ from bench.evaluate import Evaluator
 from bench.models import build_model
 from bench.runtime import Runtime, set_threads
 from bench.schedules import lr_at
-from bench.store import CorruptFile, Store, atomic_torch_save
+from bench.store import CorruptFile, Store, atomic_torch_save, content_digest
 from methods import Context, StepInfo, get_method, make_hparams
 
-CKPT_VERSION = 1
+CKPT_VERSION = 2  # 2: a content digest inside (garbled files are detected)
 
 
 class RunFailed(Exception):
@@ -120,8 +120,8 @@ def provenance(device: torch.device) -> dict:
 # -- parents -------------------------------------------------------------------------------------------------
 def save_model(store: Store, rid: str, cfg: RunConfig, model: nn.Module, num_classes: int, channels: int) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save({"model": cfg.model, "num_classes": num_classes, "in_channels": channels,
-                       "run_id": rid, "state_dict": state}, store.model_path(rid))
+    blob = {"model": cfg.model, "num_classes": num_classes, "in_channels": channels, "run_id": rid, "state_dict": state}
+    atomic_torch_save({**blob, "digest": content_digest(blob)}, store.model_path(rid))
 
 
 def load_parent(cfg: RunConfig, store: Store, num_classes: int, channels: int, rt: Runtime) -> nn.Module:
@@ -149,6 +149,9 @@ def read_parent_file(path: Path, cfg: RunConfig, num_classes: int, channels: int
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         if not isinstance(blob, dict) or "state_dict" not in blob:
             raise ValueError("not an exported model")
+        digest = blob.pop("digest", None)  # files exported before digests existed have none
+        if digest is not None and digest != content_digest(blob):
+            raise ValueError("content digest mismatch: the file is garbled")
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ConfigError(f"parent model {path} is unreadable ({type(e).__name__}): delete it and rerun the parent") from None
     if (blob.get("model"), blob.get("num_classes"), blob.get("in_channels")) != (cfg.model, num_classes, channels):
@@ -169,6 +172,8 @@ def load_checkpoint(store: Store, rid: str, log: Callable[[str], None]) -> dict 
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             if ckpt.get("run_id") != rid or ckpt.get("version") != CKPT_VERSION:
                 raise ValueError("checkpoint of another run or format")
+            if ckpt.pop("digest", None) != content_digest(ckpt):
+                raise ValueError("content digest mismatch: the file is garbled")
             return ckpt
         except Exception as e:  # noqa: BLE001 - truncated zip, garbled pickle, wrong content: all unusable
             log(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); falling back")
@@ -182,7 +187,7 @@ def save_checkpoint(store: Store, rid: str, ckpt: dict) -> None:
         tmp.unlink(missing_ok=True)
     if last.exists():
         last.replace(prev)  # keep the previous good one in case this write is cut off
-    atomic_torch_save(ckpt, last)
+    atomic_torch_save({**ckpt, "digest": content_digest(ckpt)}, last)
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------
