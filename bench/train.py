@@ -98,14 +98,25 @@ class EMA:
 
 
 # -- provenance --------------------------------------------------------------------------------------------
-def provenance(device: torch.device) -> dict:
+def _git_state() -> tuple[str | None, bool | None]:
     try:
+        here = Path(__file__).resolve().parent
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+                             cwd=here, timeout=5).stdout.strip() or None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip())
+                                    text=True, cwd=here, timeout=5).stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        rev, dirty = None, None
+        return None, None
+    return rev, dirty
+
+
+# Read when the code is imported, not when a result is written hours later: the revision recorded with a result
+# is the one whose code produced it, even if the checkout moved on meanwhile.
+_GIT_AT_IMPORT = _git_state()
+
+
+def provenance(device: torch.device) -> dict:
+    rev, dirty = _GIT_AT_IMPORT
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("torchvision", "pyautoattack", "numpy"):
         try:
