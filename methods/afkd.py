@@ -59,12 +59,14 @@ class AFKD(Method):
         self._teacher.train(self.hp.teacher_batch_stats)
         return self._teacher_feats(x).float()
 
-    def rgkd_losses(self, x: Tensor, x_train: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """CE on the training input x_train (x' or a noisy x) + the RGKD distance to the teacher on clean x."""
+    def rgkd_losses(self, x: Tensor, x_train: Tensor, y: Tensor, target: Tensor | None = None) -> dict[str, Tensor]:
+        """CE on the training input x_train (x' or a noisy x) + the RGKD distance to the teacher on clean x.
+
+        ``target``: the teacher's features of x if the caller already has them (ARREST), so they are computed once."""
         h = self.feats(x_train)
         logits = self.w(h)
         ce = F.cross_entropy(logits, y)
-        rgkd = angular_distance(h, self.teacher_features(x))
+        rgkd = angular_distance(h, self.teacher_features(x) if target is None else target)
         return {"loss": ce + self.hp.rgkd_weight * rgkd, "ce": ce, "rgkd": rgkd,
                 "adv_acc": (logits.argmax(1) == y).float().mean()}
 

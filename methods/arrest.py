@@ -58,27 +58,31 @@ class ARREST(AFKD):
         replay_fraction: float = 0.5  # ARREST.py: epoch <= 10 of 20
 
     @torch.no_grad()
-    def replay_distance(self, x: Tensor) -> Tensor:
-        """d = 1 - mean cos(h_pre(x), h(x)) on clean x, the student in eval mode as in ARREST.py."""
+    def replay_distance(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        """d = 1 - mean cos(h_pre(x), h(x)) on clean x, the student in eval mode as in ARREST.py (``target``:
+        the teacher's features h_pre(x), if already computed)."""
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            return angular_distance(self.teacher_features(x), self.feats(x).float())
+            return angular_distance(self.teacher_features(x) if target is None else target, self.feats(x).float())
         finally:
             for m, flag in modes:  # restore each submodule's own flag
                 m.training = flag
 
     def loss(self, batch, step):
         hp = self.hp
-        d = self.replay_distance(batch.x)
+        target = self.teacher_features(batch.x)  # once: the replay distance and the RGKD term share it
+        d = self.replay_distance(batch.x, target)
+        # The one host synchronisation of a step in the suite's methods, inherent to ARREST: whether this batch is
+        # attacked at all depends on d (ARREST.py decides per batch in Python too).
         noise = use_noisy_replay(d, step.epoch, self.ctx.epochs, hp.theta_deg, hp.replay_fraction)
         if noise:
             u = torch.empty_like(batch.x).uniform_(-self.ctx.eps, self.ctx.eps)
             x_train = (batch.x + u).clamp(0.0, 1.0)
         else:
             x_train = self.pgd(batch.x, batch.y, steps=hp.steps, step_size=hp.step_size)
-        out = self.rgkd_losses(batch.x, x_train, batch.y)
+        out = self.rgkd_losses(batch.x, x_train, batch.y, target)
         out["noise"] = torch.tensor(float(noise), device=batch.x.device)
         out["replay_dist"] = d
         return out

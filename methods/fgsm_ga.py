@@ -51,10 +51,13 @@ def grad_align_penalty(g1: Tensor, g2: Tensor) -> Tensor:
     g1, g2 = g1.flatten(1), g2.flatten(1)
     n1, n2 = g1.norm(dim=1), g2.norm(dim=1)
     keep = (n1 != 0) & (n2 != 0)
-    if not keep.any():
-        return g2.sum() * 0  # keeps the graph (and the dtype/device) without a NaN
-    cos = ((g1[keep] / n1[keep, None]) * (g2[keep] / n2[keep, None])).sum(1)
-    return 1 - cos.mean()
+    # Masked instead of indexed, and no `if keep.any()`: no host synchronisation inside the step. Dropped rows
+    # divide by 1 (never 0/0, so no NaN reaches the gradient) and are weighted 0.
+    one = torch.ones_like(n1)
+    cos = ((g1 / torch.where(keep, n1, one)[:, None]) * (g2 / torch.where(keep, n2, one)[:, None])).sum(1)
+    count = keep.sum()
+    mean = (cos * keep).sum() / count.clamp_min(1)
+    return torch.where(count > 0, 1 - mean, mean * 0)
 
 
 @register

@@ -160,7 +160,8 @@ def test_afd_alignment_targets_the_frozen_parent_on_clean_inputs():
     with torch.no_grad():
         expected = m.ctx.parent_model.features(b.x)
         got = m.teacher_feats(b.x)
-    assert torch.equal(got, expected)
+    # The teacher runs in channels_last (faster), the parent as it is: same numbers up to float rounding.
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert all(not p.requires_grad for p in m._teacher.parameters())
     # the teacher is outside the trained/checkpointed net
     assert not any(p is q for p in m.net.parameters() for q in m._teacher.parameters())

@@ -122,16 +122,16 @@ def test_noisy_replay_switches_exactly_at_the_threshold_in_the_first_half_only()
 def test_arrest_step_uses_noise_or_pgd_as_the_switch_says(monkeypatch, d, epoch, noise):
     m, loader = build("arrest", epochs=2)
     b = first_batch(loader)
-    monkeypatch.setattr(m, "replay_distance", lambda x: torch.tensor(d, dtype=torch.float32))
+    monkeypatch.setattr(m, "replay_distance", lambda x, target=None: torch.tensor(d, dtype=torch.float32))
     calls = []
     real_pgd = m.pgd
     monkeypatch.setattr(m, "pgd", lambda *a, **k: calls.append(1) or real_pgd(*a, **k))
     seen = {}
     real_losses = m.rgkd_losses
 
-    def spy(x, xt, y):
+    def spy(x, xt, y, target=None):
         seen["xt"] = xt
-        return real_losses(x, xt, y)
+        return real_losses(x, xt, y, target)
 
     monkeypatch.setattr(m, "rgkd_losses", spy)
     out = m.loss(b, StepInfo(epoch=epoch, step=0, global_step=0))
