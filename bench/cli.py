@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,status} ...`` (also installed as ``bench``).
+"""Command line: ``python -m bench {run,list,report,status,speed} ...`` (also installed as ``bench``).
 
 Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
 saying what is wrong and how to fix it, and exits with code 2, before anything is written.
@@ -222,6 +222,20 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_speed(args) -> int:
+    from bench.speed import measure, render, to_json
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UsageError("--methods is empty: give a comma-separated list, e.g. --methods vaft,afd")
+    rep = measure(model=args.model, methods=methods, precision=args.precision, baseline=args.baseline,
+                  batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
+                  threads=args.threads, matmul_size=args.matmul_size, baseline_workers=args.baseline_workers,
+                  log=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True)))
+    sys.stdout.write(to_json(rep) + "\n" if args.json else render(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")
     grid_args(sp)
     sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("speed", help="images/s of each method's full training step, data share, FLOP/s, baseline")
+    sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
+    sp.add_argument("--methods", default="vaft,afd", help="comma-separated methods (default vaft,afd)")
+    sp.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training precision (default bf16)")
+    sp.add_argument("--baseline", action="store_true",
+                    help="also time each method fed by torchvision's DataLoader + PIL transforms in fp32 NCHW")
+    sp.add_argument("--baseline-workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)")
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--steps", type=int, default=10, help="timed steps per method, after the warm-up (default 10)")
+    sp.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
+    sp.add_argument("--matmul-size", type=int, default=None, help="side of the peak-FLOP/s matmul (default 2048 "
+                    "on CPU, 8192 on CUDA)")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
+    sp.set_defaults(func=cmd_speed)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
     sp.set_defaults(func=cmd_list)
