@@ -18,10 +18,11 @@ sums. Reported per method:
   (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor), fp32, NCHW, as the papers' public code trains, and the
   ``speedup`` of the suite's step over it.
 
-The methods' timed steps are interleaved round-robin, so a machine shared with other jobs slows them alike and the
-ratios (AFD / vAFT, suite / baseline) stay meaningful even when absolute numbers are not. Each baseline is timed in
-its own block (its DataLoader workers prefetch while its own steps run, as in training), right after the suite's
-steps.
+All timed steps, baselines included, are interleaved round-robin, so a machine shared with other jobs slows them
+alike and the ratios (AFD / vAFT, suite / baseline) stay meaningful even when absolute numbers are not. The
+baseline's DataLoader workers (``baseline_workers``, 2 by default as in the public code) keep prefetching during the
+other contenders' steps: its batches then cost its own step little while its workers' CPU time slows everyone
+else, so the reported speedup over the baseline errs on the baseline's side.
 """
 from __future__ import annotations
 
@@ -245,30 +246,31 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
                                     steps_per_epoch, seed)
         runners.append(_Runner(name, method, ema, _cycle_loader(loader), precision, dev))
 
-    log(f"counting FLOPs and warming up ({warmup} steps per method)")
-    flops = {r.name: count_step_flops(r) for r in runners}
-    for _ in range(warmup):
-        for r in runners:
-            _timed_step(r, dev)
-    times: dict[str, list[tuple[float, float]]] = {r.name: [] for r in runners}
-    for i in range(steps):
-        for r in runners:  # round-robin: whatever else runs on the machine slows every method alike
-            times[r.name].append(_timed_step(r, dev))
-        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {t[-1][1]:.3f}s" for n, t in times.items()))
-
-    base_times: dict[str, list[float]] = {}
+    baselines: list[_Runner] = []
     if baseline:
         for name in methods:
             method, ema = _build_method(name, model, split, batch_size, "fp32", dev, torch.contiguous_format,
                                         steps_per_epoch, seed)
-            r = _Runner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev), "fp32", dev)
-            for _ in range(warmup):
-                _timed_step(r, dev)
-            base_times[name] = []
-            for i in range(steps):
-                base_times[name].append(_timed_step(r, dev)[1])
-                log(f"baseline {name} step {i + 1}/{steps}: {base_times[name][-1]:.3f}s")
-            del r, method, ema
+            baselines.append(_Runner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev),
+                                     "fp32", dev))
+
+    log(f"counting FLOPs and warming up ({warmup} steps per method)")
+    flops = {r.name: count_step_flops(r) for r in runners}
+    everyone = runners + baselines
+    for _ in range(warmup):
+        for r in everyone:
+            _timed_step(r, dev)
+    times: dict[str, list[tuple[float, float]]] = {r.name: [] for r in runners}
+    base_times: dict[str, list[float]] = {r.name: [] for r in baselines}
+    for i in range(steps):
+        # Round-robin, baselines included: whatever else runs on the machine slows every contender alike.
+        for r in runners:
+            times[r.name].append(_timed_step(r, dev))
+        for r in baselines:
+            base_times[r.name].append(_timed_step(r, dev)[1])
+        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {t[-1][1]:.3f}s" for n, t in times.items())
+            + "".join(f", baseline {n} {t[-1]:.3f}s" for n, t in base_times.items()))
+    del baselines, everyone
 
     peak = peak_matmul_flops(dev, precision, matmul_size or (8192 if dev.type == "cuda" else 2048))
     rows = []
