@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
+from bench.config import ConfigError, coerce_like, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
 from methods import REGISTRY, resolve_hparams
 
 
@@ -41,20 +41,7 @@ def parse_value(text: str) -> Any:
 
 
 def _check_type(key: str, old: Any, new: Any) -> Any:
-    if isinstance(old, bool):
-        ok = isinstance(new, bool)
-    elif isinstance(old, float):
-        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
-        new = float(new) if ok else new
-    elif isinstance(old, int):
-        ok = isinstance(new, int) and not isinstance(new, bool)
-    elif isinstance(old, tuple):
-        new = new if isinstance(new, tuple) else (new,)
-        ok = True
-    elif isinstance(old, str):
-        ok = isinstance(new, str)
-    else:
-        ok = True
+    ok, new = coerce_like(old, new)
     if not ok:
         raise UsageError(f"--set {key}: expected a {type(old).__name__}, got {new!r}")
     return new

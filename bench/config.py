@@ -129,6 +129,23 @@ class RunConfig:
             self.parent.validate()
 
 
+def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` may replace ``default`` (same type; an int where a float is expected; a single value or
+    a list where a tuple is expected), and the value converted to the default's type."""
+    if isinstance(default, bool):
+        return isinstance(value, bool), value
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(default, str):
+        return isinstance(value, str), value
+    if isinstance(default, tuple):
+        return True, tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return default is None or isinstance(value, type(default)), value
+
+
 def to_dict(cfg: Any) -> Any:
     """Plain JSON-able structure of a config (tuples become lists)."""
     if dataclasses.is_dataclass(cfg):

@@ -70,7 +70,7 @@ def seeded(runs: list[RunConfig], seeds: int) -> list[RunConfig]:
 
 
 # -- grids ----------------------------------------------------------------------------------------------------
-DEMO_EVAL = EvalConfig(n_clean=300, n_pgd=300, n_aa=100, batch_size=300, feature_gap_every_epoch=True, n_gap=300)
+DEMO_EVAL = EvalConfig(n_clean=300, n_pgd=300, n_aa=50, batch_size=300, feature_gap_every_epoch=True, n_gap=300)
 
 
 @grid

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.attacks import pgd
-from bench.config import ConfigError, TrainConfig
+from bench.config import ConfigError, TrainConfig, coerce_like
 from bench.data import Batch, DatasetInfo, Split
 
 
@@ -169,7 +169,7 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> tuple
     for key, value in overrides.items():
         if key not in known:
             raise MethodError(f"method '{name}' has no hyperparameter '{key}'; known: {', '.join(sorted(known)) or 'none'}")
-        overrides[key] = _coerce(name, key, value, known[key].type, getattr(cls.Hparams(), key))
+        overrides[key] = _coerce(name, key, value, getattr(cls.Hparams(), key))
     hp = cls.Hparams(**overrides)
     return tuple(sorted(dataclasses.asdict(hp).items()))
 
@@ -178,22 +178,8 @@ def make_hparams(name: str, pairs: tuple[tuple[str, Any], ...]) -> Any:
     return get_method(name).Hparams(**dict(pairs))
 
 
-def _coerce(method: str, key: str, value: Any, annotation: Any, default: Any) -> Any:
-    """Check a value against the default's type; ints are accepted where floats are expected."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, (tuple, list))
-        value = tuple(value) if ok else value
-    else:
-        ok = default is None or isinstance(value, type(default))
+def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
+    ok, value = coerce_like(default, value)
     if not ok:
         raise MethodError(f"hyperparameter {method}.{key} expects {type(default).__name__}, got {value!r}")
     return value

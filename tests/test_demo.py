@@ -34,7 +34,7 @@ def test_demo_grid_end_to_end(tmp_path):
         m = r["metrics"]
         assert r["status"] == "done" and m["violations"] == []
         assert 0 <= m["aa"] <= m["pgd20"] <= m["clean"] <= 1
-        assert m["n_aa"] == 100 and m["n_pgd"] == 300
+        assert m["n_aa"] == 50 and m["n_pgd"] == 300
     latex = subprocess.run([sys.executable, "-m", "bench", "report", "--grid", "demo", "--format", "latex",
                             "--results", str(results)], capture_output=True, text=True, cwd=REPO, env=env)
     assert latex.returncode == 0 and "\\begin{tabular}" in latex.stdout and "\\toprule" in latex.stdout

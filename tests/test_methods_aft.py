@@ -169,12 +169,12 @@ def test_mrc_perturbation_stays_in_the_ball_and_the_weight_is_restored():
         p.requires_grad_(False)
     split = tiny_split(seed=3, n=16)
     x, y = split.images.float() / 255, split.labels
-    w_before = probe.get_parameter("body.1.0.weight").clone()
-    worst, ratios = worst_case_loss(probe, "body.1.0.weight", x, y, ball=0.1, epochs=4, lr=100.0, batch_size=8,
+    w_before = probe.get_parameter("body.2.0.weight").clone()
+    worst, ratios = worst_case_loss(probe, "body.2.0.weight", x, y, ball=0.1, epochs=4, lr=100.0, batch_size=8,
                                     generator=torch.Generator().manual_seed(0))
     assert len(ratios) == 4 and all(r <= 0.1 + 1e-5 for r in ratios)
     assert max(ratios) == pytest.approx(0.1, rel=1e-4)  # lr 100 leaves the ball: the projection was needed
-    assert torch.equal(probe.get_parameter("body.1.0.weight"), w_before)
+    assert torch.equal(probe.get_parameter("body.2.0.weight"), w_before)
     assert all(not p.requires_grad for p in probe.parameters())
     with torch.no_grad():
         base = F.cross_entropy(probe(x), y).item()
@@ -210,12 +210,12 @@ def test_rift_module_hparam_skips_mrc(monkeypatch):
 
 
 def test_interpolation_endpoints_are_the_two_models():
-    m, loader = build("rift", {"module": "body.1.0"})
+    m, loader = build("rift", {"module": "body.2.0"})
     m.on_epoch_start(0)
     steps(m, loader, 2)
     at = m.ctx.parent_model.state_dict()
     ft = m.model.state_dict()
-    assert not torch.equal(at["body.1.0.weight"], ft["body.1.0.weight"])
+    assert not torch.equal(at["body.2.0.weight"], ft["body.2.0.weight"])
     assert not torch.equal(at["body.0.1.running_mean"], ft["body.0.1.running_mean"])  # BN stats updated too
     for a, ref in ((0.0, at), (1.0, ft)):
         got = interpolate_state(at, ft, a)
@@ -223,7 +223,7 @@ def test_interpolation_endpoints_are_the_two_models():
         for k in ref:
             assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), (a, k)
     mid = interpolate_state(at, ft, 0.5)
-    torch.testing.assert_close(mid["body.1.0.weight"], (at["body.1.0.weight"] + ft["body.1.0.weight"]) / 2)
+    torch.testing.assert_close(mid["body.2.0.weight"], (at["body.2.0.weight"] + ft["body.2.0.weight"]) / 2)
 
 
 def test_select_alpha_rule_on_a_hand_made_curve():
