@@ -33,6 +33,14 @@ from bench.config import ConfigError, RunConfig  # noqa: E402
 from bench.report import DATASET_LABELS, MODEL_LABELS, load, method_label  # noqa: E402
 
 NO_GAP_NOTE = "no per-epoch feature gap recorded"
+NO_RUN_NOTE = "no finished run"
+
+
+def _gapless(data: dict) -> tuple[list[str], list[str]]:
+    """Methods with finished runs but no per-epoch gap, and methods with no finished run at all."""
+    no_gap = [method_label(m) for m, d in data.items() if not d["curves"] and d["n_done"]]
+    no_run = [method_label(m) for m, d in data.items() if not d["n_done"]]
+    return no_gap, no_run
 
 
 class PlotError(ConfigError):
@@ -72,7 +80,6 @@ def gap_curves(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
 def fig1(df: pd.DataFrame, title: str = "") -> plt.Figure:
     data = gap_curves(df)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    missing = []
     for method, d in data.items():
         label = method_label(method)
         if d["curves"]:
@@ -87,7 +94,6 @@ def fig1(df: pd.DataFrame, title: str = "") -> plt.Figure:
             if len(d["curves"]) > 1:
                 ax.fill_between(epochs, np.nanmin(table, 0), np.nanmax(table, 0), color=line.get_color(), alpha=0.2)
         else:
-            missing.append(label)
             if d["final"]:
                 ax.plot([max(d["epochs"])], [float(np.mean(d["final"]))], marker="x", ms=9, linestyle="none",
                         label=f"{label} (final epoch only)")
@@ -97,9 +103,11 @@ def fig1(df: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("feature gap (mean L∞, clean vs PGD-20)")
     ax.set_title(title or f"Figure 1a: feature gap during fine-tuning ({_where(df)})", fontsize=9)
-    if missing:
-        ax.text(0.02, 0.97, f"{NO_GAP_NOTE} for: {', '.join(missing)}\n"
-                "(train with --set eval.feature_gap_every_epoch=true)", transform=ax.transAxes, va="top",
+    no_gap, no_run = _gapless(data)
+    notes = ([f"{NO_GAP_NOTE} for: {', '.join(no_gap)}\n(train with --set eval.feature_gap_every_epoch=true)"]
+             if no_gap else []) + ([f"{NO_RUN_NOTE} for: {', '.join(no_run)} (bench run --grid ...)"] if no_run else [])
+    if notes:
+        ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top",
                 fontsize=8, color="red", bbox={"facecolor": "white", "edgecolor": "red", "alpha": 0.9})
     if not data:
         ax.text(0.5, 0.5, "no fine-tuning run in this grid", transform=ax.transAxes, ha="center", color="red")
@@ -248,13 +256,14 @@ def plot(figure: str, grid: str | list[RunConfig], results: Path, out: Path, *, 
     df = load(grid, results, seeds)
     stem = f"{figure}_{name}" if name else figure
     if figure == "fig1":
-        data = gap_curves(df)
-        missing = [method_label(m) for m, d in data.items() if not d["curves"]]
-        if missing:
-            import sys
+        import sys
 
-            print(f"bench plot: {NO_GAP_NOTE} for {', '.join(missing)}: drawn as the final-epoch gap only; "
+        no_gap, no_run = _gapless(gap_curves(df))
+        if no_gap:
+            print(f"bench plot: {NO_GAP_NOTE} for {', '.join(no_gap)}: drawn as the final-epoch gap only; "
                   "train with --set eval.feature_gap_every_epoch=true for curves", file=sys.stderr)
+        if no_run:
+            print(f"bench plot: {NO_RUN_NOTE} for {', '.join(no_run)}: run the grid first", file=sys.stderr)
         fig = fig1(df)
     elif figure == "fig4":
         fig = fig4(df)

@@ -156,8 +156,14 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
     note = " ".join(t.get_text() for t in ax.texts)
     assert plots.NO_GAP_NOTE in note and "ARREST" in note and "vAFT" not in note
+    assert plots.NO_RUN_NOTE not in note
     paths = plots.save(fig, tmp_path, "fig1")
     plt.close(fig)
+    # runs that never finished are named as such, not as runs without a per-epoch gap
+    empty = plots.fig1(load(runs, tmp_path / "no-results"))
+    note = " ".join(t.get_text() for t in empty.axes[0].texts)
+    assert plots.NO_RUN_NOTE in note and "AFD" in note and plots.NO_GAP_NOTE not in note
+    plt.close(empty)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
 
 
