@@ -73,7 +73,7 @@ def test_grid_of_a_parent_and_two_children(tmp_path, folder, monkeypatch, capsys
     assert "0 job(s) in 0 array(s); not submitted: 3 done" in capsys.readouterr().out
 
 
-def test_requeued_job_resumes_from_checkpoint(tmp_path, folder):
+def test_requeued_job_resumes_from_checkpoint(tmp_path, folder, monkeypatch):
     """`scontrol requeue` kills the running job and queues it again (SLURM holds it ~150 s, BeginTime): the run
     resumes from its last epoch checkpoint, and its result is written once, after the last epoch."""
     from bench.runtime import Runtime
@@ -81,6 +81,10 @@ def test_requeued_job_resumes_from_checkpoint(tmp_path, folder):
     from bench.store import Store
 
     cfg = tiny_run("standard", folder, epochs=400)
+    # A tiny epoch takes ~10 ms on a quiet machine: without a pause the job could finish before the requeue lands.
+    # The job inherits this (sbatch exports the environment): every checkpoint write waits 50 ms, so 400 epochs
+    # take at least 20 s.
+    monkeypatch.setenv("BENCH_TEST_SLOW_WRITES", "0.05")
     results = tmp_path / "results"
     plan = run_slurm([cfg], Runtime(results=results, threads=1), "local", log=lambda s: None)
     job = plan.arrays[0].job_ids[0]
