@@ -59,6 +59,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
         row: dict[str, Any] = {
             "run_id": rid, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
             "epochs": cfg.train.epochs, "parent_id": run_id(cfg.parent) if cfg.parent is not None else None,
+            "eval_sizes": (cfg.eval.n_clean, cfg.eval.n_pgd, cfg.eval.n_aa),
             **{f"hp.{k}": v for k, v in cfg.hparams}}
         try:
             res = store.read(rid)
@@ -524,6 +525,18 @@ RENDERERS: dict[str, Callable[[Built], str]] = {"markdown": render_markdown, "la
                                                "csv": render_csv}
 
 
+def _sizes_note(df: pd.DataFrame) -> str:
+    """Say on how many test images each column was measured when they differ (AutoAttack is the costly one)."""
+    sizes = set(df["eval_sizes"]) if "eval_sizes" in df and len(df) else set()
+    if len(sizes) != 1:
+        return ""
+    n_clean, n_pgd, n_aa = sizes.pop()
+    if n_clean == n_pgd == n_aa:
+        return f" All on the first {n_clean} test images."
+    return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, AutoAttack on the first {n_aa}"
+            " (AA <= PGD-20 <= clean is checked on the images they share).")
+
+
 def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: str = "markdown", seeds: int = 1,
            *, table: str | None = None, compare: str | None = None) -> str:
     """Render a grid's table. ``table`` names a declared table (default: the grid's name when it is one);
@@ -539,5 +552,5 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
     else:
         what = f"grid {name}" if name else "this grid"
         t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
-                              "Avg is their mean.")
+                              "Avg is their mean." + _sizes_note(df))
     return RENDERERS[fmt](build(t, df, compare))
