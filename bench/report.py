@@ -534,7 +534,7 @@ def _sizes_note(df: pd.DataFrame) -> str:
     if n_clean == n_pgd == n_aa:
         return f" All on the first {n_clean} test images."
     return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, AutoAttack on the first {n_aa}"
-            " (AA <= PGD-20 <= clean is checked on the images they share).")
+            "; the order AA, PGD-20, clean (each at most the next) is checked on the images they share.")
 
 
 def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: str = "markdown", seeds: int = 1,
