@@ -40,11 +40,26 @@ def preflight(runs: list[RunConfig], rt: Runtime) -> None:
                 read_parent_file(path, cfg, info.num_classes, info.channels, mmap=True)
 
 
+def parents_needing_model(ordered: list[RunConfig], store: Store) -> set[str]:
+    """Run ids that are done but whose exported model is missing while a run still to do fine-tunes them."""
+    out = set()
+    for cfg in ordered:
+        if cfg.parent is None or cfg.parent_zoo is not None:
+            continue
+        pid = run_id(cfg.parent)
+        if pid in out or store.model_path(pid).exists():
+            continue
+        if store.status(pid) == "done" and store.status(run_id(cfg)) != "done":
+            out.add(pid)
+    return out
+
+
 def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = print) -> dict[str, dict]:
     ordered = expand(runs)
     preflight(ordered, rt)
     store = Store(rt.results)
     results: dict[str, dict] = {}
+    needed = parents_needing_model(ordered, store)
     for i, cfg in enumerate(ordered, 1):
         rid = run_id(cfg)
         pid = run_id(cfg.parent) if cfg.parent is not None else None
@@ -58,10 +73,11 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
             status = store.status(rid)
         except CorruptFile:
             status = "corrupt"
+        redo = status == "done" and rid in needed
         log(f"[{i}/{len(ordered)}] {rid} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: "
-            + ("done, skipped" if status == "done" else "training"))
+            + ("done, skipped" if status == "done" and not redo else "training"))
         try:
-            results[rid] = execute(cfg, rt, log=log)
+            results[rid] = execute(cfg, rt, log=log, need_model=rid in needed)
         except ConfigError:
             raise  # bad input: stop the whole grid with one line
         except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid

@@ -281,6 +281,9 @@ def grid_status(runs: list[RunConfig], results: Path, *, query: Callable[[list[s
         jobs, scheduler_error = {}, str(e)
     out: list[RunStatus] = []
     by_id: dict[str, RunStatus] = {}
+    from bench.runner import parents_needing_model
+
+    needed = parents_needing_model(ordered, store)
     for cfg in ordered:
         rid = run_id(cfg)
         try:
@@ -292,7 +295,11 @@ def grid_status(runs: list[RunConfig], results: Path, *, query: Callable[[list[s
         rec = records[rid]
         job_id = rec["job_id"] if rec else None
         job = jobs.get(job_id) if job_id else None
-        if result is not None and result["status"] == "done":
+        if result is not None and result["status"] == "done" and rid in needed and not (
+                job is not None and job.state in QUEUED_STATES | RUNNING_STATES):
+            st = RunStatus(cfg, rid, "missing", "done, but its model file is missing and a child needs it: "
+                           "will train again", job_id)
+        elif result is not None and result["status"] == "done":
             st = RunStatus(cfg, rid, "done", job_id=job_id)
         elif job is not None and job.state in QUEUED_STATES:
             st = RunStatus(cfg, rid, "queued", job.reason, job_id)
@@ -349,7 +356,8 @@ class RunJob(submitit.helpers.Checkpointable):
             f"on {os.environ.get('SLURMD_NODENAME')}, code {os.getcwd()}")
         store = Store(rt.results)
         try:
-            result = execute(cfg, rt, log=log)
+            # submitted although done only when a child needs its missing model file (grid_status)
+            result = execute(cfg, rt, log=log, need_model=True)
         except Exception as e:
             # record why, unless another process finished the run meanwhile; then fail the job so that
             # `afterok` children are cancelled instead of starting without their parent

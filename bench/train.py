@@ -209,11 +209,14 @@ def _autocast(device: torch.device, precision: str):
 
 
 def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
-            stop_after_epoch: int | None = None) -> dict:
+            stop_after_epoch: int | None = None, need_model: bool = False) -> dict:
     """Train and evaluate one run (resuming if it was cut off); return its result, which is also stored.
 
-    A run that is already done is returned as stored. ``stop_after_epoch`` (tests) returns after that many
-    epochs with the checkpoint written, as if the process had been killed there."""
+    A run that is already done is returned as stored, unless ``need_model`` (it is the parent of a run still to
+    do) and its exported model is missing: result files are committed but models/ is not, so a fresh clone has
+    the one without the other. Then the run is done again (from its final checkpoint if that is still there,
+    else from scratch) and its result rewritten. ``stop_after_epoch`` (tests) returns after that many epochs
+    with the checkpoint written, as if the process had been killed there."""
     cfg.validate()
     store = Store(rt.results)
     rid = run_id(cfg)
@@ -224,7 +227,10 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
             log(f"result {e.path} is corrupt; redoing the run")
             existing = None
         if existing is not None and existing["status"] == "done":
-            return existing
+            if not (need_model and not store.model_path(rid).exists()):
+                return existing
+            log(f"[{rid}] {cfg.method} is done but its model file {store.model_path(rid)} is missing and a child "
+                "needs it: training it again")
         return _execute_locked(cfg, rt, store, rid, log, stop_after_epoch)
 
 

@@ -274,6 +274,39 @@ def test_corrupt_result_reported_by_status_and_report_then_redone(grid, tmp_path
     assert _results(out) == _results(ref)
 
 
+def test_done_parent_without_its_model_file_is_trained_again_for_a_new_child(grid, tmp_path):
+    """Result files are committed, models/ and ckpt/ are not: on a fresh clone a child still to do must not fail
+    with "parent has no model"; the parent is trained again (same result) and the child runs."""
+    from bench.cli import _grid_runs, build_parser
+    from bench.slurm import grid_status
+
+    data, cache, ref = grid
+    out = tmp_path / "r"
+    shutil.copytree(ref, out)
+    args = _args(data)
+    args = args[: args.index("--device")] + ["--results", str(out)]
+    runs = _grid_runs(build_parser().parse_args(["run", *args]))
+    parent = next(c for c in runs if c.parent is not None).parent
+    child = next(c for c in runs if c.parent is not None)
+    pid, cid = run_id(parent), run_id(child)
+    shutil.rmtree(out / "models"), shutil.rmtree(out / "ckpt")  # what a fresh clone has
+    (out / "runs" / f"{cid}.json").unlink()  # ... plus one child still to do
+    states = {s.run_id: s for s in grid_status(runs, out, query=lambda ids: {})}
+    assert states[pid].state == "missing" and "model file is missing" in states[pid].reason
+    assert states[cid].state == "missing"
+    assert all(s.state == "done" for r, s in states.items() if r not in (pid, cid))  # the other child: no redo
+    msgs: list[str] = []
+    res = run_local(runs, _rt(out, data), log=msgs.append)
+    assert any(f"[{pid}]" in m and "training it again" in m for m in msgs), msgs
+    assert all(r["status"] == "done" for r in res.values())
+    assert _results(out) == _results(ref)  # CPU training is deterministic: the same parent, the same child
+    assert Store(out).model_path(pid).exists()
+    again: list[str] = []
+    run_local(runs, _rt(out, data), log=again.append)
+    plan_lines = [m for m in again if re.match(r"\[\d+/\d+\]", m)]
+    assert len(plan_lines) == 3 and all(m.endswith("done, skipped") for m in plan_lines), again
+
+
 # -- 4. numerical failure and catastrophic overfitting ---------------------------------------------------------
 def test_diverging_run_fails_with_epoch_and_the_grid_goes_on(tmp_path, tiny_folder):
     ok = tiny_run("standard", f"folder:{tiny_folder}", epochs=2)
