@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.config import ConfigError, coerce_like, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
-from methods import REGISTRY, resolve_hparams
+from methods import REGISTRY, get_method, resolve_hparams
 
 
 class UsageError(ConfigError):
@@ -146,8 +146,13 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench.report import report
 
-    out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
-                 compare=args.compare)
+    if args.claims:
+        from bench.claims import claims
+
+        out = claims(args.grid, Path(args.results))
+    else:
+        out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
+                     compare=args.compare)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(out, encoding="utf-8")
@@ -160,8 +165,14 @@ def cmd_report(args) -> int:
 def cmd_plot(args) -> int:
     from bench.plots import plot
 
+    from bench.plots import FIG1_METHODS
+
+    methods = FIG1_METHODS if args.methods is None else (
+        None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
+    for m in methods or ():
+        get_method(m)  # an unknown name is bad input: one line, exit 2
     for path in plot(args.figure, _grid_runs(args), Path(args.results), Path(args.out or Path(args.results) / "figures"),
-                     name=args.grid, run=args.run, n=args.n, data_root=args.data_root):
+                     name=args.grid, run=args.run, n=args.n, data_root=args.data_root, methods=methods):
         print(f"wrote {path}")
     return 0
 
@@ -255,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="put the paper's published numbers and the difference under ours")
     sp.add_argument("--table", default=None, help="declared table to render (default: the grid's name: "
                     "table1..table5; other grids get a generic accuracy table)")
+    sp.add_argument("--claims", action="store_true", help="instead of tables: the AFD paper's five claims checked "
+                    "against the results, with seed spread and a verdict (Markdown)")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("plot", help="draw a paper figure (PNG and PDF) from a grid's results")
@@ -265,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", default=None, help="fig3: the AFD run id (default: the grid's first finished AFD run)")
     sp.add_argument("--n", type=int, default=1000, help="fig3: test images to embed (default 1000)")
     sp.add_argument("--data-root", default=None, help="fig3: data folder (default: $BENCH_DATA_ROOT or ./data)")
+    sp.add_argument("--methods", default=None, help="fig1: comma-separated fine-tuning methods to draw, or 'all' "
+                    "(default: the paper's Figure 1a: vaft,afkd,arrest,afd)")
     sp.set_defaults(func=cmd_plot)
 
     sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")

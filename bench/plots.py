@@ -61,10 +61,28 @@ def _where(df: pd.DataFrame) -> str:
 
 
 # -- Figure 1a -------------------------------------------------------------------------------------------------
-def gap_curves(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per fine-tuning method: epochs and the per-seed gap curves (from the per-epoch log), or the final gap."""
+FIG1_METHODS = ("vaft", "afkd", "arrest", "afd")  # the paper's Figure 1a: vAFT, AFT+RGKD, ARREST, AFD
+
+
+def at_defaults(df: pd.DataFrame) -> pd.Series:
+    """Runs whose hyperparameters are all their method's defaults (a sweep's variants are not the method)."""
+    from methods import resolve_hparams
+
+    def ok(row: pd.Series) -> bool:
+        return all(k not in row or pd.isna(row[k]) or row[k] == v
+                   for k, v in ((f"hp.{k}", v) for k, v in resolve_hparams(row["method"], {})))
+
+    return df.apply(ok, axis=1) if len(df) else pd.Series(dtype=bool)
+
+
+def gap_curves(df: pd.DataFrame, methods: tuple[str, ...] | None = FIG1_METHODS) -> dict[str, dict[str, Any]]:
+    """Per fine-tuning method (``methods``, None = all in the grid), at its default hyperparameters: epochs and
+    the per-seed gap curves (from the per-epoch log), or the final gap."""
     out: dict[str, dict[str, Any]] = {}
     ft = df[df.parent_id.notna()]
+    if methods is not None:
+        ft = ft[ft.method.isin(methods)]
+    ft = ft[at_defaults(ft)] if len(ft) else ft
     for method, g in ft.groupby("method", sort=False):
         done = g[g.status == "done"]
         curves = []
@@ -77,8 +95,8 @@ def gap_curves(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-def fig1(df: pd.DataFrame, title: str = "") -> plt.Figure:
-    data = gap_curves(df)
+def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FIG1_METHODS) -> plt.Figure:
+    data = gap_curves(df, methods)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, d in data.items():
         label = method_label(method)
@@ -251,20 +269,22 @@ def fig3(features: dict[str, np.ndarray], title: str = "", seed: int = 0) -> plt
 
 # -- entry point -----------------------------------------------------------------------------------------------
 def plot(figure: str, grid: str | list[RunConfig], results: Path, out: Path, *, name: str = "", seeds: int = 1,
-         run: str | None = None, n: int = 1000, data_root: str | None = None) -> list[Path]:
-    """Draw one figure for a grid; returns the PNG and PDF paths."""
+         run: str | None = None, n: int = 1000, data_root: str | None = None,
+         methods: tuple[str, ...] | None = FIG1_METHODS) -> list[Path]:
+    """Draw one figure for a grid; returns the PNG and PDF paths. ``methods``: fig1's curves (None = every
+    fine-tuning method of the grid)."""
     df = load(grid, results, seeds)
     stem = f"{figure}_{name}" if name else figure
     if figure == "fig1":
         import sys
 
-        no_gap, no_run = _gapless(gap_curves(df))
+        no_gap, no_run = _gapless(gap_curves(df, methods))
         if no_gap:
             print(f"bench plot: {NO_GAP_NOTE} for {', '.join(no_gap)}: drawn as the final-epoch gap only; "
                   "train with --set eval.feature_gap_every_epoch=true for curves", file=sys.stderr)
         if no_run:
             print(f"bench plot: {NO_RUN_NOTE} for {', '.join(no_run)}: run the grid first", file=sys.stderr)
-        fig = fig1(df)
+        fig = fig1(df, methods=methods)
     elif figure == "fig4":
         fig = fig4(df)
     elif figure == "fig3":
