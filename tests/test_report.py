@@ -237,3 +237,40 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
     shutil.rmtree(tmp_path / "ckpt")
     with pytest.raises(plots.PlotError, match="cannot be recovered"):
         plots.tsne_features(tmp_path, rid, n=10)
+
+
+# -- the claims check (bench report --claims) --------------------------------------------------------------------
+def test_noise_and_verdict_rule():
+    import pandas as pd
+
+    from bench.claims import noise, verdict
+
+    a, b = pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0])
+    # seed part sqrt(2/2 + 0) = 1.0; binomial part at 1,000 images sqrt(.51*.49/1000 + .4*.6/1000)*100 = 2.1
+    assert noise(a, b, 1000) == pytest.approx(100 * math.sqrt((0.51 * 0.49 + 0.4 * 0.6) / 1000))
+    assert noise(pd.Series([50.0, 60.0]), b, 10**6) == pytest.approx(math.sqrt(50 / 2))  # seeds dominate
+    assert verdict(11.0, 5.0) == "holds" and verdict(-11.0, 5.0).startswith("does not hold")
+    assert verdict(9.0, 5.0).startswith("not distinguishable") and verdict(math.nan, 1.0) == "not measured"
+
+
+def test_claims_from_the_fixture_results():
+    from bench.claims import claims
+
+    text = claims(table_runs() + fig4_runs(), RESULTS)
+    assert "Setting: RN18, CIFAR-10." in text  # the setting with the most fine-tuning runs, not CIFAR-100's
+    assert "Runs: 18 of 21 finished (3 not finished" in text
+    assert "| vAFT | 2 | 84.12 ± 0.18 | 51.46 ± 0.08 | 45.56 ± 0.08 | 83.93 / 51.40 / 45.48 |" in text
+    assert "- PGD-20: AFD 52.76 vs the best other, vAFT 51.46: difference +1.30, noise 7.06 -> not distinguishable" in text
+    assert "AFD's gap is the flattest" in text and "Grows on every seed: vAFT." in text
+    assert "ARREST | no per-epoch gap recorded" in text  # the fixture's ARREST has no per-epoch gaps
+    assert "Δ = f1 − f2 40.50 ± 0.71" in text and "-> holds." in text
+    assert "AFD / vAFT: 1.24 (means), 1.24 (medians); paper 1.24" in text
+    assert "| alpha | 0.01, 0.05, 0.2 |" in text and text.count("insensitive within noise") == 3
+
+
+def test_claims_command_line(capsys):
+    from bench.cli import main
+
+    assert main(["report", "--grid", "cpu", "--results", str(RESULTS), "--claims"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## The claims, measured") and "Runs: 0 of 28 finished" in out
