@@ -1,7 +1,10 @@
 """Tests for bench.models: shapes, the features/classifier split, the factory and the hook-based feature path."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bench.models import MODELS, Classifier, ModelError, build_model, feature_extractor_and_head
 
@@ -148,3 +151,29 @@ def test_feature_extractor_rejects_torchvision_style_features():
 def test_feature_extractor_needs_a_linear():
     with pytest.raises(ModelError):
         feature_extractor_and_head(nn.Sequential(nn.Conv2d(3, 2, 1)))
+
+
+def test_small_cnn_relu_after_pool_is_exactly_the_conv_bn_relu_pool_layout():
+    """SmallCNN applies ReLU after each max-pool (cheaper); outputs, input gradients and parameter gradients must
+    equal the textbook conv-bn-relu-pool layout bit for bit, with the same parameter names (old models load)."""
+    torch.manual_seed(0)
+    new = build_model("small_cnn", 10, 3)
+
+    def cbr(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    old = copy.deepcopy(new)
+    old.body = nn.Sequential(cbr(3, 32), nn.MaxPool2d(2), cbr(32, 64), nn.MaxPool2d(2), cbr(64, 128),
+                             nn.MaxPool2d(2), cbr(128, 256))
+    old.load_state_dict(new.state_dict())  # strict: the same names
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    outs = []
+    for m in (new, old):
+        xi = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(m.train()(xi), y)
+        grads = torch.autograd.grad(loss, [xi, *m.parameters()])
+        outs.append((loss.detach(), grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        assert torch.equal(a, b)
