@@ -94,12 +94,18 @@ def claims(grid: str | list, results: str | Path) -> str:
     out += [f"Runs: {len(done)} of {len(df)} finished"
             + (f" ({n_bad} not finished: the verdicts below are provisional)" if n_bad else "")
             + f"; {len(done) - n_viol} of {len(done)} pass the order check AA <= PGD-20 <= clean.",
+            f"Compute: the runs' wall time adds up to {_wall(df) / 3600:.2f} h (training {done.train_seconds.sum() / 3600:.2f} h, "
+            "the rest is evaluation) on " + ", ".join(sorted(set(done.device_name.dropna()))) + ".",
             f"Test images: clean {sizes.get('clean', '—')}, PGD-20 {sizes.get('pgd20', '—')}, "
             f"AutoAttack {sizes.get('aa', '—')}. Noise rule: a difference is real when it exceeds twice the larger "
             "of its seed spread and its test-sample (binomial) error.", ""]
     out += _claim1(defaults, sizes) + _claim2(defaults, df) + _claim3(defaults) + _claim4(defaults) + \
         _claim5(done, defaults, sizes)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _wall(df: pd.DataFrame) -> float:
+    return float(df.wall_seconds.where(df.status == "done").sum()) if "wall_seconds" in df else math.nan
 
 
 def _by(df: pd.DataFrame, method: str) -> pd.DataFrame:

@@ -80,14 +80,14 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
             if _is_num(m.get("feature_gap")):
                 row["feature_gap"] = float(m["feature_gap"])
             row["violations"] = "; ".join(m.get("violations") or [])
-            for k in ("seconds_per_epoch", "train_seconds"):
+            for k in ("seconds_per_epoch", "train_seconds", "wall_seconds"):
                 row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
             row["device_name"] = res.get("device_name")
             row["epoch_log"] = res.get("epochs") or []
         rows.append(row)
     df = pd.DataFrame(rows)
     for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "seconds_per_epoch",
-              "train_seconds"):
+              "train_seconds", "wall_seconds"):
         if k not in df:
             df[k] = math.nan
         df[k] = df[k].astype(float)
