@@ -225,7 +225,7 @@ def _claim4(df: pd.DataFrame) -> list[str]:
 
 def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str]:
     out = ["### 5. AFD insensitive to alpha, beta, gamma (Figure 4)", "",
-           "Each hyperparameter at the ends of the paper's range with the other two at their defaults; the "
+           "Each hyperparameter at values from the paper's range with the other two at their defaults; the "
            "default point is the mean of the default AFD runs (all seeds).", "",
            "| Swept | values | Clean | PGD-20 | range Clean | range PGD-20 |", "|:---|:---|:---|:---|---:|---:|"]
     from methods import resolve_hparams
