@@ -105,6 +105,8 @@ def test_status_and_resubmission_from_queue(tmp_path):
     store = Store(tmp_path)
     ids = [run_id(r) for r in full]
     store.write(ids[0], {"run_id": ids[0], "status": "done"})
+    store.model_path(ids[0]).parent.mkdir(parents=True, exist_ok=True)
+    store.model_path(ids[0]).write_bytes(b"")  # a done parent has its model (else it would be trained again)
     for rid, job in zip(ids[1:4], ("7_0", "7_1", "7_2")):
         write_job(tmp_path, rid, {"run_id": rid, "job_id": job})
     fake = {"7_0": JobState("PENDING", "Dependency"), "7_1": JobState("RUNNING"), "7_2": JobState("TIMEOUT")}
