@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.plots import at_defaults
-from bench.report import DATASET_LABELS, MODEL_LABELS, load, load_paper, method_label
+from bench.plots import at_defaults, hparam_sweeps
+from bench.report import DATASET_LABELS, MODEL_LABELS, _paper_value, load, load_paper, method_label
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")
@@ -47,12 +47,16 @@ def _ms(vals: pd.Series, d: int = 2) -> str:
     return f"{vals.mean():.{d}f} ± {vals.std(ddof=1):.{d}f}"
 
 
+def binomial_noise(p_a: float, p_b: float, n_test: int) -> float:
+    """Test-sample standard error of the difference of two accuracies (percent), each on n_test images."""
+    return math.sqrt(sum((p / 100) * (1 - p / 100) / n_test for p in (p_a, p_b))) * 100
+
+
 def noise(a: pd.Series, b: pd.Series, n_test: int) -> float:
     """The noise of mean(a) - mean(b) (percent accuracies over seeds, each measured on n_test images)."""
     a, b = a.dropna(), b.dropna()
     seed = math.sqrt(sum(float(x.var(ddof=1)) / len(x) for x in (a, b) if len(x) > 1))
-    binom = math.sqrt(sum((p / 100) * (1 - p / 100) / n_test for p in (a.mean(), b.mean()))) * 100
-    return max(seed, binom)
+    return max(seed, binomial_noise(a.mean(), b.mean(), n_test))
 
 
 def verdict(diff: float, nz: float, claim_sign: int = 1) -> str:
@@ -64,14 +68,12 @@ def verdict(diff: float, nz: float, claim_sign: int = 1) -> str:
 
 
 def _paper(name: str, method: str, key: str) -> float:
+    """The paper's number for ResNet18 on CIFAR-10 (the setting its claims are made in)."""
     try:
-        p = load_paper(name)
+        paper = load_paper(name)
     except FileNotFoundError:
         return math.nan
-    sub = p[(p.method == method) & (p.model == "resnet18") & (p.dataset == "cifar10")]
-    if "dagger" in sub:
-        sub = sub[sub.dagger == 0]
-    return float(sub[key].iloc[0]) if len(sub) and key in sub and pd.notna(sub[key].iloc[0]) else math.nan
+    return _paper_value(paper, {"method": method, "model": "resnet18", "dataset": "cifar10"}, key)[0]
 
 
 def claims(grid: str | list, results: str | Path) -> str:
@@ -228,30 +230,22 @@ def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str
            "Each hyperparameter at values from the paper's range with the other two at their defaults; the "
            "default point is the mean of the default AFD runs (all seeds).", "",
            "| Swept | values | Clean | PGD-20 | range Clean | range PGD-20 |", "|:---|:---|:---|:---|---:|---:|"]
-    from methods import resolve_hparams
-
-    dflt = dict(resolve_hparams("afd", {}))
-    afd = done[done.method == "afd"]
     base = _by(defaults, "afd")
     ranges = {}
-    for name in SWEEP:
-        others = [n for n in SWEEP if n != name]
-        mask = np.ones(len(afd), dtype=bool)
-        for n in others:
-            mask &= np.isclose(afd[f"hp.{n}"].astype(float), float(dflt[n]))
-        g = afd[mask].groupby(f"hp.{name}")[["clean", "pgd20"]].mean().sort_index()
-        if len(g) < 2:
+    for name, tab in hparam_sweeps(done, "afd", SWEEP).items():  # Figure 4's own selection and means
+        if len(tab) < 2:
             out.append(f"| {name} | — | — | — | — | — |")
             continue
-        rc, rp = float(g.clean.max() - g.clean.min()), float(g.pgd20.max() - g.pgd20.min())
+        clean, pgd = tab[("clean", "mean")], tab[("pgd20", "mean")]
+        rc, rp = float(clean.max() - clean.min()), float(pgd.max() - pgd.min())
         ranges[name] = (rc, rp)
-        out.append(f"| {name} | {', '.join(f'{v:g}' for v in g.index)} | {', '.join(f'{v:.1f}' for v in g.clean)} | "
-                   f"{', '.join(f'{v:.1f}' for v in g.pgd20)} | {rc:.2f} | {rp:.2f} |")
+        out.append(f"| {name} | {', '.join(f'{v:g}' for v in tab.index)} | {', '.join(f'{v:.1f}' for v in clean)} | "
+                   f"{', '.join(f'{v:.1f}' for v in pgd)} | {rc:.2f} | {rp:.2f} |")
     out.append("")
     if ranges and len(base) > 1:
         sc, sp = float(base.clean.std(ddof=1)), float(base.pgd20.std(ddof=1))
-        bc = 100 * math.sqrt(2 * (base.clean.mean() / 100) * (1 - base.clean.mean() / 100) / sizes.get("clean", 1))
-        bp = 100 * math.sqrt(2 * (base.pgd20.mean() / 100) * (1 - base.pgd20.mean() / 100) / sizes.get("pgd20", 1))
+        bc = binomial_noise(base.clean.mean(), base.clean.mean(), sizes.get("clean", 1))
+        bp = binomial_noise(base.pgd20.mean(), base.pgd20.mean(), sizes.get("pgd20", 1))
         out.append(f"- Seed-to-seed at the defaults: clean {_ms(base.clean)}, PGD-20 {_ms(base.pgd20)}; test-sample "
                    f"noise of a difference: clean {bc:.2f}, PGD-20 {bp:.2f} points. Paper: variations < 0.6 points.")
         for name, (rc, rp) in ranges.items():

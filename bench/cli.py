@@ -163,9 +163,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bench.plots import plot
-
-    from bench.plots import FIG1_METHODS
+    from bench.plots import FIG1_METHODS, plot
 
     methods = FIG1_METHODS if args.methods is None else (
         None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
