@@ -78,6 +78,7 @@ def pgd(
     loss: LossArg = "ce",
     eval_mode: bool = True,
     generator: torch.Generator | None = None,
+    clamp_start: bool = True,
 ) -> Tensor:
     """L-inf PGD maximizing ``loss``; returns a detached ``x_adv`` in the eps-ball around ``x`` and in [0, 1].
 
@@ -85,7 +86,11 @@ def pgd(
         model: any callable (usually an ``nn.Module``) mapping images to logits.
         x, y: clean images in [0, 1] and integer labels (``y`` is unused, may be None, for ``loss="kl"``).
         eps, step_size, steps: radius, sign-step size and number of steps (``steps=0`` returns the start point).
-        random_start: start at ``x + U(-eps, eps)`` (clamped to [0, 1]); ignored for ``loss="kl"``.
+        random_start: start at ``x + U(-eps, eps)``; ignored for ``loss="kl"``.
+        clamp_start: clamp the start point to [0, 1] before the first gradient. ``False`` takes the first
+            gradient at the raw start, as TRADES ``pgd_whitebox`` / ``trades_loss``, AFD ``tl+sl.py`` and
+            ``ARREST.py`` do (15-17% of the pixels of a CIFAR x_adv then differ); every later iterate is
+            projected and clamped either way, and with ``steps=0`` the returned start is always clamped.
         loss: ``"ce"`` (summed cross-entropy), ``"kl"`` (TRADES), or a callable ``(logits, y) -> scalar``.
         eval_mode: put the model in eval mode while attacking (its previous modes are restored).
         generator: optional RNG for the random start (reproducible attacks without touching the global RNG).
@@ -108,8 +113,8 @@ def pgd(
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            # TRADES does not clamp its tiny start; we clamp so the [0, 1] guarantee also holds for steps=0.
-            x_adv = torch.clamp(x + 0.001 * noise, 0.0, 1.0)
+            # TRADES (trades.py) does not clamp its tiny start: clamp_start=False takes the first gradient there.
+            x_adv = x + 0.001 * noise
 
             def objective(logits: Tensor) -> Tensor:
                 # KL(p_clean || p_adv) summed over the batch (TRADES uses size_average=False).
@@ -118,7 +123,7 @@ def pgd(
         else:
             if random_start:
                 u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x_adv = torch.clamp(x + (2.0 * u - 1.0) * eps, 0.0, 1.0)
+                x_adv = x + (2.0 * u - 1.0) * eps
             else:
                 x_adv = x.clone()
             if loss == "ce":
@@ -132,6 +137,8 @@ def pgd(
                 def objective(logits: Tensor) -> Tensor:
                     return loss(logits, y)
 
+        if clamp_start or steps == 0:
+            x_adv = torch.clamp(x_adv, 0.0, 1.0)
         for _ in range(steps):
             x_adv.requires_grad_(True)
             value = objective(model(x_adv))
@@ -150,6 +157,7 @@ def fgsm(
     step_size: float | None = None,
     eval_mode: bool = True,
     generator: torch.Generator | None = None,
+    clamp_start: bool = True,
 ) -> Tensor:
     """FGSM (one sign step of ``step_size``, default ``eps``) on cross-entropy, projected to the eps-ball.
 
@@ -158,7 +166,7 @@ def fgsm(
     """
     return pgd(
         model, x, y, eps=eps, step_size=eps if step_size is None else step_size, steps=1,
-        random_start=random_start, loss="ce", eval_mode=eval_mode, generator=generator,
+        random_start=random_start, loss="ce", eval_mode=eval_mode, generator=generator, clamp_start=clamp_start,
     )
 
 

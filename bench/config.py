@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 
 EPS_8 = 8 / 255
 
+CYCLIC_BASE_MOMENTUM = 0.8  # torch.optim.lr_scheduler.CyclicLR(base_momentum=0.8) default
 SCHEDULES = ("constant", "piecewise", "aft", "cosine", "cyclic")
 PRECISIONS = ("fp32", "bf16")
 
@@ -49,6 +50,9 @@ class TrainConfig:
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
     cyclic_peak: float = 0.4
+    # "cyclic" only: torch's CyclicLR with its default cycle_momentum=True (Free-AT, locuslab/fast_adversarial
+    # train_free.py): momentum goes from `momentum` at lr 0 down to CYCLIC_BASE_MOMENTUM at the lr peak and back.
+    cycle_momentum: bool = False
     ema: bool = False  # evaluate an EMA of weights and buffers, decay min(0.999, (t+1)/(t+10))
     precision: str = "fp32"  # training precision; evaluation is always fp32
     augment: bool = True  # random crop (pad 4) + horizontal flip
@@ -83,6 +87,9 @@ class EvalConfig:
     n_aa: int = 10_000  # 0 disables AutoAttack
     pgd_steps: int = 20
     pgd_step_size: float = 0.003
+    # TRADES pgd_whitebox (pgd_attack_cifar10.py) and AFD tl+sl.py take PGD's first gradient at the UNCLAMPED
+    # random start x + U(-eps, eps); True clamps it to [0, 1] first (bench.attacks.pgd).
+    pgd_clamp_start: bool = False
     batch_size: int = 500
     feature_gap_every_epoch: bool = False  # Figure 1a: gap measured after every epoch
     n_gap: int = 1_000

@@ -61,7 +61,7 @@ class Evaluator:
         correct, gaps = [], []
         for x, y in self._batches(n):
             x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
-                        random_start=True, generator=gen)
+                        random_start=True, generator=gen, clamp_start=self.cfg.pgd_clamp_start)
             with torch.inference_mode():
                 correct.append(model(x_adv).argmax(1) == y)
                 if return_gap:

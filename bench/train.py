@@ -32,7 +32,7 @@ from bench.data import Loader, load_dataset
 from bench.evaluate import Evaluator
 from bench.models import build_model
 from bench.runtime import Runtime, set_threads
-from bench.schedules import lr_at
+from bench import schedules
 from bench.store import CorruptFile, Store, atomic_torch_save, content_digest
 from methods import Context, StepInfo, get_method, make_hparams
 
@@ -356,10 +356,7 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for step, batch in enumerate(loader.epoch(epoch)):
-        lr = lr_at(cfg.train, epoch, step, steps)
-        for opt in method.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+        lr = schedules.apply(cfg.train, method.optimizers, epoch, step, steps)
         with _autocast(device, cfg.train.precision):
             out = method.train_step(batch, StepInfo(epoch=epoch, step=step, global_step=epoch * steps + step))
         n = batch.y.shape[0]

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import TrainConfig
-from bench.schedules import lr_at
+from bench import schedules
 from methods.base import Method, MethodError, register
 
 
@@ -51,7 +51,8 @@ class FreeAT(Method):
     summary = "Free-AT: m minibatch replays with a persistent FGSM perturbation (Shafahi et al. 2019)"
     single_step = True
     # train_free.py: --epochs 10 (passes; x8 replays), cyclic 0 -> 0.04 -> 0 per replay, wd 5e-4, momentum 0.9
-    recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5)
+    recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5,
+                         cycle_momentum=True)
 
     @dataclass(frozen=True)
     class Hparams:
@@ -70,10 +71,7 @@ class FreeAT(Method):
 
     def _set_replay_lr(self, step, r: int) -> None:
         cfg, m = self.ctx.train_cfg, self.hp.replays
-        lr = lr_at(cfg, step.epoch, step.step * m + r, self.ctx.steps_per_epoch * m)
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+        schedules.apply(cfg, self.optimizers, step.epoch, step.step * m + r, self.ctx.steps_per_epoch * m)
 
     def train_step(self, batch, step):
         x, y = batch.x, batch.y
