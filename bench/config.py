@@ -73,6 +73,9 @@ class TrainConfig:
             raise ConfigError(f"unknown train.schedule '{self.schedule}'; known: {', '.join(SCHEDULES)}")
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ConfigError(f"train.milestones are fractions of the epochs in (0, 1] (got {self.milestones})")
+        if self.cycle_momentum and (self.schedule != "cyclic" or not CYCLIC_BASE_MOMENTUM <= self.momentum <= 1):
+            raise ConfigError(f"train.cycle_momentum needs schedule 'cyclic' and momentum in "
+                              f"[{CYCLIC_BASE_MOMENTUM}, 1] (got '{self.schedule}', {self.momentum})")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown train.precision '{self.precision}'; known: {', '.join(PRECISIONS)}")
 

@@ -8,10 +8,11 @@ import sys
 from dataclasses import replace
 
 import pytest
+import torch
 
 from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
 from bench.grids import expand, get_grid, make_run
-from bench.schedules import lr_at
+from bench.schedules import lr_at, momentum_at
 from bench.store import CorruptFile, Store
 from methods import REGISTRY, MethodError, get_method, resolve_hparams
 
@@ -125,3 +126,61 @@ def test_lock_released_when_holder_dies(tmp_path):
     p.kill()
     p.wait()
     assert not s.is_locked("r1")
+
+
+def _lr_levels(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The distinct learning rates of a run in the order it uses them (consecutive repeats merged)."""
+    out: list[float] = []
+    for e in range(cfg.epochs):
+        for s in range(steps_per_epoch):
+            lr = round(lr_at(cfg, e, s, steps_per_epoch), 12)
+            if not out or out[-1] != lr:
+                out.append(lr)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("epochs", [1, 2, 3])
+def test_every_recipe_keeps_its_phases_when_scaled_down(name, epochs):
+    """Issue 12: a recipe scaled to 1-3 epochs keeps every lr phase of its paper's (TRADES' decay at 75 of 76
+    epochs used to round to epoch 7 of 7 and never happen). Steps per epoch as in the cpu grid (10,000 / 128)."""
+    full = REGISTRY[name].recipe
+    small = replace(full, epochs=epochs)
+    spe = 79
+    if full.schedule in ("piecewise", "aft", "constant"):
+        assert _lr_levels(small, spe) == _lr_levels(full, 20)  # same levels, same order
+    elif full.schedule == "cyclic":
+        lrs = [lr_at(small, e, s, spe) for e in range(epochs) for s in range(spe)]
+        peak = lrs.index(max(lrs))
+        assert lrs[0] == 0.0 and max(lrs) > 0.95 * full.lr and 0 < peak < len(lrs) - 1
+        assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # rises, then falls
+        assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:])) and lrs[-1] < 0.05 * full.lr
+    else:
+        assert full.schedule == "cosine"
+
+
+def test_milestones_fall_on_the_codes_epochs_at_full_length():
+    trades = TrainConfig(epochs=76, lr=0.1, schedule="piecewise", milestones=(75 / 76,))
+    assert [lr_at(trades, e, s, 391) for e, s in ((74, 390), (75, 0))] == pytest.approx([0.1, 0.01])
+    small = replace(trades, epochs=7)  # the cpu grid's TRADES: the decay now happens inside its last epoch
+    assert lr_at(small, 6, 78, 79) == pytest.approx(0.01) and lr_at(small, 6, 0, 79) == pytest.approx(0.1)
+
+
+def test_cyclic_momentum_follows_torch_cyclic_lr():
+    """Free-AT (train_free.py): CyclicLR's default cycle_momentum moves momentum 0.9 -> 0.8 at the lr peak -> 0.9,
+    checked against torch's own CyclicLR stepped once per iteration."""
+    cfg = TrainConfig(epochs=2, lr=0.04, momentum=0.9, schedule="cyclic", cyclic_peak=0.5, cycle_momentum=True)
+    spe = 5
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=0.04, step_size_up=spe, step_size_down=spe)
+    for t in range(2 * spe):
+        e, s = divmod(t, spe)
+        group = opt.param_groups[0]
+        assert momentum_at(cfg, e, s, spe) == pytest.approx(group["momentum"])
+        assert lr_at(cfg, e, s, spe) == pytest.approx(group["lr"])
+        opt.step()
+        sched.step()
+    assert momentum_at(cfg, 1, 0, spe) == pytest.approx(0.8)
+    assert momentum_at(replace(cfg, cycle_momentum=False), 1, 0, spe) == 0.9
+    with pytest.raises(ConfigError, match="cycle_momentum"):
+        replace(cfg, schedule="piecewise").validate()
