@@ -76,7 +76,7 @@ def apply_set(cfg: RunConfig, key: str, value: Any) -> tuple[RunConfig, bool]:
         hp[rest] = value
         return dataclasses.replace(cfg, hparams=resolve_hparams(cfg.method, hp)), True
     raise UsageError(f"--set {key}: unknown key; use train.<key>, eval.<key>, <method>.<hparam>, hparams.<hparam>, "
-                     f"or one of {', '.join(sorted(TOP_KEYS))}")
+                     f"parent_file, or one of {', '.join(sorted(TOP_KEYS))}")
 
 
 def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
@@ -85,6 +85,14 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
         if not eq or not key.strip() or not text.strip():
             raise UsageError(f"--set '{item}' is malformed: write --set key=value, e.g. --set train.epochs=2")
         key, value = key.strip(), parse_value(text)
+        if key == "parent_file":  # fine-tune the user's own checkpoint instead of a trained parent run
+            from bench.config import with_parent_file
+
+            fine = [i for i, cfg in enumerate(runs) if get_method(cfg.method).parent is not None]
+            if not fine:
+                raise UsageError("--set parent_file: no run of this grid fine-tunes a parent")
+            runs = [with_parent_file(cfg, text.strip()) if i in fine else cfg for i, cfg in enumerate(runs)]
+            continue
         hit = False
         out = []
         for cfg in runs:
@@ -203,6 +211,7 @@ def cmd_list(args) -> int:
     from bench.data import DATASETS
     from bench.grids import GRIDS
     from bench.models import MODELS
+    from methods import plugins
 
     print("methods:")
     for name, cls in sorted(REGISTRY.items()):
@@ -210,6 +219,7 @@ def cmd_list(args) -> int:
         r = cls.recipe
         print(f"  {name:10s} parent={cls.parent or 'scratch'}  recipe: {r.epochs} epochs lr {r.lr} {r.schedule}"
               f"{' ema' if r.ema else ''}  {cls.summary}")
+        print(f"  {'':10s} from: {plugins.origin(name)}")
         if hp:
             print(f"  {'':10s} hparams: {hp}")
     print("models:   " + ", ".join(MODELS))
@@ -236,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def plugin_arg(sp):
+        sp.add_argument("--plugin", action="append", metavar="MODULE", default=[],
+                        help="import this module first: the methods it @register's join the registry "
+                             "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
+
     def grid_args(sp):
+        plugin_arg(sp)
         sp.add_argument("--grid", required=True, help="grid name (see `bench list`)")
         sp.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -303,9 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
+    plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
+    plugin_arg(sp)
     sp.set_defaults(func=cmd_list)
     return p
 
@@ -320,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.models import ModelError
 
     try:
+        from methods import plugins
+
+        if plugins.LOAD_ERROR is not None:
+            raise plugins.LOAD_ERROR
+        plugins.load_modules(getattr(args, "plugin", None) or [])
         return args.func(args)
     except (ConfigError, DataError, ModelError) as e:
         print(f"bench: error: {e}", file=sys.stderr)

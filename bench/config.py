@@ -124,6 +124,11 @@ class RunConfig:
     parent: "RunConfig | None" = None
     # A model from RobustBench's zoo used as the parent instead of a trained run ("zoo:<name>").
     parent_zoo: str | None = None
+    # The user's own pre-trained model as the parent: a checkpoint file of this run's architecture
+    # (bench.checkpoints formats). Its content digest is part of the run's identity (a changed file is a new
+    # run); its path is not (moving the file does not), so canonical_json leaves the path out.
+    parent_file: str | None = None
+    parent_digest: str | None = None
 
     @property
     def hp(self) -> dict[str, Any]:
@@ -137,6 +142,10 @@ class RunConfig:
         self.eval.validate()
         if self.parent is not None:
             self.parent.validate()
+        if sum(x is not None for x in (self.parent, self.parent_zoo, self.parent_file)) > 1:
+            raise ConfigError("a run has one parent: a trained run, a zoo model or a file, not several")
+        if (self.parent_file is None) != (self.parent_digest is None):
+            raise ConfigError("parent_file and parent_digest go together (bench.config.with_parent_file sets both)")
 
 
 def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
@@ -165,8 +174,25 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _identity(d: Any) -> Any:
+    """to_dict(run) without what does not change a run's meaning: the path of a parent file (its digest stays)."""
+    if isinstance(d, dict):
+        return {k: _identity(v) for k, v in d.items() if k != "parent_file"}
+    return d
+
+
 def canonical_json(cfg: RunConfig) -> str:
-    return json.dumps({"schema": SCHEMA_VERSION, "run": to_dict(cfg)}, sort_keys=True, separators=(",", ":"))
+    return json.dumps({"schema": SCHEMA_VERSION, "run": _identity(to_dict(cfg))}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def file_digest(path: str) -> str:
+    """Content digest of a parent file (SHA-256 of its bytes, 16 hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -193,7 +219,19 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
         eps=d["eps"],
         parent=from_dict(parent) if parent else None,
         parent_zoo=d.get("parent_zoo"),
+        parent_file=d.get("parent_file"),
+        parent_digest=d.get("parent_digest"),
     )
+
+
+def with_parent_file(cfg: RunConfig, path: str) -> RunConfig:
+    """``cfg`` fine-tuning the user's checkpoint at ``path`` instead of a trained parent run."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"parent file {path} does not exist: give the path of your pre-trained checkpoint")
+    return replace(cfg, parent=None, parent_zoo=None, parent_file=os.path.abspath(path),
+                   parent_digest=file_digest(path))
 
 
 def replace_path(cfg: Any, path: str, value: Any) -> Any:

@@ -22,12 +22,17 @@ def grid(fn: Callable[[int], list[RunConfig]]) -> Callable[[int], list[RunConfig
 
 
 def get_grid(name: str, seeds: int = 1) -> list[RunConfig]:
+    """A grid's runs: a name from GRIDS, or a grid file (``*.toml``, bench/gridfile.py)."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1 (got {seeds})")
+    from bench.gridfile import is_grid_file, load
+
+    if is_grid_file(name):
+        return load(name, seeds).runs
     if "/" in name or "\\" in name:
         raise ConfigError(f"grid name '{name}' contains a path separator; known grids: {', '.join(sorted(GRIDS))}")
     if name not in GRIDS:
-        raise ConfigError(f"unknown grid '{name}'; known: {', '.join(sorted(GRIDS))}")
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1 (got {seeds})")
+        raise ConfigError(f"unknown grid '{name}'; known: {', '.join(sorted(GRIDS))} (or a grid file, *.toml)")
     return GRIDS[name](seeds)
 
 

@@ -608,6 +608,14 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
         return "\n".join(RENDERERS[fmt](build(_with_sizes(TABLES[t], df), df, compare)) for t in GRID_TABLES[name])
     if name in TABLES:
         t = TABLES[name]
+    elif name is not None and name.endswith(".toml"):
+        from bench.gridfile import load as load_grid_file
+
+        spec = load_grid_file(name).table
+        t = generic_table(df, spec.get("caption", f"Accuracy (%) of grid {Path(name).stem} on clean, PGD-20 and "
+                                                  "AutoAttack inputs; Avg is their mean.") + _sizes_note(df))
+        if "metrics" in spec:
+            t = replace(t, cols=[m for m in ACC if m.key in spec["metrics"]])
     else:
         what = f"grid {name}" if name else "this grid"
         t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "

@@ -33,6 +33,11 @@ def preflight(runs: list[RunConfig], rt: Runtime) -> None:
     store = Store(rt.results)
     store.check_writable()
     for cfg in runs:  # an existing parent model of another architecture or class count fails now, not mid-grid
+        if cfg.parent_file is not None:
+            from bench.train import load_parent_file
+
+            info = infos[cfg.dataset]
+            load_parent_file(cfg, info.num_classes, info.channels)
         if cfg.parent is not None and cfg.parent_zoo is None:
             path = store.model_path(run_id(cfg.parent))
             if path.exists():

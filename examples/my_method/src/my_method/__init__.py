@@ -1,0 +1,1 @@
+"""An example afd-bench plugin package (see vaft_clean.py)."""

@@ -1,0 +1,32 @@
+"""vAFT plus a clean cross-entropy term: an afd-bench method defined outside the suite.
+
+    loss = CE(f(x'), y) + clean_weight * CE(f(x), y),   x' = vAFT's PGD-10 adversarial example
+
+Everything else (parent, recipe, attack, hyperparameters) is inherited from vAFT, so a grid can compare the two on
+the same budget. Registered through the ``afd_bench.methods`` entry point in pyproject.toml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from methods import get_method, register
+
+VAFT = get_method("vaft")
+
+
+@register
+class VAFTClean(VAFT):
+    name = "vaft_clean"
+    summary = "example plugin: vAFT + clean_weight * CE on the clean images"
+
+    @dataclass(frozen=True)
+    class Hparams(VAFT.Hparams):
+        clean_weight: float = 0.5  # weight of the clean cross-entropy
+
+    def loss(self, batch, step):
+        out = super().loss(batch, step)
+        out["clean_ce"] = F.cross_entropy(self.model(batch.x), batch.y)
+        out["loss"] = out["loss"] + self.hp.clean_weight * out["clean_ce"]
+        return out
