@@ -134,6 +134,13 @@ class Store:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise ConfigError(f"results folder {self.root} is not writable: choose another with --results")
+        # Permission bits do not tell everything (root, read-only or pseudo file systems like /proc): create and
+        # remove a temporary folder where the results folder would be made, leaving nothing behind.
+        try:
+            tempfile.TemporaryDirectory(dir=probe, prefix=".bench-probe-").cleanup()
+        except OSError as e:
+            raise ConfigError(f"results folder {self.root} is not writable ({e.strerror}): choose another with "
+                              "--results") from None
 
     # -- results -----------------------------------------------------------------------------------------
     def read(self, rid: str) -> dict | None:

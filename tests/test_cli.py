@@ -53,6 +53,7 @@ BAD = [
     (["run", "--grid", "demo", "--device", "cuda:7"], "CUDA is not available"),
     (["run", "--grid", "demo", "--profile", "nope", "--executor", "slurm"], "unknown SLURM profile 'nope'"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "--results", "{file}/r"], "not writable"),
+    (["run", "--grid", "demo", "--results", "/proc/forbidden"], "not writable"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:resnet18:3}"], "is a resnet18 with 3"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:small_cnn:10}"], "with 10 classes"),
     (["plot", "--figure", "fig1", "--grid", "demo", "--methods", "vaft,afdx"], "unknown method 'afdx'"),
