@@ -5,6 +5,13 @@ Everything runs on the exported plain model, in eval mode and in fp32 (training 
 the reported numbers), on the first n images of the test split, with a fixed seed for the random starts so
 two evaluations of the same model give the same numbers. AA <= PGD-20 <= clean is checked on the images all
 three share, and any violation is recorded on the run: it points at gradient masking or a bug.
+
+The feature gap (Figure 1a) is the per-sample L-inf norm of f(x) - f(x'), x' = PGD-20 against the evaluated
+(exported) model, averaged over the test images, where f is the features the method classifies from:
+``Method.gap_features(net)`` (a :class:`FeatureMap`; by default the exported model's last hidden layer, for AFD
+f1 = D1 g). The result records the mean (``feature_gap``), its standard error over the test images
+(``feature_gap_se``), the number of images (``feature_gap_n``) and which features were measured
+(``feature_gap_of``).
 """
 from __future__ import annotations
 
@@ -19,6 +26,23 @@ from bench.attacks import autoattack, fgsm, pgd
 from bench.config import EvalConfig
 from bench.data import Split
 from bench.models import feature_extractor_and_head
+
+PENULTIMATE = "penultimate features"  # FeatureMap's default: the last hidden layer of the exported model
+
+
+class FeatureMap(nn.Module):
+    """x -> the features the feature gap is measured on: ``post(features(model)(x))``, where ``features`` is
+    the model's last hidden layer (``feature_extractor_and_head``) and ``post`` an optional module after it (AFD's
+    disentangler D1). ``what`` says in words what is measured; it is recorded with the gap."""
+
+    def __init__(self, model: nn.Module, post: nn.Module | None = None, what: str = PENULTIMATE):
+        super().__init__()
+        self.model, self.post, self.what = model, post, what
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Looked up at every call, not kept as a closure: a deep copy (Evaluator.prepare) must use its own weights.
+        f = feature_extractor_and_head(self.model)[0](x)
+        return f if self.post is None else self.post(f)
 
 
 @dataclass
@@ -54,10 +78,13 @@ class Evaluator:
                 out.append(model(x).argmax(1) == y)
         return torch.cat(out).cpu()
 
-    def pgd_correct(self, model: nn.Module, n: int, *, return_gap: bool = False):
-        """Per-example correctness under PGD-20, and optionally the per-example feature gap."""
+    def pgd_correct(self, model: nn.Module, n: int, *, return_gap: bool = False,
+                    features: Callable[[Tensor], Tensor] | None = None):
+        """Per-example correctness under PGD-20 against ``model``, and optionally the per-example feature gap
+        ||f(x) - f(x')||_inf with f = ``features`` (default: ``model``'s last hidden layer). Both ``model`` and
+        ``features`` must already be prepared (``prepare``)."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        feats, _ = feature_extractor_and_head(model)
+        feats = features if features is not None else feature_extractor_and_head(model)[0]
         correct, gaps = [], []
         for x, y in self._batches(n):
             x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
@@ -65,15 +92,32 @@ class Evaluator:
             with torch.inference_mode():
                 correct.append(model(x_adv).argmax(1) == y)
                 if return_gap:
-                    # Figure 1a: per-sample L-inf norm of the last-hidden-layer feature difference
+                    # Figure 1a: per-sample L-inf norm of the feature difference
                     gaps.append((feats(x) - feats(x_adv)).flatten(1).abs().amax(1))
         correct = torch.cat(correct).cpu()
         return (correct, torch.cat(gaps).cpu()) if return_gap else correct
 
-    def feature_gap(self, model: nn.Module, n: int | None = None) -> float:
+    @staticmethod
+    def gap_stats(gaps: Tensor, features: nn.Module | None) -> dict:
+        """feature_gap (mean over the images), feature_gap_se (its standard error, sample std / sqrt(n)),
+        feature_gap_n (n images) and feature_gap_of (which features: ``features.what``)."""
+        gaps = gaps.double()
+        se = float(gaps.std(unbiased=True) / len(gaps) ** 0.5) if len(gaps) > 1 else None
+        return {"feature_gap": float(gaps.mean()), "feature_gap_se": se, "feature_gap_n": len(gaps),
+                "feature_gap_of": getattr(features, "what", PENULTIMATE if features is None else "custom features")}
+
+    def feature_gap_stats(self, model: nn.Module, n: int | None = None,
+                          features: nn.Module | None = None) -> dict:
+        """The feature gap of ``model`` (the exported model: PGD-20 attacks it) measured on ``features``
+        (``Method.gap_features(net)``; default the model's last hidden layer), on the first n (default
+        eval.n_gap) test images: {feature_gap, feature_gap_se, feature_gap_n, feature_gap_of}."""
         model = self.prepare(model)
-        _, gaps = self.pgd_correct(model, n if n is not None else self.cfg.n_gap, return_gap=True)
-        return float(gaps.mean())
+        prepared = self.prepare(features) if features is not None else None
+        _, gaps = self.pgd_correct(model, n if n is not None else self.cfg.n_gap, return_gap=True, features=prepared)
+        return self.gap_stats(gaps, features)
+
+    def feature_gap(self, model: nn.Module, n: int | None = None, features: nn.Module | None = None) -> float:
+        return self.feature_gap_stats(model, n, features)["feature_gap"]
 
     def fgsm_pgd_accuracy(self, model: nn.Module, n: int | None = None) -> tuple[float, float]:
         """(FGSM accuracy, PGD accuracy) on the first n (default eval.n_gap) test images: the per-epoch
@@ -92,16 +136,19 @@ class Evaluator:
     def accuracy(self, model: nn.Module, n: int | None = None) -> float:
         return float(self.correct(self.prepare(model), n or self.cfg.n_clean).float().mean())
 
-    def run(self, model: nn.Module, log: Callable[[str], None] = lambda s: None) -> dict:
+    def run(self, model: nn.Module, log: Callable[[str], None] = lambda s: None,
+            features: nn.Module | None = None) -> dict:
+        """Every metric of ``model`` (the exported model); the feature gap is measured on ``features``
+        (``Method.gap_features(net)``; default the model's last hidden layer) under the PGD-20 attack on ``model``."""
+        prepared = self.prepare(features) if features is not None else None
         model = self.prepare(model)
         cfg = self.cfg
         clean = self.correct(model, cfg.n_clean)
         log(f"clean {clean.float().mean():.4f} on {len(clean)}")
         metrics: dict = {"clean": float(clean.float().mean()), "n_clean": len(clean)}
         if cfg.n_pgd:
-            pgd_ok, gaps = self.pgd_correct(model, cfg.n_pgd, return_gap=True)
-            metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok),
-                           feature_gap=float(gaps.mean()))
+            pgd_ok, gaps = self.pgd_correct(model, cfg.n_pgd, return_gap=True, features=prepared)
+            metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok), **self.gap_stats(gaps, features))
             log(f"PGD-{cfg.pgd_steps} {metrics['pgd20']:.4f} on {len(pgd_ok)}")
         if cfg.n_aa:
             n = min(cfg.n_aa, len(self.test))

@@ -8,7 +8,8 @@ Every method, from natural pre-training to AFD, goes through ``execute``:
 4. train: per epoch, per batch, set the lr from the schedule, ``method.train_step`` under optional bf16
    autocast, update the EMA; metrics are summed on the device (no host sync per step);
 5. after each epoch: check the losses are finite (else the run fails with the epoch and reason), optionally
-   measure the feature gap (Figure 1a), write an atomic checkpoint;
+   measure the feature gap (Figure 1a: on the exported EMA-or-live model, on ``method.gap_features``, as the final
+   evaluation does), write an atomic checkpoint;
 6. finalize (RiFT's interpolation), export the plain model, save it for the children, evaluate it, and write
    the result file last, atomically: a result with status "done" means everything before it exists.
 """
@@ -141,6 +142,8 @@ def load_parent(cfg: RunConfig, store: Store, num_classes: int, channels: int, r
         from bench.zoo import load_zoo_model
 
         return load_zoo_model(cfg.parent_zoo, cfg.dataset, rt)
+    if cfg.parent_file is not None:
+        return load_parent_file(cfg, num_classes, channels)
     assert cfg.parent is not None
     pid = run_id(cfg.parent)
     path = store.model_path(pid)
@@ -150,6 +153,23 @@ def load_parent(cfg: RunConfig, store: Store, num_classes: int, channels: int, r
     blob = read_parent_file(path, cfg, num_classes, channels)
     model = build_model(cfg.model, num_classes, channels)
     model.load_state_dict(blob["state_dict"])
+    return model
+
+
+def load_parent_file(cfg: RunConfig, num_classes: int, channels: int) -> nn.Module:
+    """The user's own pre-trained model (``cfg.parent_file``, any bench.checkpoints format) in ``cfg.model``'s
+    architecture; ConfigError (one line) when it changed since the run was named or does not fit."""
+    from bench.checkpoints import load_into
+    from bench.config import file_digest
+
+    path = cfg.parent_file
+    if not Path(path).is_file():
+        raise ConfigError(f"parent file {path} does not exist: put it back or name the run's parent anew")
+    if file_digest(path) != cfg.parent_digest:
+        raise ConfigError(f"parent file {path} changed since this run was defined (digest {cfg.parent_digest}); "
+                          "run the command again to make it a new run")
+    model = build_model(cfg.model, num_classes, channels)
+    load_into(model, path)
     return model
 
 
@@ -248,7 +268,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     torch.manual_seed(cfg.seed)
     parent_model = None
     if cls.parent is not None:
-        if cfg.parent is None and cfg.parent_zoo is None:
+        if cfg.parent is None and cfg.parent_zoo is None and cfg.parent_file is None:
             raise ConfigError(f"method '{cfg.method}' fine-tunes a {cls.parent} model but the run has no parent")
         parent_model = load_parent(cfg, store, info.num_classes, info.channels, rt)
     if parent_model is not None and cfg.parent_zoo is not None:
@@ -297,8 +317,10 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid)
             train_seconds += entry["seconds"]
             if cfg.eval.feature_gap_every_epoch:
+                # Figure 1a: on the model that is evaluated (the EMA when the run keeps one, as at the end), on
+                # the features the method classifies from (Method.gap_features), as the final evaluation does.
                 net = ema.net if ema is not None else method.net
-                entry["feature_gap"] = evaluator.feature_gap(method.export(net))
+                entry.update(evaluator.feature_gap_stats(method.export(net), features=method.gap_features(net)))
             if getattr(cls, "single_step", False) and cfg.eval.n_gap:
                 net = ema.net if ema is not None else method.net
                 entry["co_fgsm"], entry["co_pgd"] = evaluator.fgsm_pgd_accuracy(method.export(net))
@@ -325,7 +347,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     extra = method.finalize(net, evaluator) or {}
     final = method.export(net)
     save_model(store, rid, cfg, final, info.num_classes, info.channels)
-    metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"))
+    metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"), features=method.gap_features(net))
     metrics.update(method.extra_metrics(net, test_split, evaluator))
     result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="done", metrics=metrics,
                      extra=extra)

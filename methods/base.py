@@ -28,10 +28,46 @@ from torch import Tensor, nn
 from bench.attacks import pgd
 from bench.config import ConfigError, TrainConfig, coerce_like
 from bench.data import Batch, DatasetInfo, Split
+from bench.evaluate import FeatureMap  # noqa: F401  (also the base of methods' gap_features overrides)
 
 
 class MethodError(ConfigError):
     """Unknown method or bad hyperparameters (one line, exit code 2 at the CLI)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric hyperparameter: lo <= v <= hi (either end may be open-ended: None)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo < v instead of lo <= v
+
+    def problem(self, v: Any) -> str | None:
+        if isinstance(v, float) and v != v:
+            return "is not a number"
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return f"must be {'>' if self.lo_open else '>='} {self.lo}"
+        if self.hi is not None and v > self.hi:
+            return f"must be <= {self.hi}"
+        return None
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The valid values of a choice hyperparameter."""
+
+    values: tuple[Any, ...]
+
+    def problem(self, v: Any) -> str | None:
+        return None if v in self.values else f"must be one of {', '.join(repr(x) for x in self.values)}"
+
+
+# The ranges methods declare most often.
+WEIGHT = Range(0.0)  # a loss weight: >= 0 (a negative one reverses its term)
+POSITIVE = Range(0.0, lo_open=True)
+COUNT = Range(1)  # steps, replays, epochs: >= 1
+FRACTION = Range(0.0, 1.0)  # probabilities, fractions, interpolation weights
 
 
 @dataclass(frozen=True)
@@ -64,6 +100,10 @@ class Method:
     parent: ClassVar[str | None] = None
     recipe: ClassVar[TrainConfig] = TrainConfig()
     summary: ClassVar[str] = ""
+    # The valid values of each hyperparameter (a Range or a OneOf per name), checked by resolve_hparams before
+    # anything runs: `--set afd.gamma=-1` is refused in one line instead of training with the term reversed.
+    # Every numeric and choice hyperparameter of a built-in method has one (tests/test_methods.py).
+    ranges: ClassVar[dict[str, "Range | OneOf"]] = {}
     # One gradient step per example for its attack (Free-AT, FGSM-GA, ATAS): the loop then probes FGSM vs PGD
     # accuracy after every epoch and records catastrophic overfitting (bench/train.py).
     single_step: ClassVar[bool] = False
@@ -130,6 +170,15 @@ class Method:
         """The plain classifier to evaluate, built from ``net`` (the live net or its EMA copy)."""
         return net["model"]
 
+    def gap_features(self, net: nn.ModuleDict) -> nn.Module:
+        """The features the method classifies from, x -> f(x), on which the feature gap of Figure 1a is measured
+        (per epoch and in the final evaluation), built from ``net``: the same net ``export`` gets (the EMA copy
+        when the run keeps one), so the gap is measured on the model that is evaluated. Default: the exported
+        model's last hidden layer. Override when the method classifies from other features (AFD: f1 = D1 g,
+        which the export folds into its classifier). Return a ``FeatureMap`` (its ``what`` is recorded with the
+        gap); the evaluator works on a private fp32 eval-mode copy of it, so sharing ``net``'s modules is fine."""
+        return FeatureMap(self.export(net))
+
     def finalize(self, net: nn.ModuleDict, evaluate: Callable[..., dict]) -> dict[str, Any]:
         """Post-training stage (RiFT's interpolation). May change ``net`` in place; returns result fields."""
         return {}
@@ -158,7 +207,10 @@ def get_method(name: str) -> type[Method]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise MethodError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
+        from methods import plugins
+
+        why = f" (a plugin failed to load: {plugins.LOAD_ERROR})" if plugins.LOAD_ERROR else ""
+        raise MethodError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}{why}") from None
 
 
 def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> tuple[tuple[str, Any], ...]:
@@ -170,6 +222,10 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> tuple
         if key not in known:
             raise MethodError(f"method '{name}' has no hyperparameter '{key}'; known: {', '.join(sorted(known)) or 'none'}")
         overrides[key] = _coerce(name, key, value, getattr(cls.Hparams(), key))
+        rule = cls.ranges.get(key)
+        why = rule.problem(overrides[key]) if rule is not None else None
+        if why:
+            raise MethodError(f"hyperparameter {name}.{key} {why} (got {overrides[key]!r})")
     hp = cls.Hparams(**overrides)
     return tuple(sorted(dataclasses.asdict(hp).items()))
 

@@ -139,6 +139,28 @@ def test_markdown_is_a_github_table():
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
+def _legend_labels(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def _errorbars(ax):
+    from matplotlib.container import ErrorbarContainer
+
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def _bar_halfwidths(container) -> list[float]:
+    """The +-error of each point of an errorbar container (half the length of each vertical bar)."""
+    (bars,) = container.lines[2]
+    return [abs(seg[1][1] - seg[0][1]) / 2 for seg in bars.get_segments()]
+
+
+def _overlaps(fig, artist, ax) -> bool:
+    fig.canvas.draw()
+    a, b = artist.get_window_extent(), ax.get_window_extent()
+    return a.x0 < b.x1 - 1 and b.x0 < a.x1 - 1 and a.y0 < b.y1 - 1 and b.y0 < a.y1 - 1
+
+
 def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     import matplotlib.pyplot as plt
 
@@ -149,22 +171,86 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     df = load(runs, RESULTS)
     fig = plots.fig1(df)
     ax = fig.axes[0]
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["vAFT (2 seeds)", "ARREST (final epoch only)", "AFD (2 seeds)"]
-    assert len(ax.get_lines()[0].get_xdata()) == 20  # one point per epoch
+    labels = _legend_labels(ax.get_legend())
+    assert labels == ["vAFT (2 seeds)", "ARREST (final epoch only)", "AFD (2 seeds)"]  # the paper's order
+    bars = _errorbars(ax)
+    assert len(bars) == 3 and len(bars[0].lines[0].get_xdata()) == 20  # one point per epoch
+    assert bars[0].has_yerr and bars[2].has_yerr  # two seeds: their seed-to-seed SE
+    assert not bars[1].has_yerr  # one ARREST seed, no SE recorded: none drawn, and the caption says so
     assert ax.get_xlabel() == "epoch" and "feature gap" in ax.get_ylabel()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
-    note = " ".join(t.get_text() for t in ax.texts)
+    note = " ".join(t.get_text() for t in ax.texts).replace("\n", " ")
     assert plots.NO_GAP_NOTE in note and "ARREST" in note and "vAFT" not in note
     assert plots.NO_RUN_NOTE not in note
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "none known for ARREST" in caption
     paths = plots.save(fig, tmp_path, "fig1")
     plt.close(fig)
     # runs that never finished are named as such, not as runs without a per-epoch gap
     empty = plots.fig1(load(runs, tmp_path / "no-results"))
-    note = " ".join(t.get_text() for t in empty.axes[0].texts)
+    note = " ".join(t.get_text() for t in empty.axes[0].texts).replace("\n", " ")
     assert plots.NO_RUN_NOTE in note and "AFD" in note and plots.NO_GAP_NOTE not in note
     plt.close(empty)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+
+
+def _flat_gap_df(se: float = 0.05, of: str | None = None):
+    """The fixture's vAFT and AFD runs with nearly flat per-epoch gaps, each with a recorded test-sample SE."""
+    from bench.report import load
+
+    df = load([cfg(m, seed=s) for m in ("vaft", "afd") for s in (0, 1)], RESULTS)
+    logs = []
+    for log in df.epoch_log:
+        new = []
+        for e in log or []:
+            e = dict(e)
+            if "feature_gap" in e:
+                e.update(feature_gap=0.300 + 0.0005 * (e["epoch"] % 2), feature_gap_se=se, feature_gap_n=100)
+                if of is not None:
+                    e["feature_gap_of"] = of
+            new.append(e)
+        logs.append(new)
+    df["epoch_log"] = logs
+    return df
+
+
+def test_fig1_shows_the_noise_and_no_narrower_a_range():
+    """Nearly flat gaps (spread 0.0005) with a test-sample SE of 0.05: error bars of 0.05 are drawn, the y-axis spans
+    at least +-2 SE around the data, and the legend sits outside the plot."""
+    import matplotlib.pyplot as plt
+
+    from bench import plots
+
+    fig = plots.fig1(_flat_gap_df(0.05))
+    ax = fig.axes[0]
+    bars = _errorbars(ax)
+    assert len(bars) == 2 and all(c.has_yerr for c in bars)
+    for c in bars:
+        assert _bar_halfwidths(c) == pytest.approx([0.05] * 20)
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 4 * 0.05 and lo <= 0.300 - 2 * 0.05 + 1e-9 and hi >= 0.3005 + 2 * 0.05 - 1e-9
+    assert not _overlaps(fig, ax.get_legend(), ax)
+    assert "±1 SE" in ax.get_legend().get_title().get_text()
+    plt.close(fig)
+
+
+def test_fig1_caption_says_what_was_measured_for_each_method():
+    import matplotlib.pyplot as plt
+
+    from bench import plots
+
+    # results written before the measured features were recorded: g for every method, and a red note for AFD
+    fig = plots.fig1(_flat_gap_df())
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    for words in ("||f(x) − f(x')||∞", "PGD-20", "the EMA for methods that keep one", "f1 = D1 g for AFD",
+                  "penultimate", f"{plots.UNRECORDED_GAP_OF} for vAFT, AFD", "first 100 test images", "±1 SE"):
+        assert words in caption, words
+    assert "AFD: gap measured on g, not on f1 = D1 g" in " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
+    plt.close(fig)
+    # as recorded by the evaluator: no note
+    fig = plots.fig1(_flat_gap_df(of="f1 = D1 g (intrinsic features)"))
+    assert "f1 = D1 g (intrinsic features) for vAFT, AFD" in " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert not fig.axes[0].texts
+    plt.close(fig)
 
 
 def test_fig1_command_line(tmp_path, capsys):
@@ -184,13 +270,64 @@ def test_fig4_two_curves_per_hparam(tmp_path):
     sweeps = plots.hparam_sweeps(df)
     assert list(sweeps["alpha"].index) == [0.01, 0.05, 0.2] and list(sweeps["gamma"].index) == [4.0, 25.0, 30.0]
     fig = plots.fig4(df)
-    main_axes = fig.axes[:3]
-    for ax, name in zip(main_axes, ("alpha", "beta", "gamma")):
-        assert name in ax.get_xlabel() and "clean" in ax.get_ylabel()
-        assert len(ax.get_lines()) == 1
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["NAT (clean)", "PGD-20"]
-    assert all("PGD-20" in ax.get_ylabel() for ax in fig.axes[3:])
+    main_axes, twins = fig.axes[:3], fig.axes[3:]
+    for ax, twin, name in zip(main_axes, twins, ("alpha", "beta", "gamma")):
+        assert name in ax.get_xlabel() and "clean" in ax.get_ylabel() and "PGD-20" in twin.get_ylabel()
+        assert len(_errorbars(ax)) == 1 and len(_errorbars(twin)) == 1
+    (legend,) = fig.legends
+    assert _legend_labels(legend) == ["NAT (clean), ±1 SE", "PGD-20, ±1 SE"]
+    assert not any(_overlaps(fig, legend, ax) for ax in fig.axes)
     plots.save(fig, tmp_path, "fig4")
+    plt.close(fig)
+
+
+def test_fig4_error_bars_are_the_binomial_error_and_the_axes_span_it():
+    """The fixture's sweep is nearly flat (clean moves by 0.8 points over alpha, by 0.08 over gamma) on N = 100 test
+    images: each point carries its binomial SE sqrt(p(1-p)/N) (about 3.6 points at 85%), and each y-axis spans at
+    least +-2 SE around its data instead of zooming in on the differences."""
+    import matplotlib.pyplot as plt
+
+    from bench import plots
+    from bench.report import load
+
+    df = load(fig4_runs() + [cfg("afd")], RESULTS)
+    sweeps = plots.hparam_sweeps(df)
+    fig = plots.fig4(df)
+    for i, name in enumerate(("alpha", "beta", "gamma")):
+        tab = sweeps[name]
+        for ax, metric in ((fig.axes[i], "clean"), (fig.axes[3 + i], "pgd20")):
+            means = tab[(metric, "mean")].to_numpy()
+            (bars,) = _errorbars(ax)
+            se = [plots.binomial_se(m, 100) for m in means]
+            # the default value has two seeds 0.25 points apart: their seed SE (0.125) is below the binomial one
+            assert _bar_halfwidths(bars) == pytest.approx(se)
+            lo, hi = ax.get_ylim()
+            centre = (means.min() + means.max()) / 2
+            assert lo <= centre - 2 * max(se) and hi >= centre + 2 * max(se), (name, metric, lo, hi)
+            assert hi - lo > 5 * (means.max() - means.min())  # a sub-noise wiggle does not fill the panel
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "clean N = 100" in caption and "binomial" in caption
+    plt.close(fig)
+
+
+def test_ylim_rule_on_nearly_flat_data():
+    import matplotlib.pyplot as plt
+
+    from bench.plots import binomial_se, set_ylim_with_noise
+
+    se = binomial_se(56.8, 1000)
+    assert se == pytest.approx(100 * math.sqrt(0.568 * 0.432 / 1000))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [57.2, 56.35, 57.2])  # matplotlib alone would zoom onto the 0.85-point wiggle
+    lo, hi = set_ylim_with_noise(ax, [57.2, 56.35, 57.2], [se] * 3)
+    assert (lo, hi) == ax.get_ylim()
+    assert lo <= 56.775 - 2 * se and hi >= 56.775 + 2 * se
+    # bounds shift the window instead of cutting it: near 100% the span is kept
+    lo, hi = set_ylim_with_noise(ax, [99.5, 99.6], [0.5, 0.5], bounds=(0, 100))
+    assert hi == 100 and hi - lo >= 4 * 0.5
+    # without any error, flat data get a small window, not a zero-height one
+    lo, hi = set_ylim_with_noise(ax, [0.3, 0.3], [0.0, 0.0])
+    assert lo < 0.3 < hi
     plt.close(fig)
 
 
@@ -229,6 +366,10 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
     assert abs(feats["after"] - feats["before"] @ d1.T.numpy()).max() < 1e-4
     fig = plots.fig3(feats)
     assert len(fig.axes) == 2 and all(ax.get_xlabel() == "t-SNE 1" for ax in fig.axes)
+    for ax, key in zip(fig.axes, ("before", "after")):  # each panel's class separation, with its binomial error
+        acc = plots.knn_accuracy(feats[key], feats["labels"])
+        assert f"{acc:.1f} ± {plots.binomial_se(acc, 60):.1f}% (±1 SE, n = 60)" in ax.get_title()
+    assert "t-SNE axes have no units" in " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
     assert len(fig.axes[1].get_legend().get_texts()) == len(set(feats["labels"].tolist()))
     # A checkpoint that does not belong to the export is refused, a missing one explained.
     torch.save({"ema": {**net_state, "d1.weight": torch.eye(d)}, "net": net_state}, tmp_path / "ckpt" / rid / "last.pt")

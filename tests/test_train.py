@@ -127,3 +127,147 @@ def test_sigkill_mid_epoch_then_resume_matches(tmp_path, tiny_folder):
     for f in (tmp_path / "ref" / "runs").glob("*.json"):
         a, b = json.loads(f.read_text()), json.loads((out / "runs" / f.name).read_text())
         assert _strip(a) == _strip(b)
+
+
+# -- the feature gap (Figure 1a) goes through Method.gap_features, on the evaluated (EMA) model -------------------
+class _Tag(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("value", torch.zeros(()))
+
+
+class _TaggedPixels(torch.nn.Module):
+    """Gap features that are not the model's: tag x the input pixels, so the gap is tag x ||x - x'||_inf."""
+
+    what = "tag x pixels"
+
+    def __init__(self, tag: torch.nn.Module):
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, x):
+        return self.tag.value * x.flatten(1)
+
+
+def _gap_probe_class(ema: bool):
+    """A method that never changes its model, sets a buffer ``tag`` to the global step + 1 after each step (the
+    EMA lags behind it), and measures its gap on tag x pixels through the hook."""
+    from dataclasses import dataclass
+
+    from bench.config import TrainConfig
+    from methods.base import REGISTRY, Method, register
+
+    name = f"_gap_probe_{'ema' if ema else 'live'}"
+    if name in REGISTRY:
+        return REGISTRY[name]
+
+    class GapProbe(Method):
+        parent = None
+        recipe = TrainConfig(epochs=2, lr=0.0, ema=ema)
+
+        @dataclass(frozen=True)
+        class Hparams:
+            pass
+
+        def __init__(self, model, hp, ctx):
+            super().__init__(model, hp, ctx)
+            self.net["tag"] = _Tag()
+
+        def train_step(self, batch, step):
+            with torch.no_grad():
+                self.net["tag"].value.fill_(step.global_step + 1)
+            return {"loss": torch.zeros((), device=batch.x.device)}
+
+        def gap_features(self, net):
+            return _TaggedPixels(net["tag"])
+
+    GapProbe.name = name
+    return register(GapProbe)
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny_folder, ema):
+    from bench.data import load_dataset
+    from bench.evaluate import Evaluator
+    from bench.grids import make_run
+    from conftest import tiny_run
+
+    cls = _gap_probe_class(ema)
+    ev = replace(tiny_run("standard", "x").eval, feature_gap_every_epoch=True)
+    cfg = make_run(cls.name, model="small_cnn", dataset=f"folder:{tiny_folder}", epochs=2, eval=ev, batch_size=8)
+    rt = _rt(tmp_path, tiny_folder)
+    res = execute(cfg, rt, log=lambda s: None)
+    assert res["status"] == "done", res.get("reason")
+    steps = 3  # 24 training images, batch 8
+
+    # ||x - x'||_inf per image under the evaluation's PGD against the (never trained) exported model
+    _, test, _ = load_dataset(cfg.dataset, rt.data_root, rt.cache_dir)
+    blob = torch.load(Store(rt.results).model_path(run_id(cfg)), weights_only=True)
+    from bench.models import build_model
+
+    model = build_model("small_cnn", 3, 3)
+    model.load_state_dict(blob["state_dict"])
+    one = _Tag()
+    one.value.fill_(1.0)
+    pixel_gap = Evaluator(test, cfg.eval, cfg.eps, torch.device("cpu"), seed=cfg.seed).feature_gap(
+        model, features=_TaggedPixels(one))
+    assert 0.5 * cfg.eps < pixel_gap <= cfg.eps + 1e-6
+
+    def tag_after(t: int) -> float:  # the tag of the net the gap must be measured on, after t steps
+        if not ema:
+            return float(t)
+        v = 0.0  # EMA rule of bench.train.EMA, from the initial copy (tag 0)
+        for i in range(t):
+            d = min(0.999, (i + 1) / (i + 10))
+            v = v * d + (i + 1) * (1 - d)
+        return v
+
+    for e in res["epochs"]:
+        assert e["feature_gap"] == pytest.approx(tag_after(steps * e["epoch"]) * pixel_gap, rel=1e-5)
+        assert e["feature_gap_of"] == "tag x pixels" and e["feature_gap_se"] >= 0  # every image at eps: SE 0
+    m = res["metrics"]
+    assert m["feature_gap"] == pytest.approx(tag_after(2 * steps) * pixel_gap, rel=1e-5)
+    assert m["feature_gap_of"] == "tag x pixels" and m["feature_gap_se"] >= 0
+    if ema:  # the EMA lags the live tag (6 after 6 steps): not the live net's gap
+        assert abs(m["feature_gap"] - 2 * steps * pixel_gap) > 0.05 * m["feature_gap"]
+
+
+def test_default_gap_features_are_the_exported_models_last_hidden_layer():
+    import copy
+
+    from bench.evaluate import PENULTIMATE, FeatureMap
+    from bench.models import build_model, feature_extractor_and_head
+    from methods.base import Method
+
+    model = build_model("small_cnn", 3, 3).eval()
+    method = Method.__new__(Method)
+    method.net = torch.nn.ModuleDict({"model": model})
+    fm = method.gap_features(method.net)
+    assert isinstance(fm, FeatureMap) and fm.what == PENULTIMATE
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(fm(x), feature_extractor_and_head(model)[0](x))
+    copied = copy.deepcopy(fm)  # the evaluator's private copy uses its own weights
+    with torch.no_grad():
+        for p in copied.parameters():
+            p.zero_()
+    assert not torch.equal(copied(x), fm(x))
+
+
+def test_afd_gap_features_are_f1_on_the_net_it_is_given(tmp_path, tiny_folder):
+    """AFD classifies from f1 = D1 g(x): its gap is measured there, not on the exported model's features
+    (which are g: the export folds D1 into the classifier)."""
+    from bench.data import load_dataset
+    from bench.models import build_model, feature_extractor_and_head
+    from methods import Context, get_method, make_hparams, resolve_hparams
+
+    train, _, info = load_dataset(f"folder:{tiny_folder}", tiny_folder.parent)
+    ctx = Context(info=info, eps=8 / 255, device=torch.device("cpu"), epochs=1, steps_per_epoch=1, seed=0,
+                  train=train, parent_model=build_model("small_cnn", 3, 3))
+    method = get_method("afd")(build_model("small_cnn", 3, 3), make_hparams("afd", resolve_hparams("afd")), ctx)
+    with torch.no_grad():
+        method.net["d1"].weight.copy_(torch.eye(method.w.in_features) * 3.0)  # f1 = 3 g
+    fm = method.gap_features(method.net).eval()
+    x = torch.rand(4, 3, 16, 16)
+    g = feature_extractor_and_head(method.export(method.net).eval())[0](x)
+    assert torch.allclose(fm(x), 3.0 * g), "AFD.gap_features must return f1 = D1 g (see bench/evaluate.py)"
+    assert "D1" in fm.what
