@@ -150,8 +150,9 @@ def _gap_table(df: pd.DataFrame, method: str) -> np.ndarray:
 
 def _claim2(df: pd.DataFrame, everything: pd.DataFrame) -> list[str]:
     out = ["### 2. The feature gap grows under vAFT / AFKD / ARREST and stays flat under AFD (Figure 1a)", "",
-           "Mean L-inf distance between the last hidden features of clean and PGD-20 test images, after each "
-           "epoch (per seed), and the change from the first to the last epoch.", "",
+           "Mean L-inf distance between the features each method classifies from (f1 = D1 g for AFD, the last "
+           "hidden layer otherwise; on the evaluated model) of clean and PGD-20 test images, after each epoch (per "
+           "seed), and the change from the first to the last epoch.", "",
            "| Method | gap per epoch (each seed) | change first -> last (mean over seeds) |", "|:---|:---|---:|"]
     changes = {}
     for m in GAP_METHODS:

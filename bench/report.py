@@ -79,6 +79,9 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
                     row[k] = 100.0 * m[k]
             if _is_num(m.get("feature_gap")):
                 row["feature_gap"] = float(m["feature_gap"])
+            if _is_num(m.get("feature_gap_se")):
+                row["feature_gap_se"] = float(m["feature_gap_se"])
+            row["feature_gap_of"] = m.get("feature_gap_of")
             row["violations"] = "; ".join(m.get("violations") or [])
             for k in ("seconds_per_epoch", "train_seconds", "wall_seconds"):
                 row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
@@ -86,12 +89,12 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
             row["epoch_log"] = res.get("epochs") or []
         rows.append(row)
     df = pd.DataFrame(rows)
-    for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "seconds_per_epoch",
+    for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
               "train_seconds", "wall_seconds"):
         if k not in df:
             df[k] = math.nan
         df[k] = df[k].astype(float)
-    for k in ("reason", "device_name", "violations", "epoch_log"):
+    for k in ("reason", "device_name", "violations", "epoch_log", "feature_gap_of"):
         if k not in df:
             df[k] = None
     # Derived per run, before any averaging over seeds (the paper's Avg is the mean of the three accuracies).

@@ -312,6 +312,9 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         start_epoch, epoch_log, train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
         log(f"[{rid}] resuming {cfg.method} at epoch {start_epoch + 1}/{cfg.train.epochs}")
 
+    from bench.tblog import EpochWriter
+
+    curves = EpochWriter(rt.results, cfg.method, rid, start_epoch)  # TensorBoard view of the log, if installed
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid)
@@ -332,6 +335,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                 "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            curves.write(entry)
             log(f"[{rid}] {cfg.method} epoch {epoch + 1}/{cfg.train.epochs} "
                 + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, float)))
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
@@ -342,9 +346,14 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         store.write(rid, result)
         log(f"[{rid}] {cfg.method} FAILED: {e}")
         return result
+    finally:
+        curves.close()
 
     net = ema.net if ema is not None else method.net
     extra = method.finalize(net, evaluator) or {}
+    if cfg.parent_file is not None:  # the user's own model: its clean accuracy beside its children's
+        extra["parent_file"] = {"path": cfg.parent_file, "digest": cfg.parent_digest,
+                                "clean": evaluator.accuracy(parent_model), "n_clean": cfg.eval.n_clean}
     final = method.export(net)
     save_model(store, rid, cfg, final, info.num_classes, info.channels)
     metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"), features=method.gap_features(net))
