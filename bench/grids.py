@@ -212,8 +212,7 @@ def cpu(seeds: int = 2) -> list[RunConfig]:
     Fine-tuning methods run with at least 2 seeds (the spread says whether a difference is real); the feature
     gap is measured after every epoch for Figure 1a's methods; a reduced Figure 4 sweep around AFD's defaults."""
     seeds = max(seeds, 2)
-    runs = [_cpu_run(m, epochs=e, hparams={"warmup_epochs": 1, "reset_every": 1} if m == "atas" else None)
-            for m, e in CPU_SCRATCH.items()]
+    runs = [_cpu_run(m, epochs=e) for m, e in CPU_SCRATCH.items()]  # recipes scaled keep every phase
     runs.append(_cpu_run("afa", epochs=CPU_SCRATCH["afa"], hparams={"trades_beta": 6.0}))
     gap_eval = replace(CPU_EVAL, feature_gap_every_epoch=True)
     for seed in range(seeds):
