@@ -14,6 +14,7 @@ from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models import build_model
 from methods import REGISTRY, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.afd import AFD, confused_label
+from methods.base import MethodError
 
 N, C, S = 32, 4, 16  # examples, classes, image size
 
@@ -124,14 +125,17 @@ def _one_batch(loader):
     return next(iter(loader.epoch(0)))
 
 
-def test_afd_l1_reaches_only_d2_and_l2_not_d2():
-    m, loader = build("afd")
+@pytest.mark.parametrize("order", ["joint", "as_run"])
+def test_afd_l1_reaches_only_d2_and_l2_not_d2(order):
+    # joint (eq. 3): L1 updates D2 only. as_run (tl+sl.py:237-238): w f2 uses the live classifier, so w gets it too.
+    m, loader = build("afd", {"update_order": order})
     out = m.losses(_one_batch(loader))
     names = [n for n, _ in m.net.named_parameters()]
     params = [p for _, p in m.net.named_parameters()]
     g1 = torch.autograd.grad(out["l1"], params, retain_graph=True, allow_unused=True)
     got1 = {n for n, g in zip(names, g1) if g is not None and g.abs().sum() > 0}
-    assert got1 == {"d2.weight"}
+    assert got1 == ({"d2.weight"} if order == "joint" else {"d2.weight", "model.classifier.weight",
+                                                            "model.classifier.bias"})
     g2 = torch.autograd.grad(out["l2"], params, retain_graph=True, allow_unused=True)
     got2 = {n for n, g in zip(names, g2) if g is not None and g.abs().sum() > 0}
     assert "d2.weight" not in got2 and "d1.weight" in got2
@@ -167,14 +171,19 @@ def test_afd_alignment_targets_the_frozen_parent_on_clean_inputs():
     assert not any(p is q for p in m.net.parameters() for q in m._teacher.parameters())
 
 
-def test_afd_official_order_differs_from_joint_but_both_train():
-    a, la = build("afd")
-    b, lb = build("afd", {"update_order": "official"})
-    assert len(b.optimizers) == 3
+def test_afd_as_run_order_differs_from_joint_but_both_train():
+    a, la = build("afd", {"update_order": "joint"})
+    b, lb = build("afd")  # the default: as_run
+    assert b.hp.update_order == "as_run" and len(a.optimizers) == 1 and len(b.optimizers) == 3
     run_steps(a, la, 1)
     run_steps(b, lb, 1)
     wa, wb = a.model.classifier.weight, b.model.classifier.weight
-    assert not torch.equal(wa, wb)  # official: w also gets alpha*L1's gradient and two momentum steps
+    assert not torch.equal(wa, wb)  # as_run: w also gets alpha*L1's gradient, two momentum steps, 3x weight decay
+
+
+def test_afd_update_order_official_is_gone():
+    with pytest.raises(MethodError, match="update_order"):
+        build("afd", {"update_order": "official"})
 
 
 def test_ablations_drop_their_term():
