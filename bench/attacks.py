@@ -272,6 +272,9 @@ def autoattack(
             with torch.no_grad():
                 num_classes = wrapped(x[:1].to(device)).shape[1]
             adversary = AutoAttack(wrapped, norm="Linf", eps=eps, version=version, device=device, seed=seed)
+            if num_classes < 4:
+                raise ValueError(f"AutoAttack standard needs at least 4 classes (its targeted DLR loss); this model "
+                                 f"has {num_classes}: evaluate without it (n_aa = 0)")
             if num_classes < 10:
                 adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
                 adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,status,speed} ...`` (also installed as ``bench``).
+"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed} ...`` (also installed as ``bench``).
 
 Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
 saying what is wrong and how to fix it, and exits with code 2, before anything is written.
@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.config import ConfigError, coerce_like, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
+from bench.config import PRECISIONS, ConfigError, coerce_like, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
 from methods import REGISTRY, get_method, resolve_hparams
 
 
@@ -112,7 +112,7 @@ def _runtime(args) -> "Runtime":
     from bench.runtime import Runtime
 
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
-                   device=args.device, threads=args.threads)
+                   device=args.device, threads=args.threads, compile=getattr(args, "compile", False))
 
 
 def _grid_runs(args) -> list[RunConfig]:
@@ -228,6 +228,20 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from bench.evalrun import evaluate, make_spec, render
+
+    eps = parse_value(args.eps)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise UsageError(f"--eps {args.eps}: expected a number like 8/255")
+    spec = make_spec(model=args.model, zoo=args.zoo, checkpoint=args.checkpoint, dataset=args.dataset, n=args.n,
+                     n_aa=args.n_aa, eps=float(eps), batch_size=args.batch_size, seed=args.seed)
+    result = evaluate(spec, _runtime(args), log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(render(result), end="")
+    print(f"result: {Path(args.results) / 'evals' / (result['eval_id'] + '.json')}")
+    return 0
+
+
 def cmd_speed(args) -> int:
     from bench.speed import measure, render, to_json
 
@@ -237,6 +251,7 @@ def cmd_speed(args) -> int:
     rep = measure(model=args.model, methods=methods, precision=args.precision, baseline=args.baseline,
                   batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
                   threads=args.threads, matmul_size=args.matmul_size, baseline_workers=args.baseline_workers,
+                  compile=args.compile,
                   log=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True)))
     sys.stdout.write(to_json(rep) + "\n" if args.json else render(rep))
     return 0
@@ -270,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SLURM resource profile in slurm/profiles.toml (default: $BENCH_SLURM_PROFILE or gpu)")
     sp.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then print the table")
     sp.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
+                    "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="render a grid's table from the result files")
@@ -307,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("speed", help="images/s of each method's full training step, data share, FLOP/s, baseline")
     sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
     sp.add_argument("--methods", default="vaft,afd", help="comma-separated methods (default vaft,afd)")
-    sp.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training precision (default bf16)")
+    sp.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                    help="training precision (default: the fastest this device runs natively: bf16 where it has "
+                    "native bf16 (AMX, AVX512-BF16, bf16 GPUs), else fp32)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile each method's model (warm-up untimed)")
     sp.add_argument("--baseline", action="store_true",
                     help="also time each method fed by torchvision's DataLoader + PIL transforms in fp32 NCHW")
     sp.add_argument("--baseline-workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)")
@@ -321,6 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
     plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
+
+    sp = sub.add_parser("eval", help="the paper's evaluation (clean, PGD-20, AutoAttack) of any checkpoint; resumes")
+    sp.add_argument("--model", default=None, help="one of ours (bench list), or pkg.module:factory for your own")
+    sp.add_argument("--checkpoint", default=None, help="weights: a state dict or a {'state_dict'|'model'|'net': ...} "
+                    "wrapper, DataParallel prefixes fine, or one of our exported models")
+    sp.add_argument("--zoo", default=None, help="a RobustBench model name instead of --model/--checkpoint")
+    sp.add_argument("--dataset", required=True, help="test set (bench list)")
+    sp.add_argument("--n", type=int, default=10_000, help="test images for clean and PGD-20 (default 10000)")
+    sp.add_argument("--n-aa", type=int, default=None, help="test images for AutoAttack (default: --n; 0 skips it)")
+    sp.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
+    sp.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+    sp.add_argument("--results", default="results", help="results folder: evals/<eval_id>.json (default: results)")
+    sp.add_argument("--data-root", default=None, help="data folder (default: $BENCH_DATA_ROOT or ./data)")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    plugin_arg(sp)
+    sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
     plugin_arg(sp)

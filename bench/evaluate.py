@@ -12,11 +12,24 @@ The feature gap (Figure 1a) is the per-sample L-inf norm of f(x) - f(x'), x' = P
 f1 = D1 g). The result records the mean (``feature_gap``), its standard error over the test images
 (``feature_gap_se``), the number of images (``feature_gap_n``) and which features were measured
 (``feature_gap_of``).
+
+Long evaluations resume. Every measurement is done in chunks of ``eval.batch_size`` images, each chunk's random
+start seeded by (seed, chunk index) so it does not depend on the chunks before it; with a ``state_dir``
+(``bench run``: the run's checkpoint folder; ``bench eval``: its own), each finished chunk's per-example results
+and seconds are written there atomically, keyed by a digest of the evaluated weights and the protocol, and a
+killed or requeued evaluation continues from the last finished chunk with the same final numbers. The result
+holds the per-example correctness (``per_example``: one '0'/'1' character per image) and the seconds each
+measurement took (``seconds``: clean, pgd20 with the gap, aa), summed over chunks across restarts.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +39,8 @@ from bench.attacks import autoattack, fgsm, pgd
 from bench.config import EvalConfig
 from bench.data import Split
 from bench.models import feature_extractor_and_head
+from bench.precision import exact_fp32, maybe_compile
+from bench.store import atomic_torch_save, content_digest
 
 PENULTIMATE = "penultimate features"  # FeatureMap's default: the last hidden layer of the exported model
 
@@ -68,8 +83,9 @@ class Evaluator:
         model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return model
+        return maybe_compile(model)  # compiled inside bench.precision.compiling(True) (bench run --compile)
 
+    @exact_fp32()  # true fp32 (no TF32) inside every measurement, whatever training or the user set; restored after
     def correct(self, model: nn.Module, n: int) -> Tensor:
         """Per-example clean correctness on the first n test images."""
         out = []
@@ -78,24 +94,39 @@ class Evaluator:
                 out.append(model(x).argmax(1) == y)
         return torch.cat(out).cpu()
 
+    @exact_fp32()
     def pgd_correct(self, model: nn.Module, n: int, *, return_gap: bool = False,
                     features: Callable[[Tensor], Tensor] | None = None):
         """Per-example correctness under PGD-20 against ``model``, and optionally the per-example feature gap
         ||f(x) - f(x')||_inf with f = ``features`` (default: ``model``'s last hidden layer). Both ``model`` and
         ``features`` must already be prepared (``prepare``)."""
-        gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        feats = features if features is not None else feature_extractor_and_head(model)[0]
         correct, gaps = [], []
-        for x, y in self._batches(n):
-            x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
-                        random_start=True, generator=gen, clamp_start=self.cfg.pgd_clamp_start)
-            with torch.inference_mode():
-                correct.append(model(x_adv).argmax(1) == y)
-                if return_gap:
-                    # Figure 1a: per-sample L-inf norm of the feature difference
-                    gaps.append((feats(x) - feats(x_adv)).flatten(1).abs().amax(1))
-        correct = torch.cat(correct).cpu()
-        return (correct, torch.cat(gaps).cpu()) if return_gap else correct
+        for k, _ in enumerate(range(0, min(n, len(self.test)), self.cfg.batch_size)):
+            ok, gap = self._pgd_chunk(model, k, n, features)
+            correct.append(ok)
+            gaps.append(gap)
+        correct = torch.cat(correct)
+        return (correct, torch.cat(gaps)) if return_gap else correct
+
+    def _chunk(self, k: int, n: int) -> tuple[Tensor, Tensor]:
+        """Images (float in [0, 1], on the device) and labels of chunk k of the first n test images."""
+        i = k * self.cfg.batch_size
+        j = min(i + self.cfg.batch_size, n, len(self.test))
+        x = self.test.images[i:j].to(self.device, non_blocking=True).float().div_(255)
+        return x, self.test.labels[i:j].to(self.device, non_blocking=True)
+
+    def _pgd_chunk(self, model: nn.Module, k: int, n: int, features) -> tuple[Tensor, Tensor]:
+        """PGD-20 correctness and feature gap of chunk k; its random start depends only on (seed, k)."""
+        x, y = self._chunk(k, n)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * k)
+        feats = features if features is not None else feature_extractor_and_head(model)[0]
+        x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
+                    random_start=True, generator=gen, clamp_start=self.cfg.pgd_clamp_start)
+        with torch.inference_mode():
+            ok = model(x_adv).argmax(1) == y
+            # Figure 1a: per-sample L-inf norm of the feature difference
+            gap = (feats(x) - feats(x_adv)).flatten(1).abs().amax(1)
+        return ok.cpu(), gap.float().cpu()
 
     @staticmethod
     def gap_stats(gaps: Tensor, features: nn.Module | None) -> dict:
@@ -106,6 +137,7 @@ class Evaluator:
         return {"feature_gap": float(gaps.mean()), "feature_gap_se": se, "feature_gap_n": len(gaps),
                 "feature_gap_of": getattr(features, "what", PENULTIMATE if features is None else "custom features")}
 
+    @exact_fp32()
     def feature_gap_stats(self, model: nn.Module, n: int | None = None,
                           features: nn.Module | None = None) -> dict:
         """The feature gap of ``model`` (the exported model: PGD-20 attacks it) measured on ``features``
@@ -119,6 +151,7 @@ class Evaluator:
     def feature_gap(self, model: nn.Module, n: int | None = None, features: nn.Module | None = None) -> float:
         return self.feature_gap_stats(model, n, features)["feature_gap"]
 
+    @exact_fp32()
     def fgsm_pgd_accuracy(self, model: nn.Module, n: int | None = None) -> tuple[float, float]:
         """(FGSM accuracy, PGD accuracy) on the first n (default eval.n_gap) test images: the per-epoch
         catastrophic-overfitting probe of single-step methods. FGSM is one step of eps without random start; PGD
@@ -136,31 +169,79 @@ class Evaluator:
     def accuracy(self, model: nn.Module, n: int | None = None) -> float:
         return float(self.correct(self.prepare(model), n or self.cfg.n_clean).float().mean())
 
+    @exact_fp32()
     def run(self, model: nn.Module, log: Callable[[str], None] = lambda s: None,
-            features: nn.Module | None = None) -> dict:
+            features: nn.Module | None = None, state_dir: Path | None = None) -> dict:
         """Every metric of ``model`` (the exported model); the feature gap is measured on ``features``
-        (``Method.gap_features(net)``; default the model's last hidden layer) under the PGD-20 attack on ``model``."""
+        (``Method.gap_features(net)``; default the model's last hidden layer) under the PGD-20 attack on ``model``.
+        With ``state_dir``, finished chunks are stored there and reused (see the module doc)."""
         prepared = self.prepare(features) if features is not None else None
         model = self.prepare(model)
         cfg = self.cfg
-        clean = self.correct(model, cfg.n_clean)
+        chunks = _Chunks(state_dir, self._key(model, prepared)) if state_dir is not None else None
+        seconds: dict[str, float] = {}
+
+        def measure(name: str, n: int, fn: Callable[[int], dict[str, Tensor]]) -> dict[str, Tensor]:
+            """fn(k) -> tensors of chunk k; chunks already stored are loaded instead of recomputed."""
+            parts: list[dict[str, Tensor]] = []
+            seconds[name] = 0.0
+            for k in range(-(-min(n, len(self.test)) // cfg.batch_size)):
+                got = chunks.load(name, k) if chunks is not None else None
+                if got is None:
+                    t0 = time.perf_counter()
+                    got = fn(k)
+                    got["seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
+                    if chunks is not None:
+                        chunks.save(name, k, got)
+                seconds[name] += float(got.pop("seconds"))
+                parts.append(got)
+            return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+        def clean_chunk(k: int) -> dict[str, Tensor]:
+            x, y = self._chunk(k, cfg.n_clean)
+            with torch.inference_mode():
+                return {"ok": (model(x).argmax(1) == y).cpu()}
+
+        clean = measure("clean", cfg.n_clean, clean_chunk)["ok"]
         log(f"clean {clean.float().mean():.4f} on {len(clean)}")
         metrics: dict = {"clean": float(clean.float().mean()), "n_clean": len(clean)}
+        per_example = {"clean": _bits(clean)}
+        pgd_ok = aa_ok = None
         if cfg.n_pgd:
-            pgd_ok, gaps = self.pgd_correct(model, cfg.n_pgd, return_gap=True, features=prepared)
-            metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok), **self.gap_stats(gaps, features))
+            def pgd_chunk(k: int) -> dict[str, Tensor]:
+                ok, gap = self._pgd_chunk(model, k, cfg.n_pgd, prepared)
+                return {"ok": ok, "gap": gap}
+
+            got = measure("pgd20", cfg.n_pgd, pgd_chunk)
+            pgd_ok = got["ok"]
+            metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok),
+                           **self.gap_stats(got["gap"], features))
+            per_example["pgd20"] = _bits(pgd_ok)
             log(f"PGD-{cfg.pgd_steps} {metrics['pgd20']:.4f} on {len(pgd_ok)}")
         if cfg.n_aa:
-            n = min(cfg.n_aa, len(self.test))
-            x = self.test.images[:n].float().div(255)
-            y = self.test.labels[:n]
-            aa = autoattack(model, x, y, eps=self.eps, version="standard", batch_size=cfg.batch_size,
-                            device=self.device, seed=self.seed)
-            aa_ok = aa["robust"].cpu()
+            def aa_chunk(k: int) -> dict[str, Tensor]:
+                i = k * cfg.batch_size
+                j = min(i + cfg.batch_size, cfg.n_aa, len(self.test))
+                x = self.test.images[i:j].float().div(255)
+                aa = autoattack(model, x, self.test.labels[i:j], eps=self.eps, version="standard",
+                                batch_size=cfg.batch_size, device=self.device, seed=self.seed)
+                return {"ok": aa["robust"].cpu()}
+
+            aa_ok = measure("aa", cfg.n_aa, aa_chunk)["ok"]
             metrics.update(aa=float(aa_ok.float().mean()), n_aa=len(aa_ok))
+            per_example["aa"] = _bits(aa_ok)
             log(f"AutoAttack {metrics['aa']:.4f} on {len(aa_ok)}")
-        metrics["violations"] = self.check_order(clean, pgd_ok if cfg.n_pgd else None, aa_ok if cfg.n_aa else None)
+        metrics["violations"] = self.check_order(clean, pgd_ok, aa_ok)
+        metrics["per_example"] = per_example
+        metrics["seconds"] = seconds
         return metrics
+
+    def _key(self, model: nn.Module, features: nn.Module | None) -> str:
+        """What a stored chunk is valid for: the evaluated weights (and gap features) and the protocol."""
+        proto = {"eval": dataclasses.asdict(self.cfg), "eps": self.eps, "seed": self.seed, "n_test": len(self.test),
+                 "weights": content_digest(model.state_dict()),
+                 "features": content_digest(features.state_dict()) if features is not None else None}
+        return hashlib.sha256(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
     def check_order(clean: Tensor, pgd_ok: Tensor | None, aa_ok: Tensor | None) -> list[str]:
@@ -178,3 +259,36 @@ class Evaluator:
             if a_lo > a_hi:
                 out.append(f"{lo} accuracy {a_lo:.4f} > {hi} accuracy {a_hi:.4f} on the first {n} test images")
         return out
+
+
+def _bits(flags: Tensor) -> str:
+    """Per-example booleans as a compact string of '0'/'1', one character per test image, in test-set order."""
+    return "".join("1" if b else "0" for b in flags.tolist())
+
+
+class _Chunks:
+    """Finished evaluation chunks under ``<dir>/eval-<key>/<measure>-<k>.pt``, written atomically. Chunks of
+    another key (other weights or protocol) are never read: a retrained model starts its evaluation afresh."""
+
+    def __init__(self, root: Path, key: str):
+        self.dir = Path(root) / f"eval-{key}"
+
+    def _path(self, name: str, k: int) -> Path:
+        return self.dir / f"{name}-{k:05d}.pt"
+
+    def load(self, name: str, k: int) -> dict[str, Tensor] | None:
+        path = self._path(name, k)
+        if not path.exists():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.pop("digest", None) != content_digest(blob):
+                raise ValueError("digest mismatch")
+            return blob
+        except Exception:  # noqa: BLE001 - a garbled chunk is recomputed, never trusted
+            return None
+
+    def save(self, name: str, k: int, tensors: dict[str, Tensor]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        blob = {key: v.detach().cpu() for key, v in tensors.items()}
+        atomic_torch_save({**blob, "digest": content_digest(blob)}, self._path(name, k))

@@ -5,8 +5,9 @@ Every method, from natural pre-training to AFD, goes through ``execute``:
 1. take the run's lock (a second runner waits, then finds the run done);
 2. build the model, initialise it from the parent's exported model if the method fine-tunes;
 3. resume from the last good end-of-epoch checkpoint (net, EMA, optimizers, method state, RNG, log);
-4. train: per epoch, per batch, set the lr from the schedule, ``method.train_step`` under optional bf16
-   autocast, update the EMA; metrics are summed on the device (no host sync per step);
+4. train: per epoch, per batch, set the lr from the schedule, ``method.train_step`` at the run's precision
+   (bench/precision.py: true fp32, TF32, bf16 autocast, or fp16 autocast with a gradient scaler), update the
+   EMA; metrics are summed on the device (no host sync per step);
 5. after each epoch: check the losses are finite (else the run fails with the epoch and reason), optionally
    measure the feature gap (Figure 1a: on the exported EMA-or-live model, on ``method.gap_features``, as the final
    evaluation does), write an atomic checkpoint;
@@ -15,7 +16,6 @@ Every method, from natural pre-training to AFD, goes through ``execute``:
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
 import platform
@@ -32,6 +32,7 @@ from bench.config import ConfigError, RunConfig, run_id, to_dict
 from bench.data import Loader, load_dataset
 from bench.evaluate import Evaluator
 from bench.models import build_model
+from bench import precision as numerics
 from bench.runtime import Runtime, set_threads
 from bench import schedules
 from bench.store import CorruptFile, Store, atomic_torch_save, content_digest
@@ -124,9 +125,10 @@ def provenance(device: torch.device) -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
             pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    cpu = numerics.cpu_info()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["name"]
     return {"git": rev, "git_dirty": dirty, "versions": versions, "device": str(device), "device_name": name,
-            "host": platform.node(), "threads": torch.get_num_threads()}
+            "cpu_name": cpu["name"], "cpu_isa": cpu["isa"], "host": platform.node(), "threads": torch.get_num_threads()}
 
 
 # -- parents -------------------------------------------------------------------------------------------------
@@ -223,9 +225,8 @@ def save_checkpoint(store: Store, rid: str, ckpt: dict) -> None:
 
 # -- the loop ---------------------------------------------------------------------------------------------------
 def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The numerics of a training step at ``precision``: TF32 policy and bf16/fp16 autocast (bench/precision.py)."""
+    return numerics.training_context(device, precision)
 
 
 def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
@@ -293,7 +294,10 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     method = cls(model, hp, ctx)
     method.net.to(device)
     method.optimizers = method.configure_optimizers(cfg.train)
-    ema = EMA(method.net) if cfg.train.ema else None
+    ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
+    step_fn = numerics.make_step(method, cfg.train.precision, device)  # fp16: refused here or given a scaler
+    if rt.compile:
+        numerics.compile_model(method.model)
     evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed)
 
     start_epoch, epoch_log, train_seconds = 0, [], 0.0
@@ -303,6 +307,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         for opt, state in zip(method.optimizers, ckpt["optimizers"], strict=True):
             opt.load_state_dict(state)
         method.load_state_dict(ckpt["method"])
+        if method.grad_scaler is not None and ckpt.get("grad_scaler"):
+            method.grad_scaler.load_state_dict(ckpt["grad_scaler"])
         if ema is not None:
             ema.net.load_state_dict(ckpt["ema"])
             ema.t = ckpt["ema_t"]
@@ -314,10 +320,13 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
 
     from bench.tblog import EpochWriter
 
+    if start_epoch < cfg.train.epochs:
+        numerics.warn_if_slow(cfg.train.precision, device)  # one line on stderr: bf16 on a CPU without native bf16
+
     curves = EpochWriter(rt.results, cfg.method, rid, start_epoch)  # TensorBoard view of the log, if installed
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid)
+            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid, step_fn)
             train_seconds += entry["seconds"]
             if cfg.eval.feature_gap_every_epoch:
                 # Figure 1a: on the model that is evaluated (the EMA when the run keeps one, as at the end), on
@@ -332,6 +341,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                 "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
                 "train_seconds": train_seconds, "net": method.net.state_dict(),
                 "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
+                "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
                 "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
@@ -356,7 +366,10 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                                 "clean": evaluator.accuracy(parent_model), "n_clean": cfg.eval.n_clean}
     final = method.export(net)
     save_model(store, rid, cfg, final, info.num_classes, info.channels)
-    metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"), features=method.gap_features(net))
+    # finished evaluation chunks live beside the checkpoints: a run killed mid-AutoAttack resumes there
+    with numerics.compiling(rt.compile):  # --compile: the evaluated fp32 copy is compiled too
+        metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"),
+                                features=method.gap_features(net), state_dir=store.ckpt_dir(rid))
     metrics.update(method.extra_metrics(net, test_split, evaluator))
     result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="done", metrics=metrics,
                      extra=extra)
@@ -371,7 +384,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
 
 
 def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch: int, device, rt: Runtime,
-                 rid: str) -> dict:
+                 rid: str, step_fn: Callable) -> dict:
+    """One epoch; ``step_fn`` (``bench.precision.make_step``) runs a batch at the run's precision."""
     method.net.train()
     method.on_epoch_start(epoch)
     sums: dict[str, torch.Tensor] = {}
@@ -388,8 +402,7 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
     t0 = time.perf_counter()
     for step, batch in enumerate(loader.epoch(epoch)):
         lr = schedules.apply(cfg.train, method.optimizers, epoch, step, steps)
-        with _autocast(device, cfg.train.precision):
-            out = method.train_step(batch, StepInfo(epoch=epoch, step=step, global_step=epoch * steps + step))
+        out = step_fn(batch, StepInfo(epoch=epoch, step=step, global_step=epoch * steps + step))
         n = batch.y.shape[0]
         for k, v in out.items():  # summed on the device: no host synchronisation inside the epoch
             v = v.detach().float() * n
@@ -417,6 +430,7 @@ def _result(cfg: RunConfig, rid: str, device, started: str, wall0: float, train_
         "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
         "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(1, len(epoch_log)),
+        "precision_effective": numerics.effective_precision(cfg.train.precision, torch.device(device)),
         "wall_seconds": time.perf_counter() - wall0, "started": started,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **provenance(device),
     }
