@@ -89,7 +89,8 @@ def pgd(
         random_start: start at ``x + U(-eps, eps)``; ignored for ``loss="kl"``.
         clamp_start: clamp the start point to [0, 1] before the first gradient. ``False`` takes the first
             gradient at the raw start, as TRADES ``pgd_whitebox`` / ``trades_loss``, AFD ``tl+sl.py`` and
-            ``ARREST.py`` do (15-17% of the pixels of a CIFAR x_adv then differ); every later iterate is
+            ``ARREST.py`` do (10-20% of the pixels of a CIFAR x_adv then differ: 10.2% for PGD-20, 13.8% for the
+            TRADES attack, 20.1% for ARREST.py's PGD-10, measured on small CNNs); every later iterate is
             projected and clamped either way, and with ``steps=0`` the returned start is always clamped.
         loss: ``"ce"`` (summed cross-entropy), ``"kl"`` (TRADES), or a callable ``(logits, y) -> scalar``.
         eval_mode: put the model in eval mode while attacking (its previous modes are restored).

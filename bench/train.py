@@ -288,7 +288,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     model = model.to(device).to(memory_format=torch.channels_last)
 
     loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
-                    seed=cfg.seed)
+                    seed=cfg.seed, drop_last=cls.drop_last)
     ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
                   seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
     method = cls(model, hp, ctx)
@@ -296,8 +296,12 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     method.optimizers = method.configure_optimizers(cfg.train)
     ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
     step_fn = numerics.make_step(method, cfg.train.precision, device)  # fp16: refused here or given a scaler
-    if rt.compile:
-        numerics.compile_model(method.model)
+    if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
+        why = numerics.compile_problem(cls, hp)
+        if why is None:
+            numerics.compile_model(method.model)
+        else:
+            log(f"[{rid}] {cfg.method}: training not compiled: {why}")
     evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed)
 
     start_epoch, epoch_log, train_seconds = 0, [], 0.0

@@ -107,6 +107,8 @@ class Method:
     # One gradient step per example for its attack (Free-AT, FGSM-GA, ATAS): the loop then probes FGSM vs PGD
     # accuracy after every epoch and records catastrophic overfitting (bench/train.py).
     single_step: ClassVar[bool] = False
+    # The public code drops the last partial batch of every epoch (FGSM-GA's data.py: drop_last=True).
+    drop_last: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, hp: Any, ctx: Context):
         self.hp = hp

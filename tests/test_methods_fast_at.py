@@ -15,7 +15,8 @@ from bench.data import DatasetInfo, Loader, Split, augment_crop_flip
 from bench.models import build_model
 from bench.schedules import lr_at
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
-from methods.atas import PAD, crop_index, step_sizes
+from methods.base import MethodError
+from methods.atas import PAD, crop_index, scaled_resets, scaled_warmup, step_sizes
 from methods.fgsm_ga import grad_align_penalty
 
 N, C, S = 32, 4, 16
@@ -92,16 +93,23 @@ def test_trades_attack_maximizes_kl_from_the_clean_prediction():
 
 
 # -- Free-AT -----------------------------------------------------------------------------------------------
-def test_free_at_replay_updates_persistent_delta_with_signed_gradient():
-    m, loader = make("free_at", hp={"replays": 1})
+@pytest.mark.parametrize("rebox", [False, True])
+def test_free_at_replay_updates_persistent_delta_with_signed_gradient(rebox):
+    m, loader = make("free_at", hp={"replays": 1, "rebox_carried": rebox})
     b1, b2 = list(loader.epoch(0))[:2]
     m.train_step(b1, StepInfo(0, 0, 0))
     carried = m.delta.clone()
     assert carried.abs().max() > 0  # the first batch left a perturbation behind...
 
-    # ...and the second batch starts from it (boxed for its images): the expected update, computed independently.
+    # ...and the second batch starts from it: as run (train_free.py:97) the carried delta as it is, boxed for the
+    # previous images; with rebox_carried, boxed for these. The expected update, computed independently.
     ref = copy.deepcopy(m.model).train()
-    d0 = torch.max(torch.min(carried[: len(b2.y)], 1 - b2.x), -b2.x).requires_grad_(True)
+    d0 = carried[: len(b2.y)]
+    if rebox:
+        d0 = torch.max(torch.min(d0, 1 - b2.x), -b2.x)
+    else:
+        assert ((b2.x + d0 < 0) | (b2.x + d0 > 1)).any()  # the case where the two differ occurs here
+    d0 = d0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(ref(b2.x + d0), b2.y), [d0])
     expected = torch.clamp(d0.detach() + EPS * grad.sign(), -EPS, EPS)
     expected = torch.max(torch.min(expected, 1 - b2.x), -b2.x)
@@ -155,8 +163,9 @@ def test_grad_align_penalty_zero_for_parallel_positive_otherwise_and_drops_zero_
 
 
 def test_fgsm_ga_regularizer_vanishes_for_binary_linear_model_not_for_cnn():
-    # Binary logistic model: grad_x CE = (p1 - [y=1]) (w1 - w0), so the gradients at x and x + eta are parallel.
-    m, loader = make("fgsm_ga", model=linear_model(classes=2), classes=2)
+    # Binary logistic model: grad_x CE = (p1 - [y=1]) (w1 - w0), so the gradients at x and x + eta are parallel
+    # (with the full gradient at saturated pixels: the as-run g1 is zero there, see the next test).
+    m, loader = make("fgsm_ga", model=linear_model(classes=2), classes=2, hp={"saturated_grad": "full"})
     batch = next(iter(loader.epoch(0)))
     out = m.loss(batch, StepInfo(0, 0, 0))
     assert out["grad_align"].abs() < 1e-5
@@ -172,23 +181,36 @@ def test_fgsm_ga_regularizer_vanishes_for_binary_linear_model_not_for_cnn():
     assert gw.abs().sum() > 0
 
 
-def test_fgsm_ga_trains_on_fgsm_from_zero_in_train_mode():
-    m, loader = make("fgsm_ga", hp={"grad_align_lambda": 0.0})
+@pytest.mark.parametrize("rule,factor", [("zero", 0.0), ("half", 0.5), ("full", 1.0)])
+def test_fgsm_ga_trains_on_fgsm_from_zero_in_train_mode(rule, factor):
+    m, loader = make("fgsm_ga", hp={"grad_align_lambda": 0.0, "saturated_grad": rule})
     batch = next(iter(loader.epoch(0)))
+    saturated = (batch.x == 0) | (batch.x == 1)
+    assert saturated.float().mean() > 0.05  # zero padding of the random crop
     ref = copy.deepcopy(m.model).train()
     x = batch.x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(ref(x), batch.y), [x])
+    # train.py:152 takes the FGSM gradient through clamp(x + 0, 0, 1) = max(min(x, 1), 0): a pixel on the bound
+    # gets none of it in torch 1.4 (as run), half in torch >= 1.10, all of it without the clamp.
+    g = torch.where(saturated, factor * g, g)
     x_adv = torch.clamp(batch.x + EPS * g.sign(), 0, 1)
+    if rule == "zero":
+        assert torch.equal(x_adv[saturated], batch.x[saturated])  # as run: saturated pixels are not perturbed
     expected = F.cross_entropy(ref(x_adv), batch.y)
     out = m.loss(batch, StepInfo(0, 0, 0))
     torch.testing.assert_close(out["loss"], expected)
 
 
+def test_fgsm_ga_rejects_an_unknown_saturated_grad_rule():
+    with pytest.raises(MethodError, match="saturated_grad"):
+        make("fgsm_ga", hp={"saturated_grad": "quarter"})
+
+
 # -- ATAS --------------------------------------------------------------------------------------------------
 def test_atas_step_size_formula_and_both_clamps():
     v = torch.tensor([0.0, 1e-4, 1e6])
-    got = step_sizes(v, EPS, 0.01, 4 / 255, 14 / 255)
-    torch.testing.assert_close(got, torch.tensor([14 / 255, 2 * EPS / 2, 4 / 255]))  # max clamp, 8/255, min clamp
+    got = step_sizes(v, 16 / 255, 0.01, 4 / 255, 14 / 255)  # adv_attack.py:48: the literal 2 * 8/255
+    torch.testing.assert_close(got, torch.tensor([14 / 255, 16 / 255 / 2, 4 / 255]))  # max clamp, 8/255, min clamp
 
     # Through the method, after warm-up: a huge stored v gives the minimum step, a huge c the maximum.
     for hp, v_prev, expected in (({}, 1e6, 4 / 255), ({"c": 1e9}, 0.0, 14 / 255)):
@@ -200,6 +222,9 @@ def test_atas_step_size_formula_and_both_clamps():
         (g,) = torch.autograd.grad(F.cross_entropy(ref(x0), batch.y), [x0])
         out = m.loss(batch, StepInfo(epoch=10, step=0, global_step=0))
         torch.testing.assert_close(out["step_size"], torch.tensor(expected))
+        # the logged clamp fractions (the loop averages them per epoch)
+        assert (float(out["step_at_min"]), float(out["step_at_max"])) == ((1.0, 0.0) if expected < EPS else (0.0, 1.0))
+        torch.testing.assert_close(out["grad_norm"], g.flatten(1).norm(dim=1).mean())
         torch.testing.assert_close(m.v[batch.idx], 0.5 * v_prev + 0.5 * g.flatten(1).pow(2).sum(1))
 
 
@@ -255,6 +280,7 @@ def test_atas_warmup_uses_eps_and_leaves_v_alone_then_adapts():
     batch = next(iter(loader.epoch(0)))
     out = m.loss(batch, StepInfo(epoch=4, step=0, global_step=0))
     torch.testing.assert_close(out["step_size"], torch.tensor(EPS))
+    assert out["step_at_min"] == 0 and out["step_at_max"] == 0  # no clamp in warm-up
     assert torch.equal(m.v, torch.zeros_like(m.v))
     out = m.loss(batch, StepInfo(epoch=5, step=0, global_step=0))
     assert (m.v[batch.idx] > 0).all()
@@ -271,6 +297,23 @@ def test_atas_reset_is_pure_and_uniform_in_the_ball():
     m.on_epoch_start(9)  # called again after a resume: same draw
     assert torch.equal(m.delta, first)
     assert first.abs().max() <= EPS and first.std() > EPS / 3  # U(-eps, eps) has std eps/sqrt(3)
+
+
+@pytest.mark.parametrize("epochs,warmup,resets", [
+    (1, [], []),  # one epoch: adaptive (the method itself); no epoch for a reset that is neither first nor last
+    (2, [1], []),  # one warm-up and one adaptive epoch; a reset before the last epoch is never made (ATAS.py:165)
+    (3, [1], [2]),  # the cpu grid's length: every phase once
+    (30, [1, 2, 3, 4, 5], [10, 20]),  # exactly the code's
+])
+def test_atas_scaled_recipe_keeps_every_phase(epochs, warmup, resets):
+    """Warm-up, adaptive epochs and resets (1-based epochs) of an E-epoch run with the recipe's defaults; the old
+    rounding gave E = 3 no warm-up and resets before epochs 1 and 2."""
+    m, _ = make("atas", epochs=epochs)
+    assert [e + 1 for e in range(epochs) if m.warming_up(e)] == warmup
+    assert [e + 1 for e in range(epochs) if m.resets_at(e)] == resets
+    assert scaled_warmup(0, epochs) == 0 and scaled_resets(30, epochs) == ()  # a phase the recipe lacks stays out
+    if epochs >= 2:
+        assert any(not m.warming_up(e) for e in range(epochs))
 
 
 @pytest.mark.parametrize("name", ["trades", "free_at", "fgsm_ga", "atas"])

@@ -97,4 +97,4 @@ def assert_same_params(ours: torch.nn.Module, ref: torch.nn.Module, *, rtol: flo
 
 def moved(before: torch.nn.Module, after: torch.nn.Module) -> float:
     """Largest absolute parameter change: a test of equality must also show the step did something."""
-    return max(float((p - q).abs().max()) for p, q in zip(before.parameters(), after.parameters()))
+    return max(float((p - q).detach().abs().max()) for p, q in zip(before.parameters(), after.parameters()))
