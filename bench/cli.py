@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
         return 0
     results = run_local(runs, rt)
     print()
-    print(report(runs, rt.results, "markdown"))
+    print(report(runs, rt.results, "markdown", table=args.grid if args.grid.endswith(".toml") else None))
     failed = [r for r in results.values() if r.get("status") != "done"]
     return 1 if failed else 0
 

@@ -586,6 +586,9 @@ def _sizes_note(df: pd.DataFrame) -> str:
     n_clean, n_pgd, n_aa = sizes.pop()
     if n_clean == n_pgd == n_aa:
         return f" All on the first {n_clean} test images."
+    if not n_aa:
+        return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, no AutoAttack; PGD-20 <= "
+                "clean is checked on the images they share.")
     return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, AutoAttack on the first {n_aa}"
             "; the order AA, PGD-20, clean (each at most the next) is checked on the images they share.")
 
