@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from bench.config import TrainConfig
 from bench.models import feature_extractor_and_head
-from methods.base import Method, MethodError, register
+from methods.base import COUNT, Method, MethodError, POSITIVE, Range, WEIGHT, register
 from methods.pgd_at import PGDAT
 
 
@@ -109,6 +109,9 @@ class AFA(Method):
     parent = None
     summary = "adversarial feature alignment: adversarial supervised contrastive training (Park et al. 2024)"
     recipe = PGDAT.recipe  # AFA's own recipe is unknown: PGD-AT's (Bag-of-Tricks)
+
+    ranges = {"temperature": POSITIVE, "base_temperature": POSITIVE, "steps": COUNT, "step_size": Range(0.0),
+              "ce_weight": WEIGHT, "trades_beta": WEIGHT, "proj_dim": Range(0)}
 
     @dataclass(frozen=True)
     class Hparams:

@@ -102,7 +102,7 @@ from torch import Tensor, nn
 
 from bench.config import TrainConfig
 from bench.models import feature_extractor_and_head
-from methods.base import FeatureMap, Method, MethodError, angular_distance, register
+from methods.base import COUNT, FeatureMap, Method, MethodError, OneOf, Range, WEIGHT, angular_distance, register
 
 AFD_RECIPE = TrainConfig(epochs=20, lr=0.025, weight_decay=5e-4, schedule="aft", ema=True)
 UPDATE_ORDERS = ("as_run", "joint")
@@ -229,6 +229,9 @@ class AFD(Method):
     recipe = AFD_RECIPE
     use_disentangler = True
     use_alignment = True
+
+    ranges = {"alpha": WEIGHT, "beta": WEIGHT, "gamma": WEIGHT, "steps": COUNT, "step_size": Range(0.0),
+              "update_order": OneOf(("as_run", "joint"))}
 
     @dataclass(frozen=True)
     class Hparams:

@@ -97,7 +97,7 @@ from torch import Tensor
 
 from bench.attacks import _attack_context  # eval mode + frozen weights for the input gradient, restored after
 from bench.config import TrainConfig
-from methods.base import Method, MethodError, register
+from methods.base import COUNT, FRACTION, Method, MethodError, POSITIVE, Range, register
 
 PAD = 4  # bench.data.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
 RECIPE_EPOCHS = 30  # ATAS_CIFAR.sh:9
@@ -152,6 +152,9 @@ class ATAS(Method):
     # ATAS_CIFAR.sh: 30 epochs, lr 0.1 x0.1 after epochs 24 and 28 (MultiStepLR in iterations), wd 5e-4, batch 128
     recipe = TrainConfig(epochs=RECIPE_EPOCHS, lr=0.1, weight_decay=5e-4, schedule="piecewise",
                          milestones=(24 / 30, 28 / 30))
+
+    ranges = {"c": POSITIVE, "beta": FRACTION, "step_scale": POSITIVE, "min_step_size": POSITIVE,
+              "max_step_size": POSITIVE, "warmup_epochs": Range(0), "reset_every": COUNT}
 
     @dataclass(frozen=True)
     class Hparams:

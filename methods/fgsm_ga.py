@@ -84,7 +84,7 @@ from torch import Tensor, nn
 
 from bench import schedules
 from bench.config import TrainConfig
-from methods.base import Method, MethodError, register
+from methods.base import Method, MethodError, OneOf, WEIGHT, register
 
 
 def input_grad(model, x: Tensor, y: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -158,6 +158,9 @@ class FGSMGA(Method):
     # README command: 30 epochs, cyclic lr 0 -> 0.3 (at 40%) -> 0 per iteration; train.py:94 SGD momentum 0.9,
     # :39 wd 5e-4
     recipe = TrainConfig(epochs=30, lr=0.3, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.4)
+
+    ranges = {"grad_align_lambda": WEIGHT, "saturated_grad": OneOf(("zero", "half", "full")),
+              "init": OneOf(("code", "model"))}
 
     @dataclass(frozen=True)
     class Hparams:

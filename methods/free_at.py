@@ -72,7 +72,7 @@ from torch import Tensor
 
 from bench.config import TrainConfig
 from bench import schedules
-from methods.base import Method, MethodError, register
+from methods.base import COUNT, Method, MethodError, register
 
 
 @register
@@ -85,6 +85,8 @@ class FreeAT(Method):
     # 0.9; :81-82 CyclicLR's default cycle_momentum=True (momentum 0.9 -> 0.8 at the lr peak -> 0.9)
     recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5,
                          cycle_momentum=True)
+
+    ranges = {"replays": COUNT}
 
     @dataclass(frozen=True)
     class Hparams:

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import TrainConfig
-from methods.base import Method, register
+from methods.base import COUNT, Method, Range, register
 
 
 @register
@@ -67,6 +67,8 @@ class PGDAT(Method):
     summary = "PGD-10 adversarial training from scratch (Madry et al. 2018)"
     recipe = TrainConfig(epochs=110, lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, schedule="piecewise",
                          milestones=(100 / 110, 105 / 110))
+
+    ranges = {"steps": COUNT, "step_size": Range(0.0)}
 
     @dataclass(frozen=True)
     class Hparams:

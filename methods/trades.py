@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.config import TrainConfig
-from methods.base import Method, register
+from methods.base import COUNT, Method, Range, WEIGHT, register
 
 
 def trades_objective(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float,
@@ -81,6 +81,8 @@ class TRADES(Method):
     # train_trades_cifar10.py: 76 epochs, lr 0.1 -> 0.01 for (1-based) epochs 75-76, wd 2e-4, momentum 0.9, batch 128
     recipe = TrainConfig(epochs=76, lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128, schedule="piecewise",
                          milestones=(74 / 76,))
+
+    ranges = {"beta": WEIGHT, "steps": COUNT, "step_size": Range(0.0)}
 
     @dataclass(frozen=True)
     class Hparams:

@@ -45,6 +45,8 @@ BAD = [
     (["run", "--grid", "demo", "--set", "eps=8"], "write 8/255, not 8"),
     (["run", "--grid", "demo", "--set", "afd.gama=3"], "no run of this grid"),
     (["run", "--grid", "demo", "--set", "afd.gamma=abc"], "expects float"),
+    (["run", "--grid", "demo", "--set", "afd.gamma=-1"], "afd.gamma must be >= 0.0"),
+    (["run", "--grid", "demo", "--set", "afd.update_order=official"], "must be one of 'as_run', 'joint'"),
     (["run", "--grid", "demo", "--set", "dataset=folder:/nonexistent/x"], "/nonexistent/x"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{empty}"], "has no class folders"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{flat}"], "has no train/ folder"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,3 +193,24 @@ def test_ablations_drop_their_term():
     assert "d1" in d.net and not hasattr(d, "_teacher")
     a, _ = build("vaft_a")
     assert "d1" not in a.net and hasattr(a, "_teacher")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.__module__.startswith("methods.")))
+def test_every_hyperparameter_declares_its_range_and_the_defaults_are_in_it(name):
+    """Issue 13: values are checked where users type them. Every numeric or choice hyperparameter of a built-in
+    method has a Range / OneOf, its default satisfies it, and a value outside it is refused in one line."""
+    from methods.base import OneOf, Range
+
+    cls = REGISTRY[name]
+    defaults = cls.Hparams()
+    for f in dataclasses.fields(cls.Hparams):
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            continue
+        rule = cls.ranges.get(f.name)
+        assert rule is not None, f"{name}.{f.name} declares no range"
+        assert rule.problem(value) is None, f"{name}.{f.name} default {value!r}: {rule.problem(value)}"
+        bad = ("not-a-choice" if isinstance(rule, OneOf) else
+               (rule.lo - 1 if rule.lo is not None else rule.hi + 1) if isinstance(rule, Range) else None)
+        with pytest.raises(MethodError, match=f"{name}.{f.name}"):
+            resolve_hparams(name, {f.name: bad})
