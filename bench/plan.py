@@ -8,7 +8,9 @@ Training cost of a run = epochs x seconds per epoch. Seconds per epoch come, in 
    scaled by the model's forward FLOPs relative to ResNet18 and by the data set's training pixels relative to
    CIFAR-10 (50,000 images of 32x32). Methods not in Table 5 have a declared estimate, marked "guess".
 
-Evaluation cost is added in units of "one forward+backward of one image" (u), with u taken from PGD-AT's Table 5
+Evaluation cost comes from measured seconds per image (``metrics.seconds`` of finished results of the same model
+and data set: clean, PGD-20 per step, AutoAttack; the median over runs) when there are any; otherwise it is added
+in units of "one forward+backward of one image" (u), with u taken from PGD-AT's Table 5
 epoch (37 s for 50,000 images x 11 forward+backward passes): clean accuracy 1/3 u per image, PGD-k k u per
 image, AutoAttack standard ~1,500 u per image (machines.md: ~50 u for an image it breaks at once, ~3,200 u for
 a robust one; ~45% robust for these models).
@@ -85,9 +87,27 @@ def measured_throughput(results: Path) -> dict[tuple, list[tuple[float, str]]]:
     return out
 
 
+def measured_eval_rates(results: Path) -> dict[tuple, dict[str, float]]:
+    """(model, dataset) -> median seconds per image of clean, of one PGD step, and of AutoAttack, from the
+    per-measurement timings finished results record."""
+    samples: dict[tuple, dict[str, list[float]]] = {}
+    for _, r in Store(results).all_results():
+        if isinstance(r, CorruptFile) or r.get("status") != "done":
+            continue
+        m, c = r.get("metrics") or {}, r["config"]
+        secs = m.get("seconds") or {}
+        per = samples.setdefault((c["model"], c["dataset"]), {})
+        for key, n, div in (("clean", m.get("n_clean"), 1), ("pgd20", m.get("n_pgd"), c["eval"]["pgd_steps"]),
+                            ("aa", m.get("n_aa"), 1)):
+            if isinstance(secs.get(key), (int, float)) and n:
+                per.setdefault(key, []).append(secs[key] / (n * div))
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in samples.items() if d}
+
+
 def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
     store = Store(results)
     measured = measured_throughput(results)
+    rates = measured_eval_rates(results)
     costs = []
     for cfg in expand(runs):
         rid = run_id(cfg)
@@ -111,8 +131,16 @@ def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
         eval_units = ev.n_clean / 3 + ev.n_pgd * ev.pgd_steps + ev.n_aa * AA_UNITS
         if ev.feature_gap_every_epoch:
             eval_units += cfg.train.epochs * ev.n_gap * 11  # PGD-10 + features on n_gap images per epoch
+        eval_seconds = eval_units * unit
+        rate = rates.get((cfg.model, cfg.dataset), {})
+        if {"clean", "pgd20"} <= rate.keys() and ("aa" in rate or not ev.n_aa):
+            eval_seconds = (ev.n_clean * rate["clean"] + ev.n_pgd * ev.pgd_steps * rate["pgd20"]
+                            + ev.n_aa * rate.get("aa", 0.0))
+            if ev.feature_gap_every_epoch:
+                eval_seconds += cfg.train.epochs * ev.n_gap * ev.pgd_steps * rate["pgd20"]
+            source += "; evaluation measured"
         costs.append(RunCost(cfg, rid, store.status(rid), spe, source, cfg.train.epochs * spe / 3600,
-                             eval_units * unit / 3600))
+                             eval_seconds / 3600))
     return costs
 
 

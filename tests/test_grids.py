@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.config import run_id
+from bench.config import run_id, to_dict
 from bench.grids import GRIDS, expand, get_grid
 
 def test_table1_is_30_runs_plus_3_natural_parents():
@@ -125,3 +125,24 @@ def test_status_and_resubmission_from_queue(tmp_path):
     plan = plan_submission(runs, tmp_path, name, prof, st)
     assert plan.arrays[0].after == ["5"]
     json.loads((tmp_path / "jobs" / f"{ids[0]}.json").read_text())
+
+
+def test_plan_uses_measured_evaluation_seconds(tmp_path):
+    """Issue 14: with a finished run of the same model and data set recording seconds per measurement, the plan's
+    evaluation estimate is those rates times the run's image counts."""
+    from bench.plan import estimate
+    from bench.store import Store
+
+    (run,) = [r for r in expand(get_grid("demo")) if r.method == "vaft"]
+    ev = run.eval
+    Store(tmp_path).write(run_id(run), {
+        "run_id": run_id(run), "status": "done", "config": to_dict(run), "epochs": [{"epoch": 1}],
+        "seconds_per_epoch": 10.0,
+        "metrics": {"n_clean": 100, "n_pgd": 100, "n_aa": 10,
+                    "seconds": {"clean": 1.0, "pgd20": 100.0 * ev.pgd_steps / 20, "aa": 50.0}}})
+    (cost,) = [c for c in estimate([run], tmp_path) if c.cfg.method == "vaft"]
+    per_pgd_step = (100.0 * ev.pgd_steps / 20) / (100 * ev.pgd_steps)
+    want = (ev.n_clean * 0.01 + ev.n_pgd * ev.pgd_steps * per_pgd_step + ev.n_aa * 5.0
+            + run.train.epochs * ev.n_gap * ev.pgd_steps * per_pgd_step)
+    assert cost.eval_hours * 3600 == pytest.approx(want)
+    assert "evaluation measured" in cost.source
