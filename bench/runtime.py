@@ -19,6 +19,9 @@ class Runtime:
     device: str = "auto"
     progress: bool | None = None  # None: a progress bar only on a terminal
     threads: int | None = None  # torch CPU threads; None: $SLURM_CPUS_PER_TASK, else torch's default
+    # torch.compile the model's convolutional trunk for training and the final evaluation (bench/precision.py).
+    # Off by default: on CPUs the warm-up (tens of seconds per run) has to be earned back by the run.
+    compile: bool = False
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -493,7 +493,7 @@ def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
     device = rt.device if rt.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
     return {"results": str(Path(rt.results).resolve()), "data_root": str(data_root),
             "cache_dir": str(cache.expanduser().resolve()) if cache else None, "device": device,
-            "progress": False, "threads": rt.threads}
+            "progress": False, "threads": rt.threads, "compile": rt.compile}
 
 
 def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callable[[str], None] = print) -> None:

@@ -3,9 +3,14 @@
 For each method the real ``Method`` class is built as ``bench.train`` builds it (a fresh model as the parent of
 fine-tuning methods: speed does not depend on the weights; the model in channels_last; the method's recipe for the
 optimizer and EMA) and its ``train_step`` is timed with everything the loop does around it: the batch from the
-suite's ``Loader`` (uint8 split on the device, crop/flip as batched tensor ops), the optional bf16 autocast (the
-training attack runs inside ``train_step``, so it is under autocast too), the EMA update and the on-device metric
-sums. Reported per method:
+suite's ``Loader`` (uint8 split on the device, crop/flip as batched tensor ops), the step at the chosen precision
+exactly as the loop runs it (``bench.precision.make_step``: true fp32, TF32 on CUDA, bf16 autocast, fp16 autocast
+with the gradient scaler; the training attack runs inside ``train_step``, so it is under autocast too), the EMA
+update and the on-device metric sums. The precision defaults to the fastest one the device runs natively (bf16
+with AMX, AVX512-BF16 or a bf16 GPU, else fp32); ``compile`` compiles each method's model first
+(``bench.precision.compile_model``; FLOPs are counted on the eager model, the compile happens in the warm-up).
+The report names the CPU and its ISA flags (``cpu``), so every table made from it can say what it was measured on.
+Reported per method:
 
 * ``images_per_s``: batch size / median step time (batch production included), over ``steps`` timed steps after
   ``warmup`` untimed ones; ``epoch_s``: the projected seconds for one CIFAR-10 epoch (50,000 images);
@@ -29,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -39,11 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import precision as numerics
 from bench.config import EPS_8, PRECISIONS, ConfigError
 from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models import MODELS, build_model
 from bench.runtime import resolve_device, set_threads
-from bench.train import EMA, _autocast
+from bench.train import EMA
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 
 CIFAR10_TRAIN = 50_000
@@ -64,9 +69,11 @@ class _Runner:
     step_no: int = 0
     sums: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._step = numerics.make_step(self.method, self.precision, self.device)  # as the loop runs it
+
     def step(self, batch: Batch) -> None:
-        with _autocast(self.device, self.precision):
-            out = self.method.train_step(batch, StepInfo(epoch=0, step=self.step_no, global_step=self.step_no))
+        out = self._step(batch, StepInfo(epoch=0, step=self.step_no, global_step=self.step_no))
         n = batch.y.shape[0]
         for k, v in out.items():  # as the loop does: summed on the device, no host synchronisation
             v = v.detach().float() * n
@@ -169,18 +176,20 @@ def _cycle_dataloader(split: Split, batch_size: int, workers: int, device: torch
 
 
 def peak_matmul_flops(device: torch.device, precision: str, size: int, reps: int = 3) -> float:
-    """FLOP/s of the best of ``reps`` (size x size) @ (size x size) products in the step's precision."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    """FLOP/s of the best of ``reps`` (size x size) @ (size x size) products in the step's precision (its dtype
+    and TF32 policy)."""
+    dtype = numerics.AUTOCAST_DTYPES.get(precision, torch.float32)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    a @ b  # warm-up
     best = math.inf
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
+    with numerics.tf32_policy(device, precision):
+        a @ b  # warm-up
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
     return 2 * size ** 3 / best
 
 
@@ -217,22 +226,28 @@ def _timed_step(runner: _Runner, device: torch.device) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t0
 
 
-def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), precision: str = "bf16",
+def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), precision: str | None = None,
             baseline: bool = False, batch_size: int = 128, steps: int = 10, warmup: int = 2, device: str = "auto",
             threads: int | None = None, matmul_size: int | None = None, baseline_workers: int = 2,
-            seed: int = 0, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Measure every method side by side; return the JSON-able report (see the module docstring)."""
+            seed: int = 0, compile: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Measure every method side by side; return the JSON-able report (see the module docstring). ``precision``
+    None: the fastest the device runs natively (``bench.precision.fastest_native``)."""
     if model not in MODELS:
         raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ConfigError(f"need steps >= 1, warmup >= 0, batch size >= 1 (got {steps}, {warmup}, {batch_size})")
     methods = list(dict.fromkeys(methods))
     for m in methods:
         get_method(m)  # unknown names fail here, with the list of known ones
-    set_threads(threads)
     dev = resolve_device(device)
+    precision = precision or numerics.fastest_native(dev)
+    warmup = max(warmup, 1) if compile else warmup  # the first step compiles: never timed
+    for m in methods:  # fp16: only methods whose update goes through the gradient scaler
+        numerics.check_method_precision(m, resolve_hparams(m), precision)
+    numerics.warn_if_slow(precision, dev)
+    set_threads(threads)
     # Enough images that an epoch outlasts the measurement (the Loader's per-epoch set-up is amortised as in a
     # real epoch); 10,000 like the cpu grid's subset, more if the run is long.
     n_images = max(10_000, batch_size * (steps + warmup + 2))
@@ -256,8 +271,16 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
 
     size = matmul_size or (8192 if dev.type == "cuda" else 2048)
     peak_before = peak_matmul_flops(dev, precision, size)
-    log(f"counting FLOPs and warming up ({warmup} steps per method)")
-    flops = {r.name: count_step_flops(r) for r in runners}
+    log(f"counting FLOPs and warming up ({warmup} steps per method{', compiling' if compile else ''})")
+    flops = {r.name: count_step_flops(r) for r in runners}  # on the eager model: compiled kernels are not counted
+    compiled = {}
+    for r in runners:  # the suite's steps only: the baseline is the public code's eager fp32 setup
+        why = numerics.compile_problem(type(r.method), r.method.hp) if compile else "not asked"
+        compiled[r.name] = why is None
+        if why is None:
+            numerics.compile_model(r.method.model)
+        elif compile:
+            log(f"{r.name}: not compiled: {why}")
     everyone = runners + baselines
     for _ in range(warmup):
         for r in everyone:
@@ -284,7 +307,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
             "method": r.name, "step_s": step_s, "step_s_min": min(t for _, t in times[r.name]),
             "step_s_all": [t for _, t in times[r.name]], "images_per_s": batch_size / step_s,
             "epoch_s": CIFAR10_TRAIN / (batch_size / step_s), "batch_s": batch_s, "batch_share": batch_s / step_s,
-            "flops_per_step": flops[r.name], "flops_per_s": flops[r.name] / step_s,
+            "compiled": compiled[r.name], "flops_per_step": flops[r.name], "flops_per_s": flops[r.name] / step_s,
             "mfu": flops[r.name] / step_s / peak,
             "baseline_step_s": None, "baseline_images_per_s": None, "baseline_epoch_s": None, "speedup": None,
         }
@@ -299,11 +322,13 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on every OS
         load = None
+    cpu = numerics.cpu_info()
     return {
-        "model": model, "precision": precision, "batch_size": batch_size, "steps": steps, "warmup": warmup,
+        "model": model, "precision": precision, "precision_effective": numerics.effective_precision(precision, dev),
+        "precision_native": numerics.native(precision, dev), "compile": compile,
+        "batch_size": batch_size, "steps": steps, "warmup": warmup,
         "image_size": IMAGE_SIZE, "data": f"synthetic uint8, {n_images} images", "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor()
-                                                                                 or platform.machine()),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
         "baseline": baseline, "baseline_workers": baseline_workers if baseline else None,
         "peak_flops_per_s": peak, "afd_vaft_ratio": ratio, "methods": rows,
@@ -315,16 +340,21 @@ def _fmt_flops(v: float) -> str:
 
 
 def render(rep: dict) -> str:
-    head = (f"bench speed: {rep['model']}, {rep['precision']}, batch {rep['batch_size']}, {rep['steps']} steps after "
-            f"{rep['warmup']} warm-up, {rep['device']} ({rep['device_name']}), {rep['threads']} threads, "
-            f"peak matmul {_fmt_flops(rep['peak_flops_per_s'])}FLOP/s"
+    precision = rep["precision"] + ("" if rep["precision_effective"] == rep["precision"]
+                                    else f" (= {rep['precision_effective']} here)")
+    precision += "" if rep["precision_native"] else " NOT NATIVE here"
+    device = rep["device_name"] if rep["device"] != "cpu" else numerics.describe_cpu(rep["cpu"])
+    head = (f"bench speed: {rep['model']}, {precision}{', compiled' if rep['compile'] else ''}, batch "
+            f"{rep['batch_size']}, {rep['steps']} steps after {rep['warmup']} warm-up, {rep['device']}: {device}, "
+            f"{rep['threads']} threads, peak matmul {_fmt_flops(rep['peak_flops_per_s'])}FLOP/s"
             + (f", load average {rep['loadavg'][0]:.1f}" if rep.get("loadavg") else ""))
     cols = ["method", "img/s", "step s", "s/epoch", "batch %", "GFLOP/step", "FLOP/s", "of peak"]
     if rep["baseline"]:
         cols += ["baseline img/s", "baseline s/epoch", "speedup"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rep["methods"]:
-        cells = [r["method"], f"{r['images_per_s']:.1f}", f"{r['step_s']:.3f}", f"{r['epoch_s']:.0f}",
+        name = r["method"] + (" (eager)" if rep["compile"] and not r["compiled"] else "")
+        cells = [name, f"{r['images_per_s']:.1f}", f"{r['step_s']:.3f}", f"{r['epoch_s']:.0f}",
                  f"{100 * r['batch_share']:.2f}", f"{r['flops_per_step'] / 1e9:.1f}", _fmt_flops(r["flops_per_s"]),
                  f"{100 * r['mfu']:.1f}%"]
         if rep["baseline"]:

@@ -11,10 +11,10 @@ from bench.speed import measure, render
 
 ROW_FIELDS = {"method", "step_s", "step_s_min", "step_s_all", "images_per_s", "epoch_s", "batch_s", "batch_share",
               "flops_per_step", "flops_per_s", "mfu", "baseline_step_s", "baseline_images_per_s", "baseline_epoch_s",
-              "speedup"}
+              "speedup", "compiled"}
 TOP_FIELDS = {"model", "precision", "batch_size", "steps", "warmup", "image_size", "data", "device", "device_name",
               "threads", "torch", "loadavg", "baseline", "baseline_workers", "peak_flops_per_s", "afd_vaft_ratio",
-              "methods"}
+              "methods", "precision_effective", "precision_native", "compile", "cpu"}
 
 
 def test_speed_cli_json_has_every_field(capsys):
