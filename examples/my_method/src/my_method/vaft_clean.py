@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from methods import get_method, register
+from methods.base import WEIGHT
 
 VAFT = get_method("vaft")
 
@@ -20,6 +21,7 @@ VAFT = get_method("vaft")
 class VAFTClean(VAFT):
     name = "vaft_clean"
     summary = "example plugin: vAFT + clean_weight * CE on the clean images"
+    ranges = {**VAFT.ranges, "clean_weight": WEIGHT}  # refused in one line before anything runs: --set ...=-1
 
     @dataclass(frozen=True)
     class Hparams(VAFT.Hparams):
