@@ -476,6 +476,8 @@ def plot(figure: str, grid: str | list[RunConfig], results: Path, out: Path, *, 
     """Draw one figure for a grid; returns the PNG and PDF paths. ``methods``: fig1's curves (None = every
     fine-tuning method of the grid)."""
     df = load(grid, results, seeds)
+    if name.endswith(".toml"):  # a grid file: name the figure after the file, not its path
+        name = Path(name).stem
     stem = f"{figure}_{name}" if name else figure
     if figure == "fig1":
         import sys
