@@ -52,7 +52,7 @@ def test_the_plugins_own_test_passes(installed):
 def test_grid_file_with_the_plugin_and_vaft_runs_and_reports(installed, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text((EXAMPLE / "grid.toml").read_text().replace("n_clean = 300", "n_clean = 100")
-                    .replace("n_pgd = 300", "n_pgd = 100").replace("epochs = 3", "epochs = 1"))
+                    .replace("n_pgd = 300", "n_pgd = 100").replace("epochs = 15 ", "epochs = 1 "))
     results = tmp_path / "results"
     out = _bench(installed, "run", "--grid", str(grid), "--results", str(results))
     text = out.stdout.replace("\\_", "_")  # Markdown escapes underscores
