@@ -231,7 +231,7 @@ class AFD(Method):
     use_alignment = True
 
     ranges = {"alpha": WEIGHT, "beta": WEIGHT, "gamma": WEIGHT, "steps": COUNT, "step_size": Range(0.0),
-              "update_order": OneOf(("as_run", "joint"))}
+              "update_order": OneOf(UPDATE_ORDERS)}
 
     @dataclass(frozen=True)
     class Hparams:
@@ -247,9 +247,6 @@ class AFD(Method):
 
     def __init__(self, model, hp, ctx):
         super().__init__(model, hp, ctx)
-        if hp.update_order not in UPDATE_ORDERS:
-            raise MethodError(f"{self.name}.update_order must be one of {', '.join(UPDATE_ORDERS)} "
-                              f"(got '{hp.update_order}')")
         self.feats, self.w = feature_extractor_and_head(model)
         d = self.w.in_features
         if self.use_disentangler:

@@ -111,6 +111,7 @@ class Method:
     drop_last: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, hp: Any, ctx: Context):
+        check_ranges(self.name, self.ranges, hp)  # also for Hparams built directly, not through resolve_hparams
         self.hp = hp
         self.ctx = ctx
         self.net = nn.ModuleDict({"model": model})
@@ -224,12 +225,18 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> tuple
         if key not in known:
             raise MethodError(f"method '{name}' has no hyperparameter '{key}'; known: {', '.join(sorted(known)) or 'none'}")
         overrides[key] = _coerce(name, key, value, getattr(cls.Hparams(), key))
-        rule = cls.ranges.get(key)
-        why = rule.problem(overrides[key]) if rule is not None else None
-        if why:
-            raise MethodError(f"hyperparameter {name}.{key} {why} (got {overrides[key]!r})")
     hp = cls.Hparams(**overrides)
+    check_ranges(name, cls.ranges, hp)
     return tuple(sorted(dataclasses.asdict(hp).items()))
+
+
+def check_ranges(name: str, ranges: dict, hp: Any) -> None:
+    """MethodError (one line) for the first hyperparameter outside its declared Range / OneOf."""
+    for key, rule in ranges.items():
+        if hasattr(hp, key):
+            why = rule.problem(getattr(hp, key))
+            if why:
+                raise MethodError(f"hyperparameter {name}.{key} {why} (got {getattr(hp, key)!r})")
 
 
 def make_hparams(name: str, pairs: tuple[tuple[str, Any], ...]) -> Any:

@@ -159,7 +159,7 @@ class FGSMGA(Method):
     # :39 wd 5e-4
     recipe = TrainConfig(epochs=30, lr=0.3, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.4)
 
-    ranges = {"grad_align_lambda": WEIGHT, "saturated_grad": OneOf(("zero", "half", "full")),
+    ranges = {"grad_align_lambda": WEIGHT, "saturated_grad": OneOf(tuple(SATURATED_GRAD)),
               "init": OneOf(("code", "model"))}
 
     @dataclass(frozen=True)
@@ -174,11 +174,7 @@ class FGSMGA(Method):
 
     def __init__(self, model, hp, ctx):
         super().__init__(model, hp, ctx)
-        if hp.saturated_grad not in SATURATED_GRAD:
-            raise MethodError(f"fgsm_ga.saturated_grad must be one of {', '.join(SATURATED_GRAD)} "
-                              f"(got {hp.saturated_grad!r})")
-        if hp.init not in ("code", "model"):
-            raise MethodError(f"fgsm_ga.init must be 'code' or 'model' (got {hp.init!r})")
+        # saturated_grad and init are checked against `ranges` by Method.__init__
         if ctx.train_cfg is None:
             raise MethodError("fgsm_ga needs the run's TrainConfig in its Context (the per-iteration lr)")
         if hp.init == "code":
