@@ -230,6 +230,7 @@ def autoattack(
     batch_size: int = 500,
     device=None,
     seed: int = 0,
+    contiguous_weights: bool = True,
 ) -> dict:
     """Run pyautoattack's AutoAttack (L-inf) and return the per-example worst case.
 
@@ -238,6 +239,9 @@ def autoattack(
     model (eval mode) still classifies the returned ``x_adv`` correctly -- the AND makes the result the worst
     case over all four attacks even if one of the two sources were wrong (fra31/auto-attack#45).
 
+    ``contiguous_weights``: attack with the weights made NCHW-contiguous for the duration (and restored), the safe
+    default for a caller's training model; ``False`` keeps their layout (the evaluator's private channels_last copy:
+    faster, and the input gradient is still handed to AutoAttack contiguous by ``_ContiguousGrad``).
     Side effects avoided: the model's train/eval flags, requires_grad flags and memory format are restored,
     and the global torch RNG (which AutoAttack reseeds with ``seed``) is restored afterwards.
     Fidelity note: for fewer than 10 classes the numbers of APGD-T / FAB-T target classes (9 in the standard
@@ -264,7 +268,7 @@ def autoattack(
         with _attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
             # _ContiguousGrad guard as a second line of defence for models that permute internally).
-            changed = _to_contiguous_format(model)
+            changed = _to_contiguous_format(model) if contiguous_weights else []
             # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense,
             # zero gradients, Square beating white-box attacks), silence the rest.
             aa_logger.setLevel(logging.WARNING)

@@ -96,14 +96,32 @@ def claims(grid: str | list, results: str | Path) -> str:
     out += [f"Runs: {len(done)} of {len(df)} finished"
             + (f" ({n_bad} not finished: the verdicts below are provisional)" if n_bad else "")
             + f"; {len(done) - n_viol} of {len(done)} pass the order check AA <= PGD-20 <= clean.",
-            f"Compute: the runs' wall time adds up to {_wall(df) / 3600:.2f} h (training {done.train_seconds.sum() / 3600:.2f} h, "
-            "the rest is evaluation) on " + ", ".join(sorted(set(done.device_name.dropna()))) + ".",
+            _compute_line(df, done),
             f"Test images: clean {sizes.get('clean', '—')}, PGD-20 {sizes.get('pgd20', '—')}, "
             f"AutoAttack {sizes.get('aa', '—')}. Noise rule: a difference is real when it exceeds twice the larger "
             "of its seed spread and its test-sample (binomial) error.", ""]
     out += _claim1(defaults, sizes) + _claim2(defaults, df) + _claim3(defaults) + _claim4(defaults) + \
         _claim5(done, defaults, sizes)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
+    """Where the wall time went, from each result's recorded seconds: training, the final evaluation's measurements,
+    the per-epoch probes, and the rest (loading data and models, exporting, checkpoints)."""
+    wall, train = _wall(df), float(done.train_seconds.sum())
+    ev = {k: float(done[f"eval_s_{k}"].sum(min_count=1)) if f"eval_s_{k}" in done else math.nan
+          for k in ("clean", "pgd20", "aa")}
+    probes = float(done.probe_seconds.sum()) if "probe_seconds" in done else 0.0
+    devices = ", ".join(sorted(set(done.device_name.dropna())))
+    if any(math.isnan(v) for v in ev.values()):  # results written before per-measurement seconds were recorded
+        return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h (training {train / 3600:.2f} h, "
+                f"the rest is evaluation) on {devices}.")
+    total_ev = sum(ev.values())
+    rest = wall - train - total_ev - probes
+    return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h on {devices}: training {train / 3600:.2f} h, "
+            f"final evaluation {total_ev / 3600:.2f} h (clean {ev['clean'] / 60:.1f} min, PGD-20 with the feature gap "
+            f"{ev['pgd20'] / 3600:.2f} h, AutoAttack {ev['aa'] / 3600:.2f} h), per-epoch probes {probes / 3600:.2f} h, "
+            f"other {rest / 3600:.2f} h.")
 
 
 def _wall(df: pd.DataFrame) -> float:

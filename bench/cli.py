@@ -112,7 +112,8 @@ def _runtime(args) -> "Runtime":
     from bench.runtime import Runtime
 
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
-                   device=args.device, threads=args.threads, compile=getattr(args, "compile", False))
+                   device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
+                   eval_layout=getattr(args, "eval_layout", "channels_last"))
 
 
 def _grid_runs(args) -> list[RunConfig]:
@@ -245,6 +246,17 @@ def cmd_eval(args) -> int:
 def cmd_speed(args) -> int:
     from bench.speed import measure, render, to_json
 
+    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly
+        from bench.speed_eval import measure_eval, render_eval
+
+        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+            raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+        rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
+                           train_steps=args.train_steps, device=args.device, threads=args.threads, log=log)
+        sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
+        return 0
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UsageError("--methods is empty: give a comma-separated list, e.g. --methods vaft,afd")
@@ -252,7 +264,7 @@ def cmd_speed(args) -> int:
                   batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
                   threads=args.threads, matmul_size=args.matmul_size, baseline_workers=args.baseline_workers,
                   compile=args.compile,
-                  log=(lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True)))
+                  log=log)
     sys.stdout.write(to_json(rep) + "\n" if args.json else render(rep))
     return 0
 
@@ -265,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--plugin", action="append", metavar="MODULE", default=[],
                         help="import this module first: the methods it @register's join the registry "
                              "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
+
+    def layout_arg(sp):
+        sp.add_argument("--eval-layout", default="channels_last", choices=["channels_last", "nchw"],
+                        help="weight layout of the evaluated fp32 copy (a runtime option: same ids; "
+                             "channels_last is faster, nchw is the contiguous format)")
 
     def grid_args(sp):
         plugin_arg(sp)
@@ -287,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
                     "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
+    layout_arg(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="render a grid's table from the result files")
@@ -339,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
+    sp.add_argument("--eval", action="store_true", help="time the evaluation instead (clean, PGD-20, AutoAttack): "
+                    "ours (channels_last and NCHW) against pyautoattack called directly on the NCHW model")
+    sp.add_argument("--checkpoint", default=None, help="--eval: evaluate this checkpoint of --model (default: make "
+                    "one partly robust here with --train-steps FGSM-RS steps)")
+    sp.add_argument("--n-images", type=int, default=200, help="--eval: first N test images (<= 500; default 200)")
+    sp.add_argument("--reps", type=int, default=2, help="--eval: interleaved rounds, median reported (default 2)")
+    sp.add_argument("--train-steps", type=int, default=100, help="--eval: FGSM-RS steps of the model made here")
     plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
 
@@ -358,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     plugin_arg(sp)
+    layout_arg(sp)
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")

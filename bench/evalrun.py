@@ -120,7 +120,7 @@ def _from_factory(ref: str, num_classes: int) -> nn.Module:
 def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) -> dict:
     """Run (or resume, or return the finished) evaluation of ``spec``; writes and returns the result."""
     from bench.data import load_dataset
-    from bench.evaluate import Evaluator
+    from bench.evaluate import LAYOUTS, Evaluator
     from bench.store import Store
     from bench.train import provenance
 
@@ -145,7 +145,7 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
     model = model.to(device).eval()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed)
+    ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout])
     metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
                      state_dir=out.with_suffix(".chunks"))
     result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics,

@@ -20,6 +20,16 @@ and seconds are written there atomically, keyed by a digest of the evaluated wei
 killed or requeued evaluation continues from the last finished chunk with the same final numbers. The result
 holds the per-example correctness (``per_example``: one '0'/'1' character per image) and the seconds each
 measurement took (``seconds``: clean, pgd20 with the gap, aa), summed over chunks across restarts.
+
+Layout. The evaluated copy keeps its weights in ``memory_format`` (default channels_last, the faster layout for
+fp32 convolutions on GPUs and on these CPUs: PGD-20 of the small CNN 1.3x, ResNet18 1.1x on 2 AMD Zen 4 cores);
+inputs stay NCHW (the first convolution converts them), so the attacks' random starts, projections and every
+tensor they compare are the same as in an NCHW evaluation. What changes is the order in which the convolution
+kernels sum, so a gradient sign or a logit comparison that sits on a float tie can come out the other way: rare
+per-example flips, counted by ``tests/test_eval_layout.py`` and ``bench speed --eval`` (``flips``), never hidden.
+AutoAttack gets NCHW-contiguous input gradients through ``bench.attacks.autoattack``'s guard (pyautoattack
+crashes on non-contiguous ones). ``memory_format=torch.contiguous_format`` (``bench run --eval-nchw``) evaluates as
+before. The layout is recorded in the result (``eval_layout``) and is part of the key of stored chunks.
 """
 from __future__ import annotations
 
@@ -67,6 +77,8 @@ class Evaluator:
     eps: float
     device: torch.device
     seed: int = 0
+    # The evaluated copy's weight layout: a runtime choice, not part of a run's meaning (see the module doc).
+    memory_format: torch.memory_format = torch.channels_last
 
     def _batches(self, n: int):
         n = min(n, len(self.test))
@@ -77,10 +89,10 @@ class Evaluator:
             yield x, y
 
     @staticmethod
-    def prepare(model: nn.Module) -> nn.Module:
-        # A private fp32, contiguous-format copy in eval mode: the caller's model (and its train/eval mode,
-        # memory format, dtype) is left untouched.
-        model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+    def prepare(model: nn.Module, memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
+        # A private fp32 copy in eval mode with its weights in ``memory_format``: the caller's model (and its
+        # train/eval mode, memory format, dtype) is left untouched.
+        model = copy.deepcopy(model).float().to(memory_format=memory_format).eval()
         for p in model.parameters():
             p.requires_grad_(False)
         return maybe_compile(model)  # compiled inside bench.precision.compiling(True) (bench run --compile)
@@ -143,8 +155,8 @@ class Evaluator:
         """The feature gap of ``model`` (the exported model: PGD-20 attacks it) measured on ``features``
         (``Method.gap_features(net)``; default the model's last hidden layer), on the first n (default
         eval.n_gap) test images: {feature_gap, feature_gap_se, feature_gap_n, feature_gap_of}."""
-        model = self.prepare(model)
-        prepared = self.prepare(features) if features is not None else None
+        model = self.prepare(model, self.memory_format)
+        prepared = self.prepare(features, self.memory_format) if features is not None else None
         _, gaps = self.pgd_correct(model, n if n is not None else self.cfg.n_gap, return_gap=True, features=prepared)
         return self.gap_stats(gaps, features)
 
@@ -156,7 +168,7 @@ class Evaluator:
         """(FGSM accuracy, PGD accuracy) on the first n (default eval.n_gap) test images: the per-epoch
         catastrophic-overfitting probe of single-step methods. FGSM is one step of eps without random start; PGD
         is the evaluation's attack with a fixed-seed random start. The global RNG is not touched."""
-        model = self.prepare(model)
+        model = self.prepare(model, self.memory_format)
         n = n if n is not None else self.cfg.n_gap
         f_ok = []
         for x, y in self._batches(n):
@@ -167,7 +179,7 @@ class Evaluator:
         return float(torch.cat(f_ok).float().mean()), float(p_ok.float().mean())
 
     def accuracy(self, model: nn.Module, n: int | None = None) -> float:
-        return float(self.correct(self.prepare(model), n or self.cfg.n_clean).float().mean())
+        return float(self.correct(self.prepare(model, self.memory_format), n or self.cfg.n_clean).float().mean())
 
     @exact_fp32()
     def run(self, model: nn.Module, log: Callable[[str], None] = lambda s: None,
@@ -175,8 +187,8 @@ class Evaluator:
         """Every metric of ``model`` (the exported model); the feature gap is measured on ``features``
         (``Method.gap_features(net)``; default the model's last hidden layer) under the PGD-20 attack on ``model``.
         With ``state_dir``, finished chunks are stored there and reused (see the module doc)."""
-        prepared = self.prepare(features) if features is not None else None
-        model = self.prepare(model)
+        prepared = self.prepare(features, self.memory_format) if features is not None else None
+        model = self.prepare(model, self.memory_format)
         cfg = self.cfg
         chunks = _Chunks(state_dir, self._key(model, prepared)) if state_dir is not None else None
         seconds: dict[str, float] = {}
@@ -224,7 +236,8 @@ class Evaluator:
                 j = min(i + cfg.batch_size, cfg.n_aa, len(self.test))
                 x = self.test.images[i:j].float().div(255)
                 aa = autoattack(model, x, self.test.labels[i:j], eps=self.eps, version="standard",
-                                batch_size=cfg.batch_size, device=self.device, seed=self.seed)
+                                batch_size=cfg.batch_size, device=self.device, seed=self.seed,
+                                contiguous_weights=False)  # prepared in self.memory_format; grads made NCHW
                 return {"ok": aa["robust"].cpu()}
 
             aa_ok = measure("aa", cfg.n_aa, aa_chunk)["ok"]
@@ -234,13 +247,15 @@ class Evaluator:
         metrics["violations"] = self.check_order(clean, pgd_ok, aa_ok)
         metrics["per_example"] = per_example
         metrics["seconds"] = seconds
+        metrics["eval_layout"] = layout_name(self.memory_format)
         return metrics
 
     def _key(self, model: nn.Module, features: nn.Module | None) -> str:
         """What a stored chunk is valid for: the evaluated weights (and gap features) and the protocol."""
         proto = {"eval": dataclasses.asdict(self.cfg), "eps": self.eps, "seed": self.seed, "n_test": len(self.test),
                  "weights": content_digest(model.state_dict()),
-                 "features": content_digest(features.state_dict()) if features is not None else None}
+                 "features": content_digest(features.state_dict()) if features is not None else None,
+                 "layout": layout_name(self.memory_format)}
         return hashlib.sha256(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @staticmethod
@@ -259,6 +274,13 @@ class Evaluator:
             if a_lo > a_hi:
                 out.append(f"{lo} accuracy {a_lo:.4f} > {hi} accuracy {a_hi:.4f} on the first {n} test images")
         return out
+
+
+LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+
+
+def layout_name(memory_format: torch.memory_format) -> str:
+    return next(k for k, v in LAYOUTS.items() if v == memory_format)
 
 
 def _bits(flags: Tensor) -> str:

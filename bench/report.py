@@ -85,12 +85,17 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
             row["violations"] = "; ".join(m.get("violations") or [])
             for k in ("seconds_per_epoch", "train_seconds", "wall_seconds"):
                 row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
+            secs = m.get("seconds") or {}  # the final evaluation's seconds per measurement (bench/evaluate.py)
+            for k in EVAL_MEASURES:
+                row[f"eval_s_{k}"] = float(secs[k]) if _is_num(secs.get(k)) else math.nan
+            # per-epoch probes (Figure 1a's feature gap, single-step methods' FGSM/PGD check), timed in train.py
+            row["probe_seconds"] = float(sum(e.get("probe_seconds", 0.0) for e in res.get("epochs") or []))
             row["device_name"] = res.get("device_name")
             row["epoch_log"] = res.get("epochs") or []
         rows.append(row)
     df = pd.DataFrame(rows)
     for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
-              "train_seconds", "wall_seconds"):
+              "train_seconds", "wall_seconds", "probe_seconds", *(f"eval_s_{k}" for k in EVAL_MEASURES)):
         if k not in df:
             df[k] = math.nan
         df[k] = df[k].astype(float)
@@ -101,7 +106,30 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
     df["avg"] = df[["clean", "pgd20", "aa"]].mean(axis=1, skipna=False)
     df["f_delta"] = df["f1_clean"] - df["f2_clean"]
     df["total_seconds"] = _total_seconds(df)
+    df["eval_seconds"] = df[[f"eval_s_{k}" for k in EVAL_MEASURES]].sum(axis=1, min_count=1)
     return df
+
+
+EVAL_MEASURES = ("clean", "pgd20", "aa")  # the keys of a result's metrics.seconds
+
+
+def eval_time_note(rows: list) -> str | None:
+    """One line on what the table's runs spent evaluating (not in the table's training times): median seconds
+    per run of the final evaluation and its parts, from each result's recorded per-measurement seconds."""
+    if not rows:
+        return None
+    df = pd.DataFrame([{k: getattr(r, k, math.nan) for k in ("eval_seconds", "probe_seconds",
+                                                             *(f"eval_s_{m}" for m in EVAL_MEASURES))} for r in rows])
+    if df["eval_seconds"].isna().all():
+        return None
+    med = df.median(numeric_only=True)
+    parts = ", ".join(f"{label} {med[f'eval_s_{k}']:.0f} s" for k, label in
+                      zip(EVAL_MEASURES, ("clean", "PGD-20 with the feature gap", "AutoAttack"))
+                      if not math.isnan(med[f"eval_s_{k}"]))
+    line = f"Not in the times above: the final evaluation took a median of {med['eval_seconds']:.0f} s per run ({parts})"
+    if med.get("probe_seconds", 0) > 0:
+        line += f", and the per-epoch probes (feature gap, FGSM/PGD check) {med['probe_seconds']:.0f} s"
+    return line + "."
 
 
 def _is_num(v: Any) -> bool:
@@ -365,6 +393,9 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
         devices = pd.Series([r.device_name or "unknown device" for r in done], dtype=object).value_counts()
         notes.insert(0, "Measured on " + ("; ".join(f"{d} ({n} run{'s' * (n > 1)})" for d, n in devices.items())
                                           if len(devices) else "— (no finished run)") + ".")
+        ev = eval_time_note([r for r in selected.values() if r.status == "done"])
+        if ev:
+            notes.insert(1, ev)
     if paper is not None:
         if any(c.paper_note for line in cells for c in line):
             notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10.")

@@ -22,6 +22,10 @@ class Runtime:
     # torch.compile the model's convolutional trunk for training and the final evaluation (bench/precision.py).
     # Off by default: on CPUs the warm-up (tens of seconds per run) has to be earned back by the run.
     compile: bool = False
+    # Weight layout of the evaluated fp32 copy (bench/evaluate.py): channels_last is faster on GPUs and these
+    # CPUs; "nchw" evaluates in the contiguous format. Same run ids: the per-example results agree up to rare
+    # float-order flips, which tests/test_eval_layout.py counts.
+    eval_layout: str = "channels_last"
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -30,7 +30,7 @@ from torch import nn
 
 from bench.config import ConfigError, RunConfig, run_id, to_dict
 from bench.data import Loader, load_dataset
-from bench.evaluate import Evaluator
+from bench.evaluate import LAYOUTS, Evaluator
 from bench.models import build_model
 from bench import precision as numerics
 from bench.runtime import Runtime, set_threads
@@ -302,7 +302,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             numerics.compile_model(method.model)
         else:
             log(f"[{rid}] {cfg.method}: training not compiled: {why}")
-    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed)
+    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout])
 
     start_epoch, epoch_log, train_seconds = 0, [], 0.0
     ckpt = load_checkpoint(store, rid, log)
@@ -332,6 +332,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         for epoch in range(start_epoch, cfg.train.epochs):
             entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid, step_fn)
             train_seconds += entry["seconds"]
+            probe0 = time.perf_counter()
             if cfg.eval.feature_gap_every_epoch:
                 # Figure 1a: on the model that is evaluated (the EMA when the run keeps one, as at the end), on
                 # the features the method classifies from (Method.gap_features), as the final evaluation does.
@@ -340,6 +341,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if getattr(cls, "single_step", False) and cfg.eval.n_gap:
                 net = ema.net if ema is not None else method.net
                 entry["co_fgsm"], entry["co_pgd"] = evaluator.fgsm_pgd_accuracy(method.export(net))
+            if cfg.eval.feature_gap_every_epoch or (getattr(cls, "single_step", False) and cfg.eval.n_gap):
+                entry["probe_seconds"] = time.perf_counter() - probe0  # evaluation time, not training time
             epoch_log.append(entry)
             save_checkpoint(store, rid, {
                 "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,

@@ -390,7 +390,7 @@ class RiFT(Method):
 
     def _record_epoch(self, model: nn.Module, ev: Evaluator) -> None:
         """Held-out clean accuracy of the model at the end of a fine-tuning epoch; keep it if strictly best."""
-        acc = float(ev.correct(ev.prepare(model), len(ev.test)).float().mean())
+        acc = float(ev.correct(ev.prepare(model, ev.memory_format), len(ev.test)).float().mean())
         if not self.ft_acc or acc > max(self.ft_acc):
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.ft_acc.append(acc)
@@ -457,7 +457,7 @@ class RiFT(Method):
         for i in range(hp.alpha_steps + 1):
             a = i / hp.alpha_steps
             model.load_state_dict(interpolate_state(theta_at, theta_ft, a))
-            prepared = ev.prepare(model)
+            prepared = ev.prepare(model, ev.memory_format)
             clean_ok = ev.correct(prepared, n)
             robust_ok = ev.pgd_correct(prepared, n)
             robust0 = robust_ok if robust0 is None else robust0

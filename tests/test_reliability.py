@@ -33,7 +33,7 @@ from bench.train import CKPT_VERSION, catastrophic_overfitting, execute
 from conftest import REPO, tiny_run, write_tiny_folder
 
 EPOCHS = 3
-TIMING = ("seconds",)  # per-epoch fields that may differ between two runs of the same config
+TIMING = ("seconds", "probe_seconds")  # per-epoch fields that may differ between two runs of the same config
 
 
 def _args(data: Path) -> list[str]:
