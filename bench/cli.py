@@ -113,7 +113,26 @@ def _runtime(args) -> "Runtime":
 
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
                    device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
-                   eval_layout=getattr(args, "eval_layout", "channels_last"))
+                   eval_layout=getattr(args, "eval_layout", "channels_last"), procs=_procs(args))
+
+
+def _procs(args) -> int:
+    """--procs-per-run (CPU processes, gloo) or --gpus-per-run (one process per GPU, NCCL): one run, k processes."""
+    procs, gpus = getattr(args, "procs_per_run", None), getattr(args, "gpus_per_run", None)
+    if procs is not None and gpus is not None:
+        raise UsageError("give --procs-per-run (CPU) or --gpus-per-run (CUDA), not both")
+    k = gpus if gpus is not None else procs if procs is not None else 1
+    if k < 1:
+        raise UsageError(f"--{'gpus' if gpus is not None else 'procs'}-per-run must be >= 1 (got {k})")
+    if gpus is not None and gpus > 1:
+        import torch
+
+        if torch.cuda.device_count() < gpus:
+            raise UsageError(f"--gpus-per-run {gpus} but this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s): use fewer, or --procs-per-run on CPUs")
+        if args.device not in ("auto", "cuda"):
+            raise UsageError(f"--gpus-per-run puts rank r on cuda:r: drop --device {args.device}")
+    return k
 
 
 def _grid_runs(args) -> list[RunConfig]:
@@ -204,7 +223,9 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from bench.plan import render
 
-    sys.stdout.write(render(args.grid, _grid_runs(args), Path(args.results)))
+    if args.gpus_per_run < 1:
+        raise UsageError(f"--gpus-per-run must be >= 1 (got {args.gpus_per_run})")
+    sys.stdout.write(render(args.grid, _grid_runs(args), Path(args.results), gpus_per_run=args.gpus_per_run))
     return 0
 
 
@@ -305,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
                     "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
     layout_arg(sp)
+    sp.add_argument("--procs-per-run", type=int, default=None, metavar="K",
+                    help="train and evaluate each run on K local CPU processes (torch.distributed, gloo)")
+    sp.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
+                    help="train and evaluate each run on K local GPUs (torch.distributed, NCCL, SyncBatchNorm)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="render a grid's table from the result files")
@@ -337,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")
     grid_args(sp)
+    sp.add_argument("--gpus-per-run", type=int, default=4, metavar="K",
+                    help="also show the critical path's wall time with K GPUs per run (default 4)")
     sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("speed", help="images/s of each method's full training step, data share, FLOP/s, baseline")

@@ -152,6 +152,10 @@ class Batch:
     dx: torch.Tensor | None  # int64 crop offset along width, 0..2*pad
     dy: torch.Tensor | None  # int64 crop offset along height, 0..2*pad
     flip: torch.Tensor | None  # bool, horizontally flipped
+    # Data-parallel runs (bench/distributed.py): this shard's first position within the global batch, and that
+    # batch's size; one process: 0 and B.
+    offset: int = 0
+    global_size: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -203,6 +207,8 @@ class Loader:
         pad: int = 4,
         drop_last: bool = False,
         pin_memory: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -215,6 +221,11 @@ class Loader:
         self.seed = int(seed)
         self.pad = int(pad)
         self.drop_last = bool(drop_last)
+        if not 0 <= rank < world_size or world_size > self.batch_size:
+            raise ValueError(f"rank {rank} of {world_size} processes with batch size {self.batch_size}: need "
+                             "0 <= rank < processes <= batch size")
+        # Data-parallel: every rank draws the same epoch and keeps its contiguous share of each global batch.
+        self.rank, self.world_size = int(rank), int(world_size)
         self.num_examples = len(split)
         is_cuda = self.device.type == "cuda"
         if pin_memory is None:
@@ -253,7 +264,9 @@ class Loader:
             flip_all = flip_all.to(self.device, non_blocking=nonblock)
 
         for b in range(max(0, int(start_batch)), len(self)):
-            lo, hi = b * bs, min((b + 1) * bs, n)
+            blo, bhi = b * bs, min((b + 1) * bs, n)
+            n_b = bhi - blo  # the global batch; this rank keeps positions [lo, hi) of it
+            lo, hi = blo + n_b * self.rank // self.world_size, blo + n_b * (self.rank + 1) // self.world_size
             idx = order[lo:hi]
             imgs = self.images[idx]  # uint8 gather
             if self.augment:
@@ -262,7 +275,7 @@ class Loader:
             else:
                 dx = dy = flip = None
             x = imgs.float().div_(255)
-            yield Batch(x=x, y=self.labels[idx], idx=idx, dx=dx, dy=dy, flip=flip)
+            yield Batch(x=x, y=self.labels[idx], idx=idx, dx=dx, dy=dy, flip=flip, offset=lo - blo, global_size=n_b)
 
 
 # --------------------------------------------------------------------------------------------------------------

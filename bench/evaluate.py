@@ -40,7 +40,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,8 @@ class Evaluator:
     seed: int = 0
     # The evaluated copy's weight layout: a runtime choice, not part of a run's meaning (see the module doc).
     memory_format: torch.memory_format = torch.channels_last
+    # Data-parallel runs: chunk k of every measurement is computed by rank k % size and gathered (see run)
+    world: Any = None
 
     def _batches(self, n: int):
         n = min(n, len(self.test))
@@ -193,11 +195,16 @@ class Evaluator:
         chunks = _Chunks(state_dir, self._key(model, prepared)) if state_dir is not None else None
         seconds: dict[str, float] = {}
 
+        rank, size = (self.world.rank, self.world.size) if self.world is not None else (0, 1)
+
         def measure(name: str, n: int, fn: Callable[[int], dict[str, Tensor]]) -> dict[str, Tensor]:
-            """fn(k) -> tensors of chunk k; chunks already stored are loaded instead of recomputed."""
-            parts: list[dict[str, Tensor]] = []
-            seconds[name] = 0.0
+            """fn(k) -> tensors of chunk k; chunks already stored are loaded instead of recomputed. With several
+            ranks, rank r computes the chunks k = r mod size and every rank gathers all of them (a chunk's
+            result depends only on k: the same per-example results as one process)."""
+            mine: dict[int, dict[str, Tensor]] = {}
             for k in range(-(-min(n, len(self.test)) // cfg.batch_size)):
+                if k % size != rank:
+                    continue
                 got = chunks.load(name, k) if chunks is not None else None
                 if got is None:
                     t0 = time.perf_counter()
@@ -205,8 +212,15 @@ class Evaluator:
                     got["seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
                     if chunks is not None:
                         chunks.save(name, k, got)
-                seconds[name] += float(got.pop("seconds"))
-                parts.append(got)
+                mine[k] = got
+            if size > 1:
+                from bench.distributed import all_gather_objects
+
+                for part in all_gather_objects({k: {key: v.cpu() for key, v in t.items()} for k, t in mine.items()}):
+                    mine.update(part)
+            parts = [mine[k] for k in sorted(mine)]
+            # seconds: summed over chunks (and ranks): the compute the measurement cost
+            seconds[name] = sum(float(p.pop("seconds")) for p in parts)
             return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
         def clean_chunk(k: int) -> dict[str, Tensor]:

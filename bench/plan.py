@@ -144,7 +144,37 @@ def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
     return costs
 
 
-def render(grid: str, runs: list[RunConfig], results: Path, gpus_per_job: int = 1) -> str:
+# Data-parallel scaling assumed for the critical path with k GPUs per run: each doubling of k keeps this fraction
+# of the ideal speed-up (gradient all-reduce, the per-rank share of evaluation and data loading). A declared
+# planning figure for NVLink/InfiniBand nodes, not a measurement: a single-node run on PCIe does worse.
+SCALING_PER_DOUBLING = 0.9
+
+
+def speedup(k: int) -> float:
+    """Assumed speed-up of one run on k GPUs over one GPU."""
+    import math
+
+    return k * SCALING_PER_DOUBLING ** math.log2(k) if k > 1 else 1.0
+
+
+def critical_path(costs: list[RunCost]) -> tuple[float, list[RunCost]]:
+    """(hours, chain) of the longest parent -> child chain of runs still to do: the grid's wall time with
+    unlimited jobs in parallel. Done runs cost nothing."""
+    by_id = {c.run_id: c for c in costs}
+    memo: dict[str, tuple[float, list[RunCost]]] = {}
+
+    def path(c: RunCost) -> tuple[float, list[RunCost]]:
+        if c.run_id not in memo:
+            own = 0.0 if c.status == "done" else c.hours
+            parent = by_id.get(run_id(c.cfg.parent)) if c.cfg.parent is not None else None
+            before, chain = path(parent) if parent is not None else (0.0, [])
+            memo[c.run_id] = (before + own, chain + [c])
+        return memo[c.run_id]
+
+    return max((path(c) for c in costs), key=lambda t: t[0], default=(0.0, []))
+
+
+def render(grid: str, runs: list[RunConfig], results: Path, gpus_per_job: int = 1, gpus_per_run: int = 4) -> str:
     costs = estimate(runs, results)
     in_grid = {run_id(c) for c in runs}
     lines = [f"grid {grid}: {len(in_grid)} run(s) + {len(costs) - len(in_grid)} shared parent(s) = {len(costs)} "
@@ -168,4 +198,10 @@ def render(grid: str, runs: list[RunConfig], results: Path, gpus_per_job: int = 
     for c in costs:
         by_cell[f"{c.cfg.model}/{c.cfg.dataset}"] = by_cell.get(f"{c.cfg.model}/{c.cfg.dataset}", 0.0) + c.hours
     lines.append("by model/dataset: " + ", ".join(f"{k} {v * gpus_per_job:.1f} h" for k, v in by_cell.items()))
+    hours, chain = critical_path(costs)
+    k = gpus_per_run
+    lines.append(f"critical path (longest parent -> child chain still to run, unlimited jobs): {hours:.1f} h with 1 GPU "
+                 f"per run, {hours / speedup(k):.1f} h with {k} GPUs per run (bench run --gpus-per-run {k}; "
+                 f"assumed speed-up x{speedup(k):.2f}: {SCALING_PER_DOUBLING:.0%} per doubling)"
+                 + (": " + " -> ".join(f"{c.cfg.method} {c.run_id}" for c in chain) if chain else ""))
     return "\n".join(lines) + "\n"

@@ -74,6 +74,18 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     array_parallelism: int = 256
+    # One run on several processes (bench/distributed.py): ``tasks`` per node (0: one per GPU when gpus > 1,
+    # else 1) on ``nodes`` nodes; the ranks come from SLURM's environment. cpus is per task.
+    tasks: int = 0
+    nodes: int = 1
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.tasks or (self.gpus if self.gpus > 1 else 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.tasks_per_node * self.nodes
 
     @property
     def time_min(self) -> int:
@@ -86,6 +98,8 @@ class Resources:
     def describe(self) -> str:
         parts = [f"partition {self.partition or '(default)'}", f"gpus {self.gpus}", f"cpus {self.cpus}",
                  f"mem {self.mem}", f"time {self.time}"]
+        if self.world_size > 1:
+            parts.append(f"{self.world_size} processes per run ({self.nodes} node(s) x {self.tasks_per_node} tasks)")
         parts += [f"account {self.account}"] if self.account else []
         parts += [f"qos {self.qos}"] if self.qos else []
         return ", ".join(parts)
@@ -161,6 +175,12 @@ def _resources_from(entries: dict, base: Resources, where: str) -> Resources:
         raise ProfileError(f"profile {where}: gpus must be an integer >= 0 (got {res.gpus!r})")
     if not isinstance(res.cpus, int) or res.cpus < 1:
         raise ProfileError(f"profile {where}: cpus must be an integer >= 1 (got {res.cpus!r})")
+    if not isinstance(res.tasks, int) or res.tasks < 0:
+        raise ProfileError(f"profile {where}: tasks must be an integer >= 0 (0: one per GPU) (got {res.tasks!r})")
+    if not isinstance(res.nodes, int) or res.nodes < 1:
+        raise ProfileError(f"profile {where}: nodes must be an integer >= 1 (got {res.nodes!r})")
+    if res.gpus > 1 and res.tasks not in (0, res.gpus):
+        raise ProfileError(f"profile {where}: {res.gpus} GPUs per node need one task each (tasks = {res.gpus} or 0)")
     res.time_min, res.mem_gb  # noqa: B018 - validate now, not at submission
     return res
 
@@ -360,7 +380,11 @@ class RunJob(submitit.helpers.Checkpointable):
             result = execute(cfg, rt, log=log, need_model=True)
         except Exception as e:
             # record why, unless another process finished the run meanwhile; then fail the job so that
-            # `afterok` children are cancelled instead of starting without their parent
+            # `afterok` children are cancelled instead of starting without their parent (rank 0 writes)
+            from bench.distributed import from_env
+
+            if not from_env().main:
+                raise
             with store.lock(rid, blocking=False) as got:
                 if got and store.status(rid) != "done":
                     failed = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed",
@@ -517,7 +541,8 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
         params: dict[str, Any] = dict(
             job_name=f"bench-{arr.runs[0].method}" if len({c.method for c in arr.runs}) == 1 else "bench",
             time=res.time_min, cpus_per_task=res.cpus, mem=f"{max(1, round(res.mem_gb * 1024))}MB",
-            ntasks_per_node=1, nodes=1, array_parallelism=res.array_parallelism, signal_delay_s=120,
+            ntasks_per_node=res.tasks_per_node, nodes=res.nodes, array_parallelism=res.array_parallelism,
+            signal_delay_s=120,
             additional_parameters={"chdir": str(snap), "kill-on-invalid-dep": "yes", "requeue": True})
         if res.partition:
             params["partition"] = res.partition

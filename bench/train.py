@@ -16,8 +16,10 @@ Every method, from natural pre-training to AFD, goes through ``execute``:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from bench.config import ConfigError, RunConfig, run_id, to_dict
 from bench.data import Loader, load_dataset
 from bench.evaluate import LAYOUTS, Evaluator
 from bench.models import build_model
+from bench import distributed
 from bench import precision as numerics
 from bench.runtime import Runtime, set_threads
 from bench import schedules
@@ -237,27 +240,81 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     do) and its exported model is missing: result files are committed but models/ is not, so a fresh clone has
     the one without the other. Then the run is done again (from its final checkpoint if that is still there,
     else from scratch) and its result rewritten. ``stop_after_epoch`` (tests) returns after that many epochs
-    with the checkpoint written, as if the process had been killed there."""
+    with the checkpoint written, as if the process had been killed there.
+
+    Data-parallel (bench/distributed.py): with ``rt.procs`` > 1 and no world yet, the run is done by that many
+    local processes spawned here; a process that is already one rank of a world (torchrun, SLURM tasks) does
+    its share directly. Either way the run id, the files and the result are those of a one-process run."""
     cfg.validate()
+    world = distributed.from_env()
+    if rt.procs > 1 and not world.active:
+        distributed.spawn(_rank_main, (cfg, rt, stop_after_epoch, need_model), rt.procs)
+        store = Store(rt.results)
+        got = store.read(run_id(cfg))
+        if got is None or (stop_after_epoch is not None and got.get("status") != "done"):
+            return {"run_id": run_id(cfg), "status": "interrupted", "epoch": stop_after_epoch}
+        return got
+    if world.active:
+        return _execute_rank(cfg, rt, world, log, stop_after_epoch, need_model)
+    return _execute_one(cfg, rt, distributed.SINGLE, log, stop_after_epoch, need_model)
+
+
+def _rank_main(cfg: RunConfig, rt: Runtime, stop_after_epoch: int | None, need_model: bool) -> None:
+    """One spawned rank (module-level: pickled by torch.multiprocessing)."""
+    world = distributed.from_env()
+    _execute_rank(cfg, rt, world, (lambda s: print(s, flush=True)) if world.main else (lambda s: None),
+                  stop_after_epoch, need_model)
+
+
+def _execute_rank(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, stop_after_epoch, need_model) -> dict:
+    device = rt.torch_device()
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if cfg.train.precision == "fp16":
+        raise ConfigError("fp16 with several processes per run is not supported (the gradient scaler's skip "
+                          "decision is per rank): use bf16 or fp32")
+    distributed.init(world, device)
+    try:
+        return _execute_one(cfg, rt, world, log, stop_after_epoch, need_model)
+    finally:
+        distributed.shutdown()
+
+
+def _execute_one(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, stop_after_epoch,
+                 need_model) -> dict:
     store = Store(rt.results)
     rid = run_id(cfg)
-    with store.lock(rid):
-        try:
-            existing = store.read(rid)
-        except CorruptFile as e:
-            log(f"result {e.path} is corrupt; redoing the run")
-            existing = None
-        if existing is not None and existing["status"] == "done":
-            if not (need_model and not store.model_path(rid).exists()):
-                return existing
-            log(f"[{rid}] {cfg.method} is done but its model file {store.model_path(rid)} is missing and a child "
-                "needs it: training it again")
-        return _execute_locked(cfg, rt, store, rid, log, stop_after_epoch)
+    # Rank 0 holds the run's lock and decides; the others follow its decision.
+    with (store.lock(rid) if world.main else contextlib.nullcontext()):
+        decision: Any = None
+        if world.main:
+            try:
+                existing = store.read(rid)
+            except CorruptFile as e:
+                log(f"result {e.path} is corrupt; redoing the run")
+                existing = None
+            decision = "train"
+            if existing is not None and existing["status"] == "done":
+                if not (need_model and not store.model_path(rid).exists()):
+                    decision = existing
+                else:
+                    log(f"[{rid}] {cfg.method} is done but its model file {store.model_path(rid)} is missing and a "
+                        "child needs it: training it again")
+        decision = distributed.all_gather_objects(decision)[0]
+        if decision != "train":
+            return decision
+        return _execute_locked(cfg, rt, store, rid, log, stop_after_epoch, world)
 
 
-def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch) -> dict:
-    set_threads(rt.threads)
+def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch,
+                    world: "distributed.World" = distributed.SINGLE) -> dict:
+    threads = rt.threads
+    if threads is None and world.active and rt.torch_device().type == "cpu":  # share the cores between ranks
+        threads = max(1, (os.cpu_count() or 1) // world.size)
+    set_threads(threads)
     device = rt.torch_device()
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     wall0 = time.perf_counter()
     cls = get_method(cfg.method)
@@ -286,14 +343,19 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
     # 1.6x on 2 cores); evaluation converts back to the contiguous format (AutoAttack needs it).
     model = model.to(device).to(memory_format=torch.channels_last)
+    bn_note = None
+    if world.active:
+        model, bn_note = distributed.sync_batchnorm(model, device)
 
     loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
-                    seed=cfg.seed, drop_last=cls.drop_last)
+                    seed=cfg.seed, drop_last=cls.drop_last, rank=world.rank, world_size=world.size)
     ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
                   seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
     method = cls(model, hp, ctx)
     method.net.to(device)
     method.optimizers = method.configure_optimizers(cfg.train)
+    if world.active:  # gradients averaged over the ranks before every optimizer step, whoever calls it
+        distributed.average_gradients_before_steps(method.optimizers)
     ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
     step_fn = numerics.make_step(method, cfg.train.precision, device)  # fp16: refused here or given a scaler
     if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
@@ -302,7 +364,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             numerics.compile_model(method.model)
         else:
             log(f"[{rid}] {cfg.method}: training not compiled: {why}")
-    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout])
+    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout],
+                          world=world)
 
     start_epoch, epoch_log, train_seconds = 0, [], 0.0
     ckpt = load_checkpoint(store, rid, log)
@@ -330,8 +393,20 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     curves = EpochWriter(rt.results, cfg.method, rid, start_epoch)  # TensorBoard view of the log, if installed
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid, step_fn)
+            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid, step_fn, world)
             train_seconds += entry["seconds"]
+            if world.active:  # the state every rank must agree on before the checkpoint and the probes
+                method.sync_state(world)
+                distributed.average_buffers(method.net)
+                if ema is not None:
+                    distributed.average_buffers(ema.net)
+                # An invariant, checked every epoch: the ranks hold the same weights, EMA and method state (a
+                # method that branched differently on one rank would otherwise go on silently).
+                digest = content_digest({"net": method.net.state_dict(), "method": _tensors(method.state_dict()),
+                                         "ema": ema.net.state_dict() if ema is not None else None})
+                if len(set(distributed.all_gather_objects(digest))) > 1:
+                    raise RunFailed(f"the {world.size} processes hold different weights after epoch {epoch + 1}: "
+                                    "a method step that is not data-parallel safe", epoch + 1)
             probe0 = time.perf_counter()
             if cfg.eval.feature_gap_every_epoch:
                 # Figure 1a: on the model that is evaluated (the EMA when the run keeps one, as at the end), on
@@ -344,15 +419,17 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if cfg.eval.feature_gap_every_epoch or (getattr(cls, "single_step", False) and cfg.eval.n_gap):
                 entry["probe_seconds"] = time.perf_counter() - probe0  # evaluation time, not training time
             epoch_log.append(entry)
-            save_checkpoint(store, rid, {
-                "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
-                "train_seconds": train_seconds, "net": method.net.state_dict(),
-                "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
-                "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
-                "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
-            curves.write(entry)
+            if world.main:  # one writer; the other ranks wait for the file before going on
+                save_checkpoint(store, rid, {
+                    "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
+                    "train_seconds": train_seconds, "net": method.net.state_dict(),
+                    "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
+                    "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
+                    "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+                curves.write(entry)
+            distributed.barrier()
             log(f"[{rid}] {cfg.method} epoch {epoch + 1}/{cfg.train.epochs} "
                 + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, float)))
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
@@ -360,7 +437,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     except RunFailed as e:
         result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="failed", reason=str(e))
         result["failed_epoch"] = e.epoch
-        store.write(rid, result)
+        if world.main:
+            store.write(rid, result)
         log(f"[{rid}] {cfg.method} FAILED: {e}")
         return result
     finally:
@@ -372,7 +450,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         extra["parent_file"] = {"path": cfg.parent_file, "digest": cfg.parent_digest,
                                 "clean": evaluator.accuracy(parent_model), "n_clean": cfg.eval.n_clean}
     final = method.export(net)
-    save_model(store, rid, cfg, final, info.num_classes, info.channels)
+    if world.main:
+        save_model(store, rid, cfg, final, info.num_classes, info.channels)
     # finished evaluation chunks live beside the checkpoints: a run killed mid-AutoAttack resumes there
     with numerics.compiling(rt.compile):  # --compile: the evaluated fp32 copy is compiled too
         metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"),
@@ -386,15 +465,36 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         result["catastrophic_overfitting"] = catastrophic_overfitting(epoch_log)
         if result["catastrophic_overfitting"]:
             log(f"[{rid}] {cfg.method} catastrophic overfitting at epoch {result['catastrophic_overfitting']['epoch']}")
-    store.write(rid, result)
+    if world.active:  # how the run was split: not part of its meaning, recorded beside it
+        result["processes"] = {"count": world.size, "batchnorm": bn_note}
+    if world.main:
+        store.write(rid, result)
+    distributed.barrier()  # the result exists before any rank returns
     return result
 
 
+def _tensors(obj: Any) -> Any:
+    """The tensors of a nested state (plain values such as RiFT's MRC timing may differ between ranks)."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items() if isinstance(v, (torch.Tensor, dict, list, tuple))}
+    if isinstance(obj, (list, tuple)):
+        return [_tensors(v) for v in obj if isinstance(v, (torch.Tensor, dict, list, tuple))]
+    return None
+
+
 def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch: int, device, rt: Runtime,
-                 rid: str, step_fn: Callable) -> dict:
+                 rid: str, step_fn: Callable, world: "distributed.World" = distributed.SINGLE) -> dict:
     """One epoch; ``step_fn`` (``bench.precision.make_step``) runs a batch at the run's precision."""
     method.net.train()
+    if world.active:
+        # Epoch-start hooks (RiFT's MRC, ...) draw the same numbers on every rank; the epoch's own draws (attack
+        # starts) are independent per rank. Both depend only on (seed, epoch, rank): resumable on any world.
+        torch.manual_seed(distributed.epoch_seed(cfg.seed, epoch, 0))
     method.on_epoch_start(epoch)
+    if world.active:
+        torch.manual_seed(distributed.epoch_seed(cfg.seed, epoch, world.rank) + 1)
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     lr = 0.0
@@ -424,6 +524,12 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
+    if world.active:  # the global batch's means: sums and counts over the ranks
+        keys = sorted(sums)
+        packed = torch.stack([sums[k].double() for k in keys] + [torch.tensor(float(seen), dtype=torch.float64,
+                                                                              device=device)])
+        torch.distributed.all_reduce(packed)
+        sums, seen = {k: packed[i] for i, k in enumerate(keys)}, float(packed[-1])
     means = {k: float(v) / seen for k, v in sums.items()}
     bad = [k for k, v in means.items() if not math.isfinite(v)]
     if bad:

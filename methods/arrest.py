@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bench.distributed import global_mean
 from bench.schedules import milestone_iteration
 from methods.afkd import AFKD, upcast
 from methods.base import FRACTION, Range, angular_distance, register
@@ -110,6 +111,8 @@ class ARREST(AFKD):
         # the running statistics the second forward would update are not tracked, see methods/afkd.py).
         target = self.teacher_features(x)
         d = self.replay_distance(x, target)
+        # data-parallel runs: d of the global batch, so that every rank takes the same branch (bench/distributed.py)
+        d = global_mean(d, x.shape[0])
         # The one host synchronisation of a step in the suite's methods, inherent to ARREST: whether this batch is
         # attacked at all depends on d (ARREST.py decides per batch in Python too).
         iteration = step.epoch * self.ctx.steps_per_epoch + step.step

@@ -182,6 +182,8 @@ class ATAS(Method):
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.delta = self._uniform(-1)  # ATAS.py:154: U(-eps, eps) once before training
         self.v = torch.zeros(n, device=ctx.device, dtype=self.dtype)  # ATAS.py:162
+        # Data-parallel runs: the global step at which this rank last wrote each example (bench/distributed.py)
+        self.stamp = torch.full((n,), -1.0, dtype=torch.float64, device=ctx.device)
 
     # -- schedule of the state ----------------------------------------------------------------------------------
     def warming_up(self, epoch: int) -> bool:
@@ -238,10 +240,18 @@ class ATAS(Method):
             x_adv = torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
             # ATAS.py:135: write back; the same gather indices scatter the window (un-flipped) into the buffer.
             self.delta[idx, chan, rows, cols] = (x_adv - x).to(self.delta.dtype)
+            self.stamp[batch.idx] = step.global_step
         logits = self.model(x_adv)  # ATAS.py:124-128, train mode (the loop's)
         loss = F.cross_entropy(logits, y)
         return {"loss": loss, "adv_acc": (logits.argmax(1) == y).float().mean(), "step_size": alpha.mean(),
                 "step_at_min": at_min, "step_at_max": at_max, "grad_norm": gnorm2.sqrt().mean()}
+
+    def sync_state(self, world):
+        from bench.distributed import merge_latest
+
+        stamp = self.stamp.clone()
+        merge_latest(self.delta, stamp)  # every example's buffers from the rank that trained on it
+        merge_latest(self.v, self.stamp)
 
     def state_dict(self):
         return {"delta": self.delta.clone(), "v": self.v.clone()}

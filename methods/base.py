@@ -161,6 +161,12 @@ class Method:
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch (also the first epoch after a resume)."""
 
+    def sync_state(self, world: Any) -> None:
+        """Data-parallel runs (bench/distributed.py): called on every rank at each epoch's end, before the
+        checkpoint. Make the extra state whole on every rank when ranks wrote different parts of it (ATAS's
+        per-example buffers, Free-AT's per-position perturbation: ``bench.distributed.merge_latest``). Default:
+        nothing (state that every rank computes alike)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Extra state beyond ``self.net`` and the optimizers (tensors and plain values only)."""
         return {}

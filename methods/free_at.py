@@ -107,6 +107,8 @@ class FreeAT(Method):
         # follows the training inputs' (set at the first step: float64 in the differential tests).
         self.delta = torch.zeros(ctx.train_cfg.batch_size, info.channels, info.image_size, info.image_size,
                                  device=ctx.device)
+        # Data-parallel runs: the global step at which this rank last wrote each position (bench/distributed.py)
+        self.stamp = torch.full((ctx.train_cfg.batch_size,), -1.0, dtype=torch.float64, device=ctx.device)
 
     def _set_replay_lr(self, step, r: int) -> None:
         cfg, m = self.ctx.train_cfg, self.hp.replays
@@ -115,13 +117,14 @@ class FreeAT(Method):
     def train_step(self, batch, step):
         x, y = batch.x, batch.y
         b, eps = x.shape[0], self.ctx.eps
-        if b > self.delta.shape[0]:
-            raise MethodError(f"free_at: batch of {b} is larger than the perturbation buffer ({self.delta.shape[0]})")
+        lo, hi = batch.offset, batch.offset + b  # this shard's positions in the global batch (0, b on one process)
+        if hi > self.delta.shape[0]:
+            raise MethodError(f"free_at: batch of {hi} is larger than the perturbation buffer ({self.delta.shape[0]})")
         if self.delta.dtype != x.dtype or self.delta.device != x.device:
             self.delta = self.delta.to(device=x.device, dtype=x.dtype)
         for r in range(self.hp.replays):
             self._set_replay_lr(step, r)  # lr (and momentum) of replay step*m + r, as CyclicLR stepped per replay
-            delta = self.delta[:b].clone()
+            delta = self.delta[lo:hi].clone()
             if r == 0 and self.hp.rebox_carried:  # later replays: already boxed for x by the previous update
                 delta = _box(delta, x)
             delta.requires_grad_(True)
@@ -132,11 +135,17 @@ class FreeAT(Method):
             loss.backward()  # one backward: weight gradients and the perturbation's gradient together
             with torch.no_grad():
                 # train_free.py:103-104: sign step of eps, clip to the ball, then box for THESE images
-                self.delta[:b] = _box((delta + eps * delta.grad.sign()).clamp(-eps, eps), x)
+                self.delta[lo:hi] = _box((delta + eps * delta.grad.sign()).clamp(-eps, eps), x)
+                self.stamp[lo:hi] = step.global_step
             for opt in self.optimizers:
                 opt.step()
         # Logged: the last replay (as train_free.py:108-109 logs it).
         return {"loss": loss.detach(), "adv_acc": (logits.argmax(1) == y).float().mean()}
+
+    def sync_state(self, world):
+        from bench.distributed import merge_latest
+
+        merge_latest(self.delta, self.stamp)  # each position as the rank that last wrote it left it
 
     def state_dict(self):
         return {"delta": self.delta.detach().clone()}
