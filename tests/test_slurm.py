@@ -109,3 +109,36 @@ def test_requeued_job_resumes_from_checkpoint(tmp_path, folder, monkeypatch):
     assert resumed_at > 1  # not from scratch
     assert log.count(f"[{rid}] standard clean") == 1  # evaluated, hence written, once
     assert not list((results / "runs").glob(".*.tmp"))
+
+
+def test_two_task_profile_runs_one_run_on_two_ranks_and_resumes_after_a_requeue(tmp_path, folder, monkeypatch):
+    """The `local2` profile (tasks = 2): one job of 2 tasks trains one run data-parallel (gloo), the ranks found
+    from SLURM's environment; `scontrol requeue` mid-run kills both and the requeued job resumes the run."""
+    from bench.runtime import Runtime
+    from bench.slurm import run_slurm, wait
+    from bench.store import Store
+
+    cfg = tiny_run("standard", folder, epochs=200)
+    monkeypatch.setenv("BENCH_TEST_SLOW_WRITES", "0.1")  # >= 20 s of epochs: time for the requeue to land
+    results = tmp_path / "results"
+    plan = run_slurm([cfg], Runtime(results=results, threads=1), "local2", log=lambda s: None)
+    assert plan.arrays[0].resources.world_size == 2
+    job = plan.arrays[0].job_ids[0]
+    rid = run_id(cfg)
+    store = Store(results)
+    last = store.ckpt_dir(rid) / "last.pt"
+    t0 = time.monotonic()
+    while not last.exists():
+        assert time.monotonic() - t0 < 180, "the 2-task job wrote no checkpoint in 180 s"
+        time.sleep(0.5)
+    time.sleep(1.0)
+    assert store.read(rid) is None, "the run finished before it could be requeued: raise its epochs"
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+    wait(plan, poll=3, timeout=500)
+    result = store.read(rid)
+    assert result["status"] == "done", result.get("reason")
+    assert result["processes"]["count"] == 2
+    assert [e["epoch"] for e in result["epochs"]] == list(range(1, 201))
+    log = Path(json.loads((results / "jobs" / f"{rid}.json").read_text())["stdout"]).read_text()
+    assert "resuming standard at epoch" in log, log[-2000:]
+    assert int(log.split("resuming standard at epoch ")[1].split("/")[0]) > 1
