@@ -548,6 +548,8 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
             params["partition"] = res.partition
         if res.gpus:
             params["gpus_per_node"] = res.gpus
+        if res.world_size > 1:  # one failed rank ends the job instead of leaving the others in a collective
+            params["srun_args"] = ["--kill-on-bad-exit=1"]
         if res.account:
             params["account"] = res.account
         if res.qos:

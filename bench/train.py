@@ -341,7 +341,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     if parent_model is not None:
         parent_model = parent_model.to(device).eval()
     # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
-    # 1.6x on 2 cores); evaluation converts back to the contiguous format (AutoAttack needs it).
+    # 1.6x on 2 cores); evaluation works on its own fp32 copy (bench/evaluate.py, channels_last by default).
     model = model.to(device).to(memory_format=torch.channels_last)
     bn_note = None
     if world.active:
