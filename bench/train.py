@@ -340,6 +340,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             model.load_state_dict(parent_model.state_dict())
     if parent_model is not None:
         parent_model = parent_model.to(device).eval()
+        if world.active:  # a teacher run in train mode (AFKD/ARREST as run) normalises over the global batch too
+            parent_model = distributed.sync_batchnorm(parent_model, device)[0]
     # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
     # 1.6x on 2 cores); evaluation works on its own fp32 copy (bench/evaluate.py, channels_last by default).
     model = model.to(device).to(memory_format=torch.channels_last)
