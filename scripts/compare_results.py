@@ -3,7 +3,7 @@
     python scripts/compare_results.py results/cpu-before-as-run results/cpu [--markdown]
 
 Runs are matched by (method, model, data set, seed) and the values of the hyperparameters that vary between
-that method's runs in the NEW folder (AFD's alpha/beta/gamma sweep, vAFT's +D/+A variants, ...): run ids cannot
+that method's runs within either folder (AFD's alpha/beta/gamma sweep, AFA's TRADES variant, ...): run ids cannot
 be matched, since any new config field changes them. Prints clean / PGD-20 / AA (percent) old -> new with the
 difference, and the wall seconds of each run. Unmatched runs are listed, never dropped silently.
 """
@@ -49,7 +49,9 @@ def _label(key: tuple) -> str:
 
 def compare(old_dir: Path, new_dir: Path) -> tuple[list[dict], list[str]]:
     old, new = _load(old_dir), _load(new_dir)
-    varying = _varying(new)
+    # names that vary within either folder (AFD's sweep), not values that changed between them (its update order)
+    varying = {m: _varying(old).get(m, set()) | _varying(new).get(m, set())
+               for m in set(_varying(old)) | set(_varying(new))}
     old_by = {_key(r, varying): r for r in old}
     rows, unmatched = [], []
     for r in new:

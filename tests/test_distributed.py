@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench import distributed
-from bench.data import Loader, Split
+from bench.data import Loader, Split, load_dataset
 from conftest import REPO, tiny_run, write_tiny_folder
 
 
@@ -132,6 +132,39 @@ def test_two_processes_step_as_one_on_the_global_batch(tmp_path):
     for k in one:  # equal up to the reduction order of the gradient sum
         assert torch.allclose(two[k], one[k], atol=1e-6, rtol=1e-5), k
     assert not torch.allclose(two["1.weight"], torch.nn.Linear(3 * 8 * 8, 3).weight)  # it did train
+
+
+def _eval_worker(folder: str, out: str) -> None:
+    """Rank r evaluates the same model with the chunks k = r mod 2 and gathers the rest (bench/evaluate.py)."""
+    world = distributed.from_env()
+    distributed.init(world, torch.device("cpu"))
+    torch.set_num_threads(1)
+    try:
+        metrics = _evaluate(folder, world)
+        if world.main:
+            torch.save(metrics["per_example"], out)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(folder: str, world) -> dict:
+    from bench.config import EvalConfig
+    from bench.evaluate import Evaluator
+    from bench.models import build_model
+
+    _, test, info = load_dataset(f"folder:{folder}", None, None)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", info.num_classes, info.channels)
+    cfg = EvalConfig(n_clean=12, n_pgd=12, n_aa=12, pgd_steps=5, batch_size=4, n_gap=12)  # 3 chunks
+    return Evaluator(test, cfg, 8 / 255, torch.device("cpu"), world=world).run(model)
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_gives_the_one_process_per_example_results(tmp_path):
+    folder = write_tiny_folder(tmp_path / "tiny", classes=("red", "green", "blue", "redgreen"), n_test=12)
+    out = tmp_path / "flags.pt"
+    distributed.spawn(_eval_worker, (str(folder), str(out)), 2)
+    assert torch.load(out) == _evaluate(str(folder), None)["per_example"]
 
 
 def _rt(root: Path, procs: int):
