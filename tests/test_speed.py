@@ -80,7 +80,10 @@ def test_training_attack_runs_under_bf16_autocast_and_evaluation_in_fp32():
         assert method.model.body[0][0](batch.x).dtype == torch.bfloat16
 
     prepared = Evaluator.prepare(method.model)
-    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in prepared.parameters())
+    # fp32, in the evaluation's layout (channels_last for the conv weights: bench/evaluate.py)
+    assert all(p.dtype == torch.float32 and p.is_contiguous(memory_format=torch.channels_last if p.dim() == 4
+                                                             else torch.contiguous_format)
+               for p in prepared.parameters())
     seen, _ = _conv_dtypes(prepared)
     ev = Evaluator(split, EvalConfig(n_clean=8, n_pgd=8, n_aa=0), 8 / 255, dev)
     ev.pgd_correct(prepared, 8)
