@@ -113,7 +113,8 @@ def _runtime(args) -> "Runtime":
 
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
                    device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
-                   eval_layout=getattr(args, "eval_layout", "channels_last"), procs=_procs(args))
+                   eval_layout=getattr(args, "eval_layout", "channels_last"),
+                   eval_fold_bn=getattr(args, "eval_fold_bn", True), procs=_procs(args))
 
 
 def _procs(args) -> int:
@@ -303,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--eval-layout", default="channels_last", choices=["channels_last", "nchw"],
                         help="weight layout of the evaluated fp32 copy (a runtime option: same ids; "
                              "channels_last is faster, nchw is the contiguous format)")
+        sp.add_argument("--no-eval-fold-bn", dest="eval_fold_bn", action="store_false",
+                        help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
+                             "conv (a runtime option: same ids; folding is faster)")
 
     def grid_args(sp):
         plugin_arg(sp)

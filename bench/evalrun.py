@@ -145,7 +145,8 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
     model = model.to(device).eval()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout])
+    ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout],
+                   fold_bn=rt.eval_fold_bn)
     metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
                      state_dir=out.with_suffix(".chunks"))
     result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics,

@@ -26,6 +26,9 @@ class Runtime:
     # CPUs; "nchw" evaluates in the contiguous format. Same run ids: the per-example results agree up to rare
     # float-order flips, which tests/test_eval_layout.py counts.
     eval_layout: str = "channels_last"
+    # Fold each conv -> BatchNorm pair of the evaluated copy into one conv (bench/evaluate.py): the same function,
+    # one memory-bound pass less per layer. Same run ids; flips counted as for the layout.
+    eval_fold_bn: bool = True
     # Processes per run (bench/distributed.py): data-parallel training and sharded evaluation of ONE run on this
     # many local processes (GPUs: one each; CPUs: gloo). Not part of a run's meaning: same run id and files.
     procs: int = 1

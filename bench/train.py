@@ -367,7 +367,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         else:
             log(f"[{rid}] {cfg.method}: training not compiled: {why}")
     evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout],
-                          world=world)
+                          fold_bn=rt.eval_fold_bn, world=world)
 
     start_epoch, epoch_log, train_seconds = 0, [], 0.0
     ckpt = load_checkpoint(store, rid, log)

@@ -1,17 +1,20 @@
-"""The evaluation's weight layout (channels_last by default, bench/evaluate.py) changes speed, not results.
+"""The evaluation's kernel choices (channels_last weights and conv -> BatchNorm folding, bench/evaluate.py) change
+speed, not results.
 
-The per-example flags of clean, PGD-20 and AutoAttack are compared with the contiguous (NCHW) evaluation and with
-pyautoattack called directly on the plain NCHW model; any flip is counted (and fails the exact tests here, where
-none is expected on these models)."""
+The per-example flags of clean, PGD-20 and AutoAttack are compared with the plain evaluation (NCHW, unfolded) and
+with pyautoattack called directly on the plain NCHW model; any flip is counted (and fails the exact tests here,
+where none is expected on these models)."""
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from bench.attacks import _AAModel
 from bench.config import EvalConfig
 from bench.data import load_dataset
-from bench.evaluate import Evaluator
-from bench.models import build_model
+from bench.evaluate import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
+from bench.models import MODELS, build_model
 from conftest import SHARED_CIFAR, write_tiny_folder
 
 import pytest
@@ -36,12 +39,13 @@ def _trained_tiny(tmp_path):
 
 
 @pytest.mark.slow  # AutoAttack on a partly right model: ~30 s
-def test_channels_last_evaluation_gives_the_nchw_per_example_results(tmp_path):
+def test_fast_evaluation_gives_the_plain_per_example_results(tmp_path):
     net, test = _trained_tiny(tmp_path)
     cfg = EvalConfig(n_clean=24, n_pgd=24, n_aa=24, pgd_steps=20, batch_size=12, n_gap=24)
     fast = Evaluator(test, cfg, 8 / 255, torch.device("cpu"), memory_format=CL).run(net)
-    slow = Evaluator(test, cfg, 8 / 255, torch.device("cpu"), memory_format=NCHW).run(net)
+    slow = Evaluator(test, cfg, 8 / 255, torch.device("cpu"), memory_format=NCHW, fold_bn=False).run(net)
     assert fast["eval_layout"] == "channels_last" and slow["eval_layout"] == "nchw"
+    assert fast["eval_bn_folded"] == 4 and slow["eval_bn_folded"] == 0
     assert 0 < fast["clean"] < 1, "the model must be partly right for the comparison to mean anything"
     for k in ("clean", "pgd20", "aa"):
         flips = sum(a != b for a, b in zip(fast["per_example"][k], slow["per_example"][k]))
@@ -73,12 +77,96 @@ def test_autoattack_gets_contiguous_input_gradients_from_a_channels_last_copy():
     assert input_grad(_AAModel(model)).is_contiguous()
 
 
-def test_stored_chunks_are_kept_apart_by_layout(tmp_path):
+def test_stored_chunks_are_kept_apart_by_layout_and_folding(tmp_path):
     net, test = _trained_tiny(tmp_path)
     cfg = EvalConfig(n_clean=24, n_pgd=12, n_aa=0, pgd_steps=2, batch_size=12, n_gap=12)
-    for fmt in (CL, NCHW):
-        Evaluator(test, cfg, 8 / 255, torch.device("cpu"), memory_format=fmt).run(net, state_dir=tmp_path / "st")
-    assert len(list((tmp_path / "st").glob("eval-*"))) == 2
+    for fmt, fold in ((CL, True), (NCHW, True), (NCHW, False)):
+        Evaluator(test, cfg, 8 / 255, torch.device("cpu"), memory_format=fmt, fold_bn=fold).run(
+            net, state_dir=tmp_path / "st")
+    assert len(list((tmp_path / "st").glob("eval-*"))) == 3
+
+
+def _with_trained_bn_statistics(net: torch.nn.Module) -> torch.nn.Module:
+    # Non-trivial running statistics and affine parameters, so that a wrong fold would show in the outputs
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.running_mean, m.running_var, m.weight, m.bias):
+                t.data = torch.rand(t.shape, generator=g) + 0.5
+    return net.eval()
+
+
+# conv -> BN pairs each model has: every conv of the small CNN and the ResNets; in the pre-activation nets the conv
+# a block's second BN follows (the others feed a sum, not a BatchNorm), and WRN's stem conv (its first block's BN)
+FOLDABLE = {"small_cnn": 4, "resnet18": 20, "resnet50": 53, "preact_resnet18": 8, "wrn34_10": 16}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batchnorm_folding_finds_every_conv_bn_pair_and_keeps_the_function(name):
+    torch.manual_seed(0)
+    net = _with_trained_bn_statistics(build_model(name, 10, 3))
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    folded, n = fold_batchnorm_checked(Evaluator.prepare(net, CL), x.detach(), CL)
+    assert n == FOLDABLE[name]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) - n
+    assert all(not p.requires_grad and p.is_contiguous(memory_format=CL) for p in folded.parameters() if p.dim() == 4)
+    # In float64 the folded model is the same function with the same input gradient (what the attacks use) to
+    # rounding; in float32 only the summation order differs
+    net64, x64 = net.double(), x.detach().double().requires_grad_(True)
+    folded64 = copy.deepcopy(net64)
+    assert fold_batchnorm(folded64) == n
+    want, got = net64(x64), folded64(x64)
+    assert torch.allclose(got, want, atol=1e-10 * float(want.abs().max()), rtol=0)
+    gw, gg = (torch.autograd.grad(out.logsumexp(1).sum(), [x64])[0] for out in (want, got))
+    assert torch.allclose(gg, gw, atol=1e-9 * float(gw.abs().max()), rtol=0)
+
+
+class _Untraceable(torch.nn.Module):
+    """Data-dependent Python in forward (fx cannot trace it): the children are folded one by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build_model("small_cnn", 10, 3)
+
+    def forward(self, x):
+        return self.net(x) if float(x.mean()) >= 0 else -self.net(x)
+
+
+class _BnOnAnotherPath(torch.nn.Module):
+    """Its child's forward is conv -> BN, but the parent applies the BN to the raw input and the conv after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, bias=False), torch.nn.BatchNorm2d(3))
+        self.flag = True
+
+    def forward(self, x):
+        if self.flag is not None and float(x.sum()) > -1:  # untraceable: the search goes into the children
+            return self.block[0](self.block[1](x)).mean((2, 3))
+        return x
+
+
+def test_folding_falls_back_to_children_and_is_checked_on_real_outputs():
+    m = _with_trained_bn_statistics(_Untraceable())
+    assert fold_batchnorm(Evaluator.prepare(m, CL)) == 4
+    # Tracing the child alone finds a conv -> BN pair that the parent does not use that way: the output check
+    # catches it and the copy stays unfolded (the same outputs as the model)
+    odd = _with_trained_bn_statistics(_BnOnAnotherPath())
+    x = torch.rand(4, 3, 8, 8)
+    assert fold_batchnorm(Evaluator.prepare(odd, CL)) == 1
+    kept, n = fold_batchnorm_checked(Evaluator.prepare(odd, CL), x, CL)
+    assert n == 0 and torch.allclose(kept(x), odd(x), atol=1e-6)
+
+
+def test_feature_map_folds_the_model_inside_it():
+    torch.manual_seed(0)
+    net = _with_trained_bn_statistics(build_model("small_cnn", 10, 3))
+    feats = FeatureMap(net, torch.nn.Linear(256, 8), what="D1 g")
+    x = torch.rand(3, 3, 32, 32)
+    folded, n = fold_batchnorm_checked(Evaluator.prepare(feats, CL), x, CL)
+    assert n == 4 and folded.what == "D1 g"
+    assert torch.allclose(folded(x), feats.eval()(x), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -93,7 +181,7 @@ def test_speed_eval_against_pyautoattack_direct_on_cifar():
     assert "cifar10-jpeg" in rep["model"]
     assert 0 < rows["aa"]["accuracy"]["direct"] < rows["clean"]["accuracy"]["direct"], "AA must do real work"
     for k in ("clean", "pgd20", "aa"):
-        assert rows[k]["flips_nchw"] == 0, f"{k}: our NCHW evaluation differs from pyautoattack direct"
+        assert rows[k]["flips_plain"] == 0, f"{k}: our plain (NCHW, unfolded) evaluation differs from pyautoattack direct"
         assert rows[k]["flips"] == 0, f"{k}: {rows[k]['flips']} channels_last flips"
         assert rows[k]["ours_s"] > 0 and rows[k]["direct_s"] > 0
     assert rows["pgd20+aa"]["speedup"] == pytest.approx(rows["pgd20+aa"]["direct_s"] / rows["pgd20+aa"]["ours_s"])

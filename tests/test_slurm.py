@@ -73,72 +73,56 @@ def test_grid_of_a_parent_and_two_children(tmp_path, folder, monkeypatch, capsys
     assert "0 job(s) in 0 array(s); not submitted: 3 done" in capsys.readouterr().out
 
 
-def test_requeued_job_resumes_from_checkpoint(tmp_path, folder, monkeypatch):
-    """`scontrol requeue` kills the running job and queues it again (SLURM holds it ~150 s, BeginTime): the run
-    resumes from its last epoch checkpoint, and its result is written once, after the last epoch."""
+def _requeue_mid_run(tmp_path, cfg, profile: str, checkpoint_timeout: float, finish_timeout: float):
+    """Submit ``cfg`` with ``profile``, wait for its first epoch checkpoint, `scontrol requeue` the job, wait for it
+    to finish; return (result, the job's log, results folder). Asserts it was requeued mid-run and resumed from a
+    checkpoint (not from scratch)."""
     from bench.runtime import Runtime
     from bench.slurm import run_slurm, wait
     from bench.store import Store
 
-    cfg = tiny_run("standard", folder, epochs=400)
-    # A tiny epoch takes ~10 ms on a quiet machine: without a pause the job could finish before the requeue lands.
-    # The job inherits this (sbatch exports the environment): every checkpoint write waits 50 ms, so 400 epochs
-    # take at least 20 s.
-    monkeypatch.setenv("BENCH_TEST_SLOW_WRITES", "0.05")
     results = tmp_path / "results"
-    plan = run_slurm([cfg], Runtime(results=results, threads=1), "local", log=lambda s: None)
+    plan = run_slurm([cfg], Runtime(results=results, threads=1), profile, log=lambda s: None)
     job = plan.arrays[0].job_ids[0]
     rid = run_id(cfg)
     store = Store(results)
     last = store.ckpt_dir(rid) / "last.pt"
     t0 = time.monotonic()
     while not last.exists():
-        assert time.monotonic() - t0 < 120, "the job wrote no checkpoint in 120 s"
+        assert time.monotonic() - t0 < checkpoint_timeout, f"the job wrote no checkpoint in {checkpoint_timeout} s"
         assert store.read(rid) is None
         time.sleep(0.5)
     time.sleep(1.0)
     assert store.read(rid) is None, "the run finished before it could be requeued: raise its epochs"
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-    wait(plan, poll=3, timeout=400)
+    wait(plan, poll=3, timeout=finish_timeout)
     result = store.read(rid)
-    assert result["status"] == "done"
-    assert [e["epoch"] for e in result["epochs"]] == list(range(1, 401))
+    assert result["status"] == "done", result.get("reason")
+    assert [e["epoch"] for e in result["epochs"]] == list(range(1, cfg.train.epochs + 1))
     log = Path(json.loads((results / "jobs" / f"{rid}.json").read_text())["stdout"]).read_text()
     assert "resuming standard at epoch" in log, log[-2000:]
-    resumed_at = int(log.split("resuming standard at epoch ")[1].split("/")[0])
-    assert resumed_at > 1  # not from scratch
-    assert log.count(f"[{rid}] standard clean") == 1  # evaluated, hence written, once
+    assert int(log.split("resuming standard at epoch ")[1].split("/")[0]) > 1  # not from scratch
+    return result, log, results, plan
+
+
+def test_requeued_job_resumes_from_checkpoint(tmp_path, folder, monkeypatch):
+    """`scontrol requeue` kills the running job and queues it again (SLURM holds it ~150 s, BeginTime): the run
+    resumes from its last epoch checkpoint, and its result is written once, after the last epoch."""
+    cfg = tiny_run("standard", folder, epochs=400)
+    # A tiny epoch takes ~10 ms on a quiet machine: without a pause the job could finish before the requeue lands.
+    # The job inherits this (sbatch exports the environment): every checkpoint write waits 50 ms, so 400 epochs
+    # take at least 20 s.
+    monkeypatch.setenv("BENCH_TEST_SLOW_WRITES", "0.05")
+    _, log, results, _ = _requeue_mid_run(tmp_path, cfg, "local", checkpoint_timeout=120, finish_timeout=400)
+    assert log.count(f"[{run_id(cfg)}] standard clean") == 1  # evaluated, hence written, once
     assert not list((results / "runs").glob(".*.tmp"))
 
 
 def test_two_task_profile_runs_one_run_on_two_ranks_and_resumes_after_a_requeue(tmp_path, folder, monkeypatch):
     """The `local2` profile (tasks = 2): one job of 2 tasks trains one run data-parallel (gloo), the ranks found
     from SLURM's environment; `scontrol requeue` mid-run kills both and the requeued job resumes the run."""
-    from bench.runtime import Runtime
-    from bench.slurm import run_slurm, wait
-    from bench.store import Store
-
     cfg = tiny_run("standard", folder, epochs=200)
     monkeypatch.setenv("BENCH_TEST_SLOW_WRITES", "0.1")  # >= 20 s of epochs: time for the requeue to land
-    results = tmp_path / "results"
-    plan = run_slurm([cfg], Runtime(results=results, threads=1), "local2", log=lambda s: None)
+    result, _, _, plan = _requeue_mid_run(tmp_path, cfg, "local2", checkpoint_timeout=180, finish_timeout=500)
     assert plan.arrays[0].resources.world_size == 2
-    job = plan.arrays[0].job_ids[0]
-    rid = run_id(cfg)
-    store = Store(results)
-    last = store.ckpt_dir(rid) / "last.pt"
-    t0 = time.monotonic()
-    while not last.exists():
-        assert time.monotonic() - t0 < 180, "the 2-task job wrote no checkpoint in 180 s"
-        time.sleep(0.5)
-    time.sleep(1.0)
-    assert store.read(rid) is None, "the run finished before it could be requeued: raise its epochs"
-    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-    wait(plan, poll=3, timeout=500)
-    result = store.read(rid)
-    assert result["status"] == "done", result.get("reason")
     assert result["processes"]["count"] == 2
-    assert [e["epoch"] for e in result["epochs"]] == list(range(1, 201))
-    log = Path(json.loads((results / "jobs" / f"{rid}.json").read_text())["stdout"]).read_text()
-    assert "resuming standard at epoch" in log, log[-2000:]
-    assert int(log.split("resuming standard at epoch ")[1].split("/")[0]) > 1
