@@ -116,12 +116,22 @@ def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
     if any(math.isnan(v) for v in ev.values()):  # results written before per-measurement seconds were recorded
         return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h (training {train / 3600:.2f} h, "
                 f"the rest is evaluation) on {devices}.")
+    # Results written before wall time was carried across processes ("wall_processes" absent) hold only their last
+    # process's wall time: where a run was resumed in another process that is less than its measured parts, and
+    # the parts are counted instead (said in the line).
+    parts = (done.train_seconds + done[[f"eval_s_{k}" for k in ("clean", "pgd20", "aa")]].sum(axis=1)
+             + (done.probe_seconds if "probe_seconds" in done else 0.0))
+    legacy = done.wall_processes.isna() & (done.wall_seconds < parts) if "wall_processes" in done else \
+        done.wall_seconds < parts
+    wall = float(done.wall_seconds.where(~legacy, parts).sum())
     total_ev = sum(ev.values())
     rest = wall - train - total_ev - probes
-    return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h on {devices}: training {train / 3600:.2f} h, "
-            f"final evaluation {total_ev / 3600:.2f} h (clean {ev['clean'] / 60:.1f} min, PGD-20 with the feature gap "
-            f"{ev['pgd20'] / 3600:.2f} h, AutoAttack {ev['aa'] / 3600:.2f} h), per-epoch probes {probes / 3600:.2f} h, "
-            f"other {rest / 3600:.2f} h.")
+    note = (f" ({int(legacy.sum())} runs resumed in another process before wall time was carried across processes: "
+            "for them the sum of their measured parts)") if legacy.any() else ""
+    return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h on {devices}{note}: training "
+            f"{train / 3600:.2f} h, final evaluation {total_ev / 3600:.2f} h (clean {ev['clean'] / 60:.1f} min, PGD-20 "
+            f"with the feature gap {ev['pgd20'] / 3600:.2f} h, AutoAttack {ev['aa'] / 3600:.2f} h), per-epoch probes "
+            f"{probes / 3600:.2f} h, other {rest / 3600:.2f} h.")
 
 
 def _wall(df: pd.DataFrame) -> float:

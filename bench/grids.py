@@ -211,7 +211,7 @@ def _cpu_run(method: str, *, epochs: int, seed: int = 0, hparams: dict[str, Any]
 
 @grid
 def cpu(seeds: int = 2) -> list[RunConfig]:
-    """Every method at CPU scale on CIFAR-10 (JPEG), small CNN, eps 8/255 (about 2.5 hours on 2 cores).
+    """Every method at CPU scale on CIFAR-10 (JPEG), small CNN, eps 8/255 (2-3 hours on 2 cores).
 
     Fine-tuning methods run with at least 2 seeds (the spread says whether a difference is real); the feature
     gap is measured after every epoch for Figure 1a's methods; a reduced Figure 4 sweep around AFD's defaults."""

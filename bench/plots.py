@@ -137,14 +137,23 @@ UNRECORDED_GAP_OF = "penultimate features of the exported model (not recorded)"
 
 
 def at_defaults(df: pd.DataFrame) -> pd.Series:
-    """Runs whose hyperparameters are all their method's defaults (a sweep's variants are not the method)."""
+    """The runs that are their method as the grid runs it, not a sweep's variants: a method's runs whose
+    hyperparameters are all its defaults; or, when every run of the method sets the same hyperparameters (the
+    grid's recipe for it, e.g. RiFT's selection rule at CPU scale), all of them."""
     from methods import resolve_hparams
 
-    def ok(row: pd.Series) -> bool:
-        return all(k not in row or pd.isna(row[k]) or row[k] == v
-                   for k, v in ((f"hp.{k}", v) for k, v in resolve_hparams(row["method"], {})))
+    def values(row: pd.Series) -> tuple:
+        return tuple((k, None if k not in row or pd.isna(row[k]) else row[k])
+                     for k in (f"hp.{name}" for name, _ in resolve_hparams(row["method"], {})))
 
-    return df.apply(ok, axis=1) if len(df) else pd.Series(dtype=bool)
+    def ok(row: pd.Series) -> bool:
+        return all(v is None or v == d for (_, v), (_, d) in zip(values(row), resolve_hparams(row["method"], {})))
+
+    if not len(df):
+        return pd.Series(dtype=bool)
+    keys = df.apply(values, axis=1)
+    one_recipe = {m for m, g in keys.groupby(df["method"]) if g.nunique() == 1}
+    return df.apply(ok, axis=1) | df["method"].isin(one_recipe)
 
 
 def _num(v: Any) -> bool:

@@ -83,7 +83,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
                 row["feature_gap_se"] = float(m["feature_gap_se"])
             row["feature_gap_of"] = m.get("feature_gap_of")
             row["violations"] = "; ".join(m.get("violations") or [])
-            for k in ("seconds_per_epoch", "train_seconds", "wall_seconds"):
+            for k in ("seconds_per_epoch", "train_seconds", "wall_seconds", "wall_processes"):
                 row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
             secs = m.get("seconds") or {}  # the final evaluation's seconds per measurement (bench/evaluate.py)
             for k in EVAL_MEASURES:
@@ -95,7 +95,8 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
         rows.append(row)
     df = pd.DataFrame(rows)
     for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
-              "train_seconds", "wall_seconds", "probe_seconds", *(f"eval_s_{k}" for k in EVAL_MEASURES)):
+              "train_seconds", "wall_seconds", "wall_processes", "probe_seconds",
+              *(f"eval_s_{k}" for k in EVAL_MEASURES)):
         if k not in df:
             df[k] = math.nan
         df[k] = df[k].astype(float)

@@ -316,7 +316,9 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    wall0 = time.perf_counter()
+    # Wall time is the run's, over every process that worked on it in turn: a resumed run moves its origin back by
+    # the wall seconds its checkpoint carries (work lost between that checkpoint and a kill is not counted).
+    wall0, wall_processes = time.perf_counter(), 1
     cls = get_method(cfg.method)
     hp = make_hparams(cfg.method, cfg.hparams)
 
@@ -385,6 +387,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         start_epoch, epoch_log, train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
+        wall0 -= ckpt.get("wall_seconds", 0.0)  # absent in checkpoints written before it was carried over
+        wall_processes = ckpt.get("wall_processes", 1) + 1
         log(f"[{rid}] resuming {cfg.method} at epoch {start_epoch + 1}/{cfg.train.epochs}")
 
     from bench.tblog import EpochWriter
@@ -424,7 +428,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if world.main:  # one writer; the other ranks wait for the file before going on
                 save_checkpoint(store, rid, {
                     "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
-                    "train_seconds": train_seconds, "net": method.net.state_dict(),
+                    "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - wall0,
+                    "wall_processes": wall_processes, "net": method.net.state_dict(),
                     "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
                     "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
                     "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
@@ -437,7 +442,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
                 return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
     except RunFailed as e:
-        result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="failed", reason=str(e))
+        result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="failed", reason=str(e))
         result["failed_epoch"] = e.epoch
         if world.main:
             store.write(rid, result)
@@ -459,7 +464,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"),
                                 features=method.gap_features(net), state_dir=store.ckpt_dir(rid))
     metrics.update(method.extra_metrics(net, test_split, evaluator))
-    result = _result(cfg, rid, device, started, wall0, train_seconds, epoch_log, status="done", metrics=metrics,
+    result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="done", metrics=metrics,
                      extra=extra)
     # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
     result["sanity"] = "violated" if metrics.get("violations") else "ok"
@@ -539,13 +544,15 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
     return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **means}
 
 
-def _result(cfg: RunConfig, rid: str, device, started: str, wall0: float, train_seconds: float, epoch_log: list,
+def _result(cfg: RunConfig, rid: str, device, started: str, wall: tuple[float, int], train_seconds: float,
+            epoch_log: list,
             *, status: str, reason: str | None = None, metrics: dict | None = None, extra: dict | None = None) -> dict:
     return {
         "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
         "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(1, len(epoch_log)),
         "precision_effective": numerics.effective_precision(cfg.train.precision, torch.device(device)),
-        "wall_seconds": time.perf_counter() - wall0, "started": started,
+        # wall_seconds over every process that ran it (wall_processes: 1 = never interrupted)
+        "wall_seconds": time.perf_counter() - wall[0], "wall_processes": wall[1], "started": started,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **provenance(device),
     }

@@ -7,6 +7,7 @@ file under tests/fixtures/report/expected/. After an intended change of the outp
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -443,3 +444,54 @@ def test_evaluation_seconds_reach_table5_and_the_compute_line(tmp_path):
     line = next(s for s in text.splitlines() if s.startswith("Compute:"))
     assert "final evaluation" in line and "AutoAttack" in line and "per-epoch probes" in line and "other" in line
     assert "the rest is evaluation" in claims(table_runs() + fig4_runs(), RESULTS)
+
+
+def test_compute_line_counts_the_measured_parts_of_runs_that_kept_only_their_last_process_wall_time(tmp_path):
+    """Results written before wall time was carried across processes ("wall_processes" absent) hold only the
+    last process's wall time; where that is less than the run's measured parts the parts are counted, and said."""
+    import json
+
+    from bench.claims import claims
+
+    shutil.copytree(RESULTS, tmp_path / "r")
+    done = []
+    for p in sorted((tmp_path / "r" / "runs").glob("*.json")):
+        try:
+            res = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if res.get("status") == "done":
+            res["metrics"]["seconds"] = {"clean": 1.0, "pgd20": 10.0, "aa": 100.0}
+            res["train_seconds"], res["wall_seconds"], res["wall_processes"] = 50.0, 200.0, 1
+            for e in res["epochs"]:
+                e.pop("probe_seconds", None)
+            done.append((p, res))
+    for p, res in done:
+        p.write_text(json.dumps(res))
+
+    def line() -> str:
+        text = claims(table_runs() + fig4_runs(), tmp_path / "r")
+        return next(s for s in text.splitlines() if s.startswith("Compute:"))
+
+    assert "resumed in another process" not in line() and "other -" not in line()
+    for p, res in done:  # legacy results that resumed: their last process ran 20 s of their 161 s of parts
+        res["wall_seconds"] = 20.0
+        del res["wall_processes"]
+        p.write_text(json.dumps(res))
+    assert re.search(r"\(\d+ runs resumed in another process", line()) and "other 0.00 h" in line()
+
+
+def test_a_methods_grid_recipe_counts_as_the_method_and_a_sweeps_variants_do_not():
+    """at_defaults: RiFT's runs in the cpu grid all set select_rule (the grid's recipe): they are RiFT. AFD's runs
+    at its defaults are AFD; its sweep's variants are not."""
+    import pandas as pd
+
+    from bench.plots import at_defaults
+
+    df = pd.DataFrame([{"method": "rift", "hp.select_rule": "paired_se"}, {"method": "rift", "hp.select_rule": "paired_se"},
+                       {"method": "afd", "hp.gamma": 25.0}, {"method": "afd", "hp.gamma": 25.0},
+                       {"method": "afd", "hp.gamma": 2.0}])
+    assert at_defaults(df).tolist() == [True, True, True, True, False]
+    # RiFT with two different selection rules: neither is its default recipe ('fixed'), so neither is RiFT
+    df.loc[1, "hp.select_rule"] = "fixed"
+    assert at_defaults(df).tolist() == [False, True, True, True, False]

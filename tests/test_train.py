@@ -63,8 +63,13 @@ def test_resume_after_interruption_is_exact(tmp_path, tiny_folder):
     part = execute(cfg, rt_b, log=lambda s: None, stop_after_epoch=1)
     assert part["status"] == "interrupted"
     assert (Store(rt_b.results).ckpt_dir(run_id(cfg)) / "last.pt").exists()
+    ckpt_wall = torch.load(Store(rt_b.results).ckpt_dir(run_id(cfg)) / "last.pt", weights_only=False)["wall_seconds"]
     resumed = execute(cfg, rt_b, log=lambda s: None)
     assert _strip(resumed) == _strip(full)
+    # the wall time is the run's over both processes: the first one's (carried by its checkpoint) plus the second's
+    assert full["wall_processes"] == 1 and resumed["wall_processes"] == 2
+    assert resumed["wall_seconds"] > ckpt_wall > 0
+    assert resumed["wall_seconds"] >= resumed["train_seconds"]
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tiny_folder):
