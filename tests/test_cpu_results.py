@@ -1,8 +1,7 @@
 """The committed CPU-scale results.
 
-results/cpu holds the `cpu` grid run by the current code: every result file there must be a finished run of the
-current grid with the grid's evaluation sizes, and, where tables and claims are committed, they regenerate byte
-for byte (no training here). The grid is being re-run after issue 12 (results/cpu/README.md); the earlier run,
+results/cpu holds the `cpu` grid run by the current code: every one of its 28 runs, finished with the grid's
+evaluation sizes, and the tables and claims regenerate byte for byte from them (no training here). The earlier run,
 made by the code before issue 12, is archived intact in results/cpu-before-as-run."""
 from __future__ import annotations
 
@@ -22,25 +21,29 @@ CPU = RESULTS / "cpu"
 ARCHIVE = RESULTS / "cpu-before-as-run"
 
 
-def test_every_committed_result_is_a_finished_run_of_the_current_cpu_grid():
+def test_every_run_of_the_current_cpu_grid_is_committed_and_finished():
     ids = {run_id(cfg): cfg for cfg in expand(get_grid("cpu"))}
     assert len(ids) == 28
     store = Store(CPU)
-    for path in sorted((CPU / "runs").glob("*.json")):
-        rid = path.stem
-        assert rid in ids, f"{path.name} is not a run of the current cpu grid (stale: move it out or re-run)"
+    committed = {p.stem for p in (CPU / "runs").glob("*.json")}
+    assert committed - ids.keys() == set(), "results of another grid (stale: move them out or re-run)"
+    assert ids.keys() - committed == set(), "runs of the cpu grid without a committed result"
+    for rid in sorted(committed):
         res = store.read(rid)
         assert res["status"] == "done" and res["sanity"] == "ok", (rid, res["status"], res.get("reason"))
         m = res["metrics"]
         assert m["n_clean"] == 1000 and m["n_pgd"] == 1000 and m["n_aa"] == 200
+        # issue 14: the seconds of every measurement are recorded beside train_seconds
+        assert set(m["seconds"]) == {"clean", "pgd20", "aa"} and all(v > 0 for v in m["seconds"].values())
+        assert res["train_seconds"] > 0 and len(m["per_example"]["aa"]) == 200
 
 
 def test_committed_tables_and_claims_regenerate_byte_for_byte():
     for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-        if (CPU / f"tables.{ext}").exists():
-            assert report("cpu", CPU, fmt) == (CPU / f"tables.{ext}").read_text(encoding="utf-8")
-    if (CPU / "REPRODUCTION.md").exists():
-        assert claims("cpu", CPU) in (CPU / "REPRODUCTION.md").read_text(encoding="utf-8")
+        assert report("cpu", CPU, fmt) == (CPU / f"tables.{ext}").read_text(encoding="utf-8")
+    assert claims("cpu", CPU) in (CPU / "REPRODUCTION.md").read_text(encoding="utf-8")
+    for fig in ("fig1_cpu", "fig4_cpu"):
+        assert (CPU / "figures" / f"{fig}.png").stat().st_size > 0
 
 
 def test_the_archived_run_before_issue_12_is_intact():
