@@ -108,12 +108,13 @@ def claims(grid: str | list, results: str | Path) -> str:
 def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
     """Where the wall time went, from each result's recorded seconds: training, the final evaluation's measurements,
     the per-epoch probes, and the rest (loading data and models, exporting, checkpoints)."""
-    wall, train = _wall(df), float(done.train_seconds.sum())
+    train = float(done.train_seconds.sum())
     ev = {k: float(done[f"eval_s_{k}"].sum(min_count=1)) if f"eval_s_{k}" in done else math.nan
           for k in ("clean", "pgd20", "aa")}
     probes = float(done.probe_seconds.sum()) if "probe_seconds" in done else 0.0
     devices = ", ".join(sorted(set(done.device_name.dropna())))
     if any(math.isnan(v) for v in ev.values()):  # results written before per-measurement seconds were recorded
+        wall = float(done.wall_seconds.sum())
         return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h (training {train / 3600:.2f} h, "
                 f"the rest is evaluation) on {devices}.")
     # Results written before wall time was carried across processes ("wall_processes" absent) hold only their last
@@ -121,8 +122,7 @@ def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
     # the parts are counted instead (said in the line).
     parts = (done.train_seconds + done[[f"eval_s_{k}" for k in ("clean", "pgd20", "aa")]].sum(axis=1)
              + (done.probe_seconds if "probe_seconds" in done else 0.0))
-    legacy = done.wall_processes.isna() & (done.wall_seconds < parts) if "wall_processes" in done else \
-        done.wall_seconds < parts
+    legacy = done.wall_processes.isna() & (done.wall_seconds < parts)
     wall = float(done.wall_seconds.where(~legacy, parts).sum())
     total_ev = sum(ev.values())
     rest = wall - train - total_ev - probes
@@ -132,10 +132,6 @@ def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
             f"{train / 3600:.2f} h, final evaluation {total_ev / 3600:.2f} h (clean {ev['clean'] / 60:.1f} min, PGD-20 "
             f"with the feature gap {ev['pgd20'] / 3600:.2f} h, AutoAttack {ev['aa'] / 3600:.2f} h), per-epoch probes "
             f"{probes / 3600:.2f} h, other {rest / 3600:.2f} h.")
-
-
-def _wall(df: pd.DataFrame) -> float:
-    return float(df.wall_seconds.where(df.status == "done").sum()) if "wall_seconds" in df else math.nan
 
 
 def _by(df: pd.DataFrame, method: str) -> pd.DataFrame:

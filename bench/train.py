@@ -442,7 +442,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
                 return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
     except RunFailed as e:
-        result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="failed", reason=str(e))
+        result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log,
+                         status="failed", reason=str(e))
         result["failed_epoch"] = e.epoch
         if world.main:
             store.write(rid, result)
@@ -464,8 +465,8 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"),
                                 features=method.gap_features(net), state_dir=store.ckpt_dir(rid))
     metrics.update(method.extra_metrics(net, test_split, evaluator))
-    result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="done", metrics=metrics,
-                     extra=extra)
+    result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="done",
+                     metrics=metrics, extra=extra)
     # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
     result["sanity"] = "violated" if metrics.get("violations") else "ok"
     if getattr(cls, "single_step", False):
@@ -545,8 +546,7 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
 
 
 def _result(cfg: RunConfig, rid: str, device, started: str, wall: tuple[float, int], train_seconds: float,
-            epoch_log: list,
-            *, status: str, reason: str | None = None, metrics: dict | None = None, extra: dict | None = None) -> dict:
+            epoch_log: list, *, status: str, reason: str | None = None, metrics: dict | None = None, extra: dict | None = None) -> dict:
     return {
         "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
         "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
