@@ -274,8 +274,14 @@ def cmd_speed(args) -> int:
 
         if args.checkpoint is not None and not Path(args.checkpoint).is_file():
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+        if args.save_model is not None and args.checkpoint is not None:
+            raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
+        if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
+            raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
         rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
-                           train_steps=args.train_steps, device=args.device, threads=args.threads, log=log)
+                           train_steps=args.train_steps, device=args.device, threads=args.threads,
+                           contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
+                           save_model=args.save_model, log=log)
         sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
         return 0
 
@@ -395,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-images", type=int, default=200, help="--eval: first N test images (<= 500; default 200)")
     sp.add_argument("--reps", type=int, default=2, help="--eval: interleaved rounds, median reported (default 2)")
     sp.add_argument("--train-steps", type=int, default=100, help="--eval: FGSM-RS steps of the model made here")
+    sp.add_argument("--contenders", default="ours,ours_plain,direct",
+                    help="--eval: which evaluations to time (ours and direct required; default all three)")
+    sp.add_argument("--save-model", default=None, help="--eval: save the model made here, for --checkpoint later")
     plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
 

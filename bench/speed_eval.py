@@ -17,6 +17,9 @@ Reported per measurement (clean, pgd20, aa): images/s of each contender, the spe
 ``direct``): float-order flips of the layout, counted, never hidden. The evaluation total (PGD-20 + AA) is the
 issue's target.
 
+``--contenders ours,direct`` leaves the ``ours_plain`` diagnosis out where a round is expensive (ResNet18
+AutoAttack on a CPU); ``--save-model`` keeps the model made here for a later ``--checkpoint``.
+
 The model has to be partly robust or AutoAttack has nothing to do: ``--checkpoint`` evaluates any checkpoint
 (``bench.checkpoints``: our exported models, bare state dicts, common wrappers); without one, the model is made
 partly robust here by ``train_steps`` steps of FGSM-RS adversarial training (Wong et al. 2020: uniform start,
@@ -28,7 +31,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +142,18 @@ def _ours(net: nn.Module, test: Split, cfg: EvalConfig, device: torch.device, se
 
 def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int = 200, reps: int = 2,
                  train_steps: int = 100, device: str = "auto", threads: int | None = None, seed: int = 0,
+                 contenders: Sequence[str] = CONTENDERS, save_model: str | None = None,
                  log: Callable[[str], None] = lambda s: None) -> dict:
+    """``contenders``: a subset of CONTENDERS holding ``ours`` and ``direct`` (``ours_plain`` is a diagnosis and
+    can be left out where a round is expensive, e.g. ResNet18 AutoAttack on a CPU); ``save_model``: write the
+    model made here (``torch.save`` of its state dict) so that later runs can pass it as ``--checkpoint``."""
     if model not in MODELS:
         raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
+    unknown = [c for c in contenders if c not in CONTENDERS]
+    if unknown or "ours" not in contenders or "direct" not in contenders:
+        raise ConfigError(f"--contenders {','.join(contenders)}: choose from {', '.join(CONTENDERS)}, with ours "
+                          f"and direct (the speed-up is their ratio)")
+    contenders = tuple(c for c in CONTENDERS if c in contenders)
     if n < 1 or reps < 1 or train_steps < 0:
         raise ConfigError(f"need --n-images >= 1, --reps >= 1, --train-steps >= 0 (got {n}, {reps}, {train_steps})")
     dev = resolve_device(device)
@@ -158,6 +170,9 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
         log(f"making {model} partly robust: {train_steps} FGSM-RS steps on {data}")
         net = partly_robust_model(model, train_steps, train, dev, seed, log)
         what = f"{model} after {train_steps} FGSM-RS steps on {data}"
+        if save_model is not None:
+            torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, save_model)
+            log(f"saved the model to {save_model} (pass it as --checkpoint)")
     # One chunk (batch = n, at most 500): AutoAttack then sees the same batch and seed in every contender.
     cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=min(n, 500))
     if n > 500:
@@ -167,36 +182,37 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
         "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),
         "direct": lambda: _direct(net, test, cfg, dev, seed),
     }
-    secs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
+    secs: dict[str, list[dict]] = {c: [] for c in contenders}
     flags: dict[str, dict] = {}
     for r in range(reps):
-        for c in CONTENDERS:
+        for c in contenders:
             f, s = runs[c]()
             secs[c].append(s)
             if c in flags and any(not torch.equal(flags[c][k], f[k]) for k in MEASURES):
                 raise RuntimeError(f"{c}: two evaluations of the same model disagree (nondeterminism)")
             flags[c] = f
             log(f"round {r + 1}/{reps} {c}: " + ", ".join(f"{k} {s[k]:.1f}s" for k in MEASURES))
-    med = {c: {k: statistics.median(s[k] for s in secs[c]) for k in MEASURES} for c in CONTENDERS}
+    med = {c: {k: statistics.median(s[k] for s in secs[c]) for k in MEASURES} for c in contenders}
+    plain = "ours_plain" in contenders
     rows = []
     for k in MEASURES + ("pgd20+aa",):
         parts = ("pgd20", "aa") if k == "pgd20+aa" else (k,)
-        t = {c: sum(med[c][p] for p in parts) for c in CONTENDERS}
-        row = {"measure": k, **{f"{c}_s": t[c] for c in CONTENDERS},
-               **{f"{c}_images_per_s": n / t[c] if t[c] > 0 else None for c in CONTENDERS},
+        t = {c: sum(med[c][p] for p in parts) for c in contenders}
+        row = {"measure": k, **{f"{c}_s": t[c] for c in contenders},
+               **{f"{c}_images_per_s": n / t[c] if t[c] > 0 else None for c in contenders},
                "speedup": t["direct"] / t["ours"] if t["ours"] > 0 else None,
-               "speedup_plain": t["direct"] / t["ours_plain"] if t["ours_plain"] > 0 else None}
+               "speedup_plain": t["direct"] / t["ours_plain"] if plain and t["ours_plain"] > 0 else None}
         if k in MEASURES:
-            row["accuracy"] = {c: float(flags[c][k].float().mean()) for c in CONTENDERS}
+            row["accuracy"] = {c: float(flags[c][k].float().mean()) for c in contenders}
             row["flips"] = int((flags["ours"][k] != flags["direct"][k]).sum())
-            row["flips_plain"] = int((flags["ours_plain"][k] != flags["direct"][k]).sum())
+            row["flips_plain"] = int((flags["ours_plain"][k] != flags["direct"][k]).sum()) if plain else None
         rows.append(row)
     try:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover
         load = None
     cpu = numerics.cpu_info()
-    return {"model": what, "n": n, "reps": reps, "device": str(dev),
+    return {"model": what, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load, "rows": rows}
 
@@ -211,10 +227,10 @@ def render_eval(rep: dict) -> str:
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rep["rows"]:
         acc = "" if "accuracy" not in r else f"{r['accuracy']['ours']:.3f}"
-        flips = "" if "flips" not in r else f"{r['flips']} ({r['flips_plain']})"
-        ips = [f"{r[f'{c}_images_per_s']:.1f}" if r[f"{c}_images_per_s"] else "-" for c in CONTENDERS]
-        lines.append("| " + " | ".join([r["measure"], *ips, f"x{r['speedup']:.2f}", f"x{r['speedup_plain']:.2f}",
-                                        acc, flips]) + " |")
+        flips = "" if "flips" not in r else f"{r['flips']} ({'-' if r['flips_plain'] is None else r['flips_plain']})"
+        ips = [f"{r[f'{c}_images_per_s']:.1f}" if r.get(f"{c}_images_per_s") else "-" for c in CONTENDERS]
+        plain = "-" if r["speedup_plain"] is None else f"x{r['speedup_plain']:.2f}"
+        lines.append("| " + " | ".join([r["measure"], *ips, f"x{r['speedup']:.2f}", plain, acc, flips]) + " |")
     lines += ["", "direct = the plain NCHW model, TRADES-style PGD-20 loop, pyautoattack run_standard_evaluation; "
               "ours = channels_last + BatchNorm folded; plain = NCHW, unfolded; "
               "flips = images whose flag differs from direct's (ours, and ours plain)"]

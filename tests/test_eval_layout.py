@@ -11,7 +11,7 @@ import copy
 import torch
 
 from bench.attacks import _AAModel
-from bench.config import EvalConfig
+from bench.config import ConfigError, EvalConfig
 from bench.data import load_dataset
 from bench.evaluate import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
 from bench.models import MODELS, build_model
@@ -186,3 +186,25 @@ def test_speed_eval_against_pyautoattack_direct_on_cifar():
         assert rows[k]["ours_s"] > 0 and rows[k]["direct_s"] > 0
     assert rows["pgd20+aa"]["speedup"] == pytest.approx(rows["pgd20+aa"]["direct_s"] / rows["pgd20+aa"]["ours_s"])
     assert "| aa |" in render_eval(rep)
+
+
+@pytest.mark.slow
+def test_speed_eval_contenders_and_saved_model(tmp_path):
+    """`--contenders ours,direct` leaves the plain diagnosis out (reported as absent, not as zero); `--save-model`
+    writes the model made here, and evaluating that checkpoint gives the same flags; bad choices are refused."""
+    from bench.speed_eval import measure_eval, render_eval
+
+    saved = tmp_path / "m.pt"
+    rep = measure_eval(model="small_cnn", n=6, reps=1, train_steps=2, device="cpu", contenders=["direct", "ours"],
+                       save_model=str(saved))
+    assert rep["contenders"] == ["ours", "direct"]
+    rows = {r["measure"]: r for r in rep["rows"]}
+    assert rows["aa"]["flips_plain"] is None and rows["aa"]["speedup_plain"] is None
+    assert "ours_plain_s" not in rows["aa"] and rows["aa"]["ours_s"] > 0 and rows["aa"]["direct_s"] > 0
+    assert "| aa | " in render_eval(rep) and "(-)" in render_eval(rep)
+    again = measure_eval(model="small_cnn", checkpoint=str(saved), n=6, reps=1, device="cpu",
+                         contenders=["ours", "direct"])
+    assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in rep["rows"]]
+    for bad in (["ours"], ["ours", "direct", "mine"]):
+        with pytest.raises(ConfigError, match="--contenders"):
+            measure_eval(model="small_cnn", n=6, contenders=bad)
