@@ -79,6 +79,13 @@ def cpu_name() -> str:
     return name or platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_model() -> str | None:
+    """"family 26 model 2" from /proc/cpuinfo (x86): a virtual machine often names every generation alike ("AMD
+    EPYC"), and two such machines of this workplace differed by 1.5x in the same benchmark; None where unknown."""
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    return f"family {family} model {model}" if family and model else None
+
+
 def cpu_flags() -> set[str]:
     """Every ISA flag the CPU reports (/proc/cpuinfo "flags", else torch.cpu.get_capabilities())."""
     flags = _cpuinfo_field("flags")
@@ -145,17 +152,19 @@ def cpu_info() -> dict[str, Any]:
         aten = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001
         aten = None
-    return {"name": cpu_name(), "isa": [f for f in ISA_FLAGS if f in flags], "onednn_max_isa": onednn_max_isa(),
+    return {"name": cpu_name(), "model": cpu_model(), "isa": [f for f in ISA_FLAGS if f in flags],
+            "onednn_max_isa": onednn_max_isa(),
             "aten_capability": aten, "native_bf16": cpu_native("bf16"), "native_fp16": cpu_native("fp16")}
 
 
 def describe_cpu(info: dict | None = None) -> str:
-    """One line: "AMD EPYC (avx2 avx512f avx512_bf16; native bf16)"."""
+    """One line: "AMD EPYC, family 26 model 2 (avx2 avx512f avx512_bf16; native bf16)"."""
     info = info or cpu_info()
     caps = [f"ONEDNN_MAX_CPU_ISA={info['onednn_max_isa']}"] if info.get("onednn_max_isa") else []
     isa = " ".join(info["isa"]) or "no AVX2"
     native = "native bf16" if info["native_bf16"] else "no native bf16"
-    return f"{info['name']} ({isa}; {', '.join(caps + [native])})"
+    model = f", {info['model']}" if info.get("model") else ""  # reports written before it was recorded: no model
+    return f"{info['name']}{model} ({isa}; {', '.join(caps + [native])})"
 
 
 # -- what a device runs natively --------------------------------------------------------------------------

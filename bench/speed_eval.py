@@ -217,6 +217,11 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load, "rows": rows}
 
 
+def _rate(v: float | None) -> str:
+    """Images/s with three significant digits (ResNet18 AutoAttack on a CPU runs at ~0.1 images/s)."""
+    return "-" if not v else f"{v:.1f}" if v >= 100 else f"{v:.3g}"
+
+
 def render_eval(rep: dict) -> str:
     device = rep["device_name"] if rep["device"] != "cpu" else numerics.describe_cpu(rep["cpu"])
     head = (f"bench speed --eval: {rep['model']}, first {rep['n']} test images, fp32, median of {rep['reps']} "
@@ -228,7 +233,7 @@ def render_eval(rep: dict) -> str:
     for r in rep["rows"]:
         acc = "" if "accuracy" not in r else f"{r['accuracy']['ours']:.3f}"
         flips = "" if "flips" not in r else f"{r['flips']} ({'-' if r['flips_plain'] is None else r['flips_plain']})"
-        ips = [f"{r[f'{c}_images_per_s']:.1f}" if r.get(f"{c}_images_per_s") else "-" for c in CONTENDERS]
+        ips = [_rate(r.get(f"{c}_images_per_s")) for c in CONTENDERS]
         plain = "-" if r["speedup_plain"] is None else f"x{r['speedup_plain']:.2f}"
         lines.append("| " + " | ".join([r["measure"], *ips, f"x{r['speedup']:.2f}", plain, acc, flips]) + " |")
     lines += ["", "direct = the plain NCHW model, TRADES-style PGD-20 loop, pyautoattack run_standard_evaluation; "

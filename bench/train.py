@@ -131,7 +131,8 @@ def provenance(device: torch.device) -> dict:
     cpu = numerics.cpu_info()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["name"]
     return {"git": rev, "git_dirty": dirty, "versions": versions, "device": str(device), "device_name": name,
-            "cpu_name": cpu["name"], "cpu_isa": cpu["isa"], "host": platform.node(), "threads": torch.get_num_threads()}
+            "cpu_name": cpu["name"], "cpu_model": cpu["model"], "cpu_isa": cpu["isa"], "host": platform.node(),
+            "threads": torch.get_num_threads()}
 
 
 # -- parents -------------------------------------------------------------------------------------------------

@@ -208,3 +208,16 @@ def test_speed_eval_contenders_and_saved_model(tmp_path):
     for bad in (["ours"], ["ours", "direct", "mine"]):
         with pytest.raises(ConfigError, match="--contenders"):
             measure_eval(model="small_cnn", n=6, contenders=bad)
+
+
+def test_speed_eval_render_small_rates_and_absent_plain():
+    """ResNet18 AutoAttack on a CPU runs at ~0.1 images/s: shown with three significant digits, not as 0.1 for
+    both contenders; a contender left out is '-', never a number."""
+    from bench.speed_eval import render_eval
+
+    row = {"measure": "aa", "ours_images_per_s": 0.1218, "direct_images_per_s": 0.1083, "speedup": 1.125,
+           "speedup_plain": None, "accuracy": {"ours": 0.219, "direct": 0.219}, "flips": 0, "flips_plain": None}
+    rep = {"device_name": "x", "device": "cuda", "model": "resnet18", "n": 32, "reps": 1, "threads": 2,
+           "rows": [row]}
+    line = next(l for l in render_eval(rep).splitlines() if l.startswith("| aa |"))
+    assert line == "| aa | 0.122 | - | 0.108 | x1.12 | - | 0.219 | 0 (-) |"

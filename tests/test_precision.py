@@ -274,8 +274,12 @@ def test_cpu_name_and_isa(tmp_path):
     info = P.cpu_info()
     assert set(info["isa"]) <= set(P.ISA_FLAGS) and info["name"] == name
     assert name in P.describe_cpu(info)
+    if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():  # x86 Linux: the generation behind the name
+        assert info["model"] == f"family {P._cpuinfo_field('cpu family')} model {P._cpuinfo_field('model')}"
+        assert info["model"] in P.describe_cpu(info)
+    assert P.describe_cpu({**info, "model": None}).startswith(f"{name} (")  # reports from before it was recorded
     prov = provenance(CPU)
-    assert prov["device_name"] == name and prov["cpu_isa"] == info["isa"]
+    assert prov["device_name"] == name and prov["cpu_isa"] == info["isa"] and prov["cpu_model"] == info["model"]
 
 
 # -- --compile -----------------------------------------------------------------------------------------------------
