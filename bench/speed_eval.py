@@ -156,6 +156,8 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     contenders = tuple(c for c in CONTENDERS if c in contenders)
     if n < 1 or reps < 1 or train_steps < 0:
         raise ConfigError(f"need --n-images >= 1, --reps >= 1, --train-steps >= 0 (got {n}, {reps}, {train_steps})")
+    if n > 500:  # checked before a model is made here
+        raise ConfigError("--n-images must be <= 500 (one evaluation chunk, so AutoAttack's seeds line up)")
     dev = resolve_device(device)
     set_threads(threads)
     train, test, data = _data(max(128, 10_000), n, seed)
@@ -174,9 +176,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
             torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, save_model)
             log(f"saved the model to {save_model} (pass it as --checkpoint)")
     # One chunk (batch = n, at most 500): AutoAttack then sees the same batch and seed in every contender.
-    cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=min(n, 500))
-    if n > 500:
-        raise ConfigError("--n-images must be <= 500 (one evaluation chunk, so AutoAttack's seeds line up)")
+    cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=n)
     runs = {
         "ours": lambda: _ours(net, test, cfg, dev, seed, torch.channels_last, True),
         "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),

@@ -62,6 +62,7 @@ BAD = [
     (["speed", "--eval", "--contenders", "ours,plain"], "--contenders ours,plain: choose from"),
     (["speed", "--eval", "--contenders", "ours_plain,direct"], "with ours and direct"),
     (["speed", "--eval", "--save-model", "{file}/m.pt"], "its folder does not exist"),
+    (["speed", "--eval", "--n-images", "501"], "--n-images must be <= 500"),
 ]
 
 
