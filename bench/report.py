@@ -47,6 +47,16 @@ def method_label(m: str) -> str:
 
 
 # -- loading --------------------------------------------------------------------------------------------------
+
+def device_label(res: dict) -> str | None:
+    """The device a result ran on, for the notes that say where times were measured: a CPU with its family and
+    model where recorded ("AMD EPYC, family 25 model 17"), since a virtual machine names every generation alike."""
+    name = res.get("device_name")
+    if name and res.get("cpu_model") and str(res.get("device", "cpu")).startswith("cpu"):
+        return f"{name}, {res['cpu_model']}"
+    return name
+
+
 def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: int = 1) -> pd.DataFrame:
     """Every run of a grid (parents included) as one row: ids, config fields (``hp.<name>`` for
     hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
@@ -90,7 +100,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
                 row[f"eval_s_{k}"] = float(secs[k]) if _is_num(secs.get(k)) else math.nan
             # per-epoch probes (Figure 1a's feature gap, single-step methods' FGSM/PGD check), timed in train.py
             row["probe_seconds"] = float(sum(e.get("probe_seconds", 0.0) for e in res.get("epochs") or []))
-            row["device_name"] = res.get("device_name")
+            row["device_name"] = device_label(res)
             row["epoch_log"] = res.get("epochs") or []
         rows.append(row)
     df = pd.DataFrame(rows)

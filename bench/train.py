@@ -309,6 +309,35 @@ def _execute_one(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, s
 
 def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch,
                     world: "distributed.World" = distributed.SINGLE) -> dict:
+    # A run may change the process's torch thread count (``--threads``, or a resume that takes its checkpoint's);
+    # the next run of the grid starts from the count the process had.
+    threads_before = torch.get_num_threads()
+    try:
+        return _execute_run(cfg, rt, store, rid, log, stop_after_epoch, world)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _resume_threads(ckpt: dict, rt: Runtime, device: torch.device, world: "distributed.World", log, rid: str) -> None:
+    """On a CPU, float sums (oneDNN's convolutions, BatchNorm's reductions) are split by thread, so the thread
+    count is part of a run's numerics: measured on the cpu grid's TRADES, epoch 4 resumed with 1 thread instead of 2
+    gave other losses and a final model 45 of 1,000 clean flags away from the uninterrupted run's. A resume takes
+    the thread count its checkpoint was written with, and so ends bit-identical, unless ``--threads`` asks for
+    another, which is said in one line (the run stays valid, but is not bit-identical to an uninterrupted one)."""
+    counts = ckpt.get("thread_counts") or []
+    if device.type != "cpu" or world.active or not counts or counts[-1] == torch.get_num_threads():
+        return  # GPUs: the thread count does not enter the kernels; data parallel: each rank's share, by design
+    if rt.threads is None:
+        log(f"[{rid}] resuming with {counts[-1]} torch threads, as its checkpoint was written (this process would "
+            f"use {torch.get_num_threads()}; CPU float sums depend on the count): --threads N overrides")
+        torch.set_num_threads(counts[-1])
+    else:
+        log(f"[{rid}] resuming with --threads {rt.threads} where its checkpoint was written with {counts[-1]}: "
+            "valid, but no longer bit-identical to an uninterrupted run (CPU float sums depend on the thread count)")
+
+
+def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch,
+                 world: "distributed.World") -> dict:
     threads = rt.threads
     if threads is None and world.active and rt.torch_device().type == "cpu":  # share the cores between ranks
         threads = max(1, (os.cpu_count() or 1) // world.size)
@@ -320,6 +349,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     # Wall time is the run's, over every process that worked on it in turn: a resumed run moves its origin back by
     # the wall seconds its checkpoint carries (work lost between that checkpoint and a kill is not counted).
     wall0, wall_processes = time.perf_counter(), 1
+    thread_counts: list[int] = []  # torch threads of each process that trained it, in turn (see _resume_threads)
     cls = get_method(cfg.method)
     hp = make_hparams(cfg.method, cfg.hparams)
 
@@ -390,7 +420,10 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         start_epoch, epoch_log, train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
         wall0 -= ckpt.get("wall_seconds", 0.0)  # absent in checkpoints written before it was carried over
         wall_processes = ckpt.get("wall_processes", 1) + 1
+        _resume_threads(ckpt, rt, device, world, log, rid)
+        thread_counts = list(ckpt.get("thread_counts") or [])  # absent in checkpoints written before it was kept
         log(f"[{rid}] resuming {cfg.method} at epoch {start_epoch + 1}/{cfg.train.epochs}")
+    thread_counts.append(torch.get_num_threads())
 
     from bench.tblog import EpochWriter
 
@@ -430,7 +463,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                 save_checkpoint(store, rid, {
                     "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
                     "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - wall0,
-                    "wall_processes": wall_processes, "net": method.net.state_dict(),
+                    "wall_processes": wall_processes, "thread_counts": thread_counts, "net": method.net.state_dict(),
                     "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
                     "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
                     "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
@@ -446,6 +479,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
         result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log,
                          status="failed", reason=str(e))
         result["failed_epoch"] = e.epoch
+        result["thread_counts"] = thread_counts
         if world.main:
             store.write(rid, result)
         log(f"[{rid}] {cfg.method} FAILED: {e}")
@@ -470,6 +504,7 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
                      metrics=metrics, extra=extra)
     # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
     result["sanity"] = "violated" if metrics.get("violations") else "ok"
+    result["thread_counts"] = thread_counts  # one per process that trained it; `threads` is the last one's
     if getattr(cls, "single_step", False):
         result["catastrophic_overfitting"] = catastrophic_overfitting(epoch_log)
         if result["catastrophic_overfitting"]:

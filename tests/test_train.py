@@ -83,6 +83,38 @@ def test_every_method_resumes_exactly(tmp_path, tiny_folder, method):
     assert resumed["wall_seconds"] >= resumed["train_seconds"]
 
 
+def test_resume_takes_the_thread_count_of_its_checkpoint(tmp_path, tiny_folder):
+    """CPU float sums depend on the torch thread count (the cpu grid's TRADES, resumed with 1 thread where it had
+    2, ended 45 clean flags away from the uninterrupted run): a resume without --threads takes its checkpoint's
+    count, so it stays bit-identical; an explicit other --threads is said in one line; each process's count is
+    recorded; the process's own count is given back after the run."""
+    cfg = tiny_run("vaft", f"folder:{tiny_folder}", epochs=3, parent_epochs=1)
+    base = torch.get_num_threads()  # the tests' 1 (conftest)
+    other = base + 1
+
+    def rt(name, threads):
+        return replace(_rt(tmp_path / name, tiny_folder), threads=threads)
+
+    for name in ("full", "kept", "forced"):
+        run_local([cfg.parent], rt(name, other), log=lambda s: None)
+    full = execute(cfg, rt("full", other), log=lambda s: None)
+    assert full["thread_counts"] == [other] and torch.get_num_threads() == base
+    for name in ("kept", "forced"):
+        assert execute(cfg, rt(name, other), log=lambda s: None, stop_after_epoch=1)["status"] == "interrupted"
+
+    msgs: list[str] = []
+    kept = execute(cfg, rt("kept", None), log=msgs.append)  # no --threads: the checkpoint's count
+    assert any(f"resuming with {other} torch threads, as its checkpoint was written" in m for m in msgs), msgs
+    assert kept["thread_counts"] == [other, other] and kept["threads"] == other
+    assert _strip(kept) == _strip(full)
+    assert torch.get_num_threads() == base
+
+    msgs.clear()
+    forced = execute(cfg, rt("forced", base), log=msgs.append)  # --threads asks for another count: said, kept
+    assert any(f"--threads {base} where its checkpoint was written with {other}" in m for m in msgs), msgs
+    assert forced["thread_counts"] == [other, base] and forced["status"] == "done"
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tiny_folder):
     cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=3)
     rt = _rt(tmp_path, tiny_folder)
