@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from bench.plots import at_defaults, hparam_sweeps
-from bench.report import DATASET_LABELS, MODEL_LABELS, _paper_value, load, load_paper, method_label
+from bench.report import (DATASET_LABELS, MODEL_LABELS, _paper_value, load, load_paper, method_label, n_runs,
+                          runs_per_device)
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")
@@ -112,9 +113,8 @@ def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
     ev = {k: float(done[f"eval_s_{k}"].sum(min_count=1)) if f"eval_s_{k}" in done else math.nan
           for k in ("clean", "pgd20", "aa")}
     probes = float(done.probe_seconds.sum()) if "probe_seconds" in done else 0.0
-    counts = done.device_name.dropna().value_counts()
-    devices = (counts.index[0] if len(counts) == 1
-               else "; ".join(f"{d} ({n} run{'s' * (n > 1)})" for d, n in counts.items()))
+    names = done.device_name.dropna()
+    devices = names.iloc[0] if names.nunique() == 1 else runs_per_device(names)  # one device: just its name
     if any(math.isnan(v) for v in ev.values()):  # results written before per-measurement seconds were recorded
         wall = float(done.wall_seconds.sum())
         return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h (training {train / 3600:.2f} h, "
@@ -128,9 +128,8 @@ def _compute_line(df: pd.DataFrame, done: pd.DataFrame) -> str:
     wall = float(done.wall_seconds.where(~legacy, parts).sum())
     total_ev = sum(ev.values())
     rest = wall - train - total_ev - probes
-    n_legacy = int(legacy.sum())
-    note = (f" ({n_legacy} run{'s' * (n_legacy > 1)} resumed in another process before wall time was carried "
-            "across processes: for them the sum of their measured parts)") if legacy.any() else ""
+    note = (f" ({n_runs(int(legacy.sum()))} resumed in another process before wall time was carried across "
+            "processes: for them the sum of their measured parts)") if legacy.any() else ""
     return (f"Compute: the runs' wall time adds up to {wall / 3600:.2f} h on {devices}{note}: training "
             f"{train / 3600:.2f} h, final evaluation {total_ev / 3600:.2f} h (clean {ev['clean'] / 60:.1f} min, PGD-20 "
             f"with the feature gap {ev['pgd20'] / 3600:.2f} h, AutoAttack {ev['aa'] / 3600:.2f} h), per-epoch probes "

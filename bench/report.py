@@ -48,6 +48,17 @@ def method_label(m: str) -> str:
 
 # -- loading --------------------------------------------------------------------------------------------------
 
+def n_runs(n: int) -> str:
+    """"1 run", "2 runs"."""
+    return f"{n} run{'s' * (n != 1)}"
+
+
+def runs_per_device(names) -> str:
+    """"AMD EPYC (27 runs); AMD EPYC, family 25 model 17 (1 run)": where a set of runs was measured, most first."""
+    counts = pd.Series(list(names), dtype=object).value_counts()
+    return "; ".join(f"{d} ({n_runs(n)})" for d, n in counts.items())
+
+
 def device_label(res: dict) -> str | None:
     """The device a result ran on, for the notes that say where times were measured: a CPU with its family and
     model where recorded ("AMD EPYC, family 25 model 17"), since a virtual machine names every generation alike."""
@@ -401,9 +412,8 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
     notes = _notes(selected, cells)
     if table.device_note:
         done = [r for r in selected.values() if r.status == "done"]
-        devices = pd.Series([r.device_name or "unknown device" for r in done], dtype=object).value_counts()
-        notes.insert(0, "Measured on " + ("; ".join(f"{d} ({n} run{'s' * (n > 1)})" for d, n in devices.items())
-                                          if len(devices) else "— (no finished run)") + ".")
+        notes.insert(0, "Measured on " + (runs_per_device(r.device_name or "unknown device" for r in done)
+                                          if done else "— (no finished run)") + ".")
         ev = eval_time_note([r for r in selected.values() if r.status == "done"])
         if ev:
             notes.insert(1, ev)

@@ -70,7 +70,7 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
         pid = run_id(cfg.parent) if cfg.parent is not None else None
         if pid is not None and results.get(pid, {}).get("status") != "done":
             reason = f"parent {pid} ({cfg.parent.method}) did not finish"
-            results[rid] = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed", reason=reason)
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
             store.write(rid, results[rid])
             log(f"[{i}/{len(ordered)}] {rid} {cfg.method}: skipped, {reason}")
             continue
@@ -87,7 +87,7 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
             raise  # bad input: stop the whole grid with one line
         except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid
             reason = f"{type(e).__name__}: {e}"
-            results[rid] = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed", reason=reason)
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
             results[rid]["traceback"] = traceback.format_exc()
             store.write(rid, results[rid])
             log(f"[{rid}] {cfg.method} FAILED: {reason}")

@@ -387,7 +387,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 raise
             with store.lock(rid, blocking=False) as got:
                 if got and store.status(rid) != "done":
-                    failed = _result(cfg, rid, rt.torch_device(), "", 0.0, 0.0, [], status="failed",
+                    failed = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed",
                                      reason=f"{type(e).__name__}: {e}")
                     import traceback
 

@@ -477,9 +477,8 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
                 return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
     except RunFailed as e:
         result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log,
-                         status="failed", reason=str(e))
+                         status="failed", reason=str(e), thread_counts=thread_counts)
         result["failed_epoch"] = e.epoch
-        result["thread_counts"] = thread_counts
         if world.main:
             store.write(rid, result)
         log(f"[{rid}] {cfg.method} FAILED: {e}")
@@ -501,10 +500,9 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
                                 features=method.gap_features(net), state_dir=store.ckpt_dir(rid))
     metrics.update(method.extra_metrics(net, test_split, evaluator))
     result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="done",
-                     metrics=metrics, extra=extra)
+                     metrics=metrics, extra=extra, thread_counts=thread_counts)
     # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
     result["sanity"] = "violated" if metrics.get("violations") else "ok"
-    result["thread_counts"] = thread_counts  # one per process that trained it; `threads` is the last one's
     if getattr(cls, "single_step", False):
         result["catastrophic_overfitting"] = catastrophic_overfitting(epoch_log)
         if result["catastrophic_overfitting"]:
@@ -581,14 +579,19 @@ def _train_epoch(cfg: RunConfig, method, loader: Loader, ema: EMA | None, epoch:
     return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **means}
 
 
-def _result(cfg: RunConfig, rid: str, device, started: str, wall: tuple[float, int], train_seconds: float,
-            epoch_log: list, *, status: str, reason: str | None = None, metrics: dict | None = None, extra: dict | None = None) -> dict:
+def _result(cfg: RunConfig, rid: str, device, started: str, wall: tuple[float, int] | None, train_seconds: float,
+            epoch_log: list, *, status: str, reason: str | None = None, metrics: dict | None = None,
+            extra: dict | None = None, thread_counts: list[int] | None = None) -> dict:
+    """A run's result file. ``wall`` is (perf_counter origin, processes so far), or None for a run that never
+    started (its parent failed, or it crashed before training: the runner records it as failed)."""
+    wall_seconds, processes = (time.perf_counter() - wall[0], wall[1]) if wall is not None else (0.0, 0)
     return {
         "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
         "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(1, len(epoch_log)),
         "precision_effective": numerics.effective_precision(cfg.train.precision, torch.device(device)),
         # wall_seconds over every process that ran it (wall_processes: 1 = never interrupted)
-        "wall_seconds": time.perf_counter() - wall[0], "wall_processes": wall[1], "started": started,
+        "wall_seconds": wall_seconds, "wall_processes": processes, "started": started,
+        "thread_counts": thread_counts or [],  # torch threads of each process that trained it; `threads`: this one's
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **provenance(device),
     }

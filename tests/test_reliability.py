@@ -321,6 +321,30 @@ def test_diverging_run_fails_with_epoch_and_the_grid_goes_on(tmp_path, tiny_fold
     assert "co_pgd" not in o["epochs"][0]  # the probe is for single-step methods only
 
 
+def test_crashing_run_is_recorded_failed_and_its_child_skipped_with_the_reason(tmp_path, tiny_folder, monkeypatch):
+    """A run that crashes with an unexpected exception (a bug, a dead device) is written as failed with its reason
+    and traceback, its child as failed because of it, and the grid goes on (an independent run still finishes)."""
+    import bench.runner
+
+    child = tiny_run("vaft", f"folder:{tiny_folder}")
+    other = tiny_run("standard", f"folder:{tiny_folder}", epochs=2)
+    real = bench.runner.execute
+
+    def execute_or_crash(cfg, *a, **k):
+        if run_id(cfg) == run_id(child.parent):
+            raise RuntimeError("device lost")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(bench.runner, "execute", execute_or_crash)
+    res = run_local([child, other], _rt(tmp_path / "r", tiny_folder), log=lambda s: None)
+    store = Store(tmp_path / "r")
+    parent, kid, ok = (store.read(run_id(c)) for c in (child.parent, child, other))
+    assert parent["status"] == "failed" and parent["reason"] == "RuntimeError: device lost"
+    assert "device lost" in parent["traceback"] and parent["wall_processes"] == 0 and parent["thread_counts"] == []
+    assert kid["status"] == "failed" and f"parent {run_id(child.parent)} (standard) did not finish" in kid["reason"]
+    assert ok["status"] == "done" and len(res) == 3
+
+
 def test_single_step_methods_declare_themselves():
     from methods import REGISTRY
 
