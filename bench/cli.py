@@ -102,8 +102,10 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
         if not hit:
             raise UsageError(f"--set {key}: no run of this grid has that hyperparameter")
         runs = out
+    from bench.precision import check_run
+
     for cfg in runs:
-        cfg.validate()
+        check_run(cfg)
     return runs
 
 

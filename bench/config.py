@@ -146,10 +146,6 @@ class RunConfig:
             raise ConfigError(f"eps must be in (0, 1], got {self.eps}{hint}")
         self.train.validate()
         self.eval.validate()
-        if self.train.precision == "fp16":  # needs the gradient scaler: refused for methods whose step bypasses it
-            from bench.precision import check_method_precision  # lazy: methods/ import this module
-
-            check_method_precision(self.method, self.hparams, self.train.precision)
         if self.parent is not None:
             self.parent.validate()
         if sum(x is not None for x in (self.parent, self.parent_zoo, self.parent_file)) > 1:

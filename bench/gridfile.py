@@ -115,6 +115,7 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
     from bench.data import DATASETS
     from bench.grids import make_run
     from bench.models import MODELS
+    from bench.precision import check_run
     from methods import get_method, plugins, resolve_hparams
 
     path = Path(path)
@@ -246,7 +247,7 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
                         runs.append(run)
     for r in runs:
         try:
-            r.validate()
+            check_run(r)
         except ConfigError as e:
             chk.fail("values", str(e))
     return GridFile(path=path, name=str(data.get("name") or path.stem), runs=runs, plugins=tuple(mods), table=table)
@@ -259,12 +260,11 @@ def _parent_train(train_over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scaled_parent_train(cls: Any, train_over: dict[str, Any]) -> TrainConfig | None:
-    from methods import get_method
+    from methods import get_method, parent_method
 
     if cls.parent is None:
         return None
-    parent_method = "standard" if cls.parent == "natural" else "pgd_at"
-    return dataclasses.replace(get_method(parent_method).recipe, **_parent_train(train_over))
+    return dataclasses.replace(get_method(parent_method(cls.parent)).recipe, **_parent_train(train_over))
 
 
 def _with_eps(run: RunConfig, eps: float) -> RunConfig:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, run_id
-from methods import get_method, resolve_hparams
+from methods import get_method, parent_method, resolve_hparams
 
 GRIDS: dict[str, Callable[[int], list[RunConfig]]] = {}
 
@@ -41,7 +41,8 @@ def make_run(method: str, *, model: str, dataset: str, train: TrainConfig | None
              seed: int = 0, parent: RunConfig | None = None, parent_train: TrainConfig | None = None,
              parent_epochs: int | None = None, **train_changes: Any) -> RunConfig:
     """A run of ``method`` with its paper recipe (``epochs`` and ``train_changes`` scale it), and, when the
-    method fine-tunes, its parent: a ``standard`` run for "natural", a ``pgd_at`` run for "adversarial"."""
+    method fine-tunes, its parent: a run of the method that ``produces`` its parent kind (natural pre-training,
+    PGD-AT)."""
     cls = get_method(method)
     train = train or cls.recipe
     if epochs is not None:
@@ -49,8 +50,7 @@ def make_run(method: str, *, model: str, dataset: str, train: TrainConfig | None
     if train_changes:
         train = replace(train, **train_changes)
     if parent is None and cls.parent is not None:
-        parent_method = "standard" if cls.parent == "natural" else "pgd_at"
-        parent = make_run(parent_method, model=model, dataset=dataset, train=parent_train, epochs=parent_epochs,
+        parent = make_run(parent_method(cls.parent), model=model, dataset=dataset, train=parent_train, epochs=parent_epochs,
                           eval=eval, seed=0)
     return RunConfig(method=method, hparams=resolve_hparams(method, hparams), model=model, dataset=dataset,
                      train=train, eval=eval, seed=seed, parent=parent)
@@ -113,8 +113,7 @@ def paper_run(method: str, model: str, dataset: str, *, eval: EvalConfig = PAPER
     changes only its own runs' evaluation (Figure 1's per-epoch gap) shares the parents of Table 1."""
     parent = None
     if get_method(method).parent is not None:
-        parent_method = "standard" if get_method(method).parent == "natural" else "pgd_at"
-        parent = make_run(parent_method, model=model, dataset=dataset, eval=PAPER_EVAL)
+        parent = make_run(parent_method(get_method(method).parent), model=model, dataset=dataset, eval=PAPER_EVAL)
     return make_run(method, model=model, dataset=dataset, eval=eval, hparams=hparams, parent=parent)
 
 

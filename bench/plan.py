@@ -4,9 +4,10 @@ Training cost of a run = epochs x seconds per epoch. Seconds per epoch come, in 
 
 1. measured throughput: the median ``seconds_per_epoch`` of finished results of the same method, model, data
    set and batch size in the results folder (on whatever device they ran: the column says so);
-2. declared throughput: AFD Table 5's seconds per epoch for the method on ResNet18 CIFAR-10 (the paper's GPU),
-   scaled by the model's forward FLOPs relative to ResNet18 and by the data set's training pixels relative to
-   CIFAR-10 (50,000 images of 32x32). Methods not in Table 5 have a declared estimate, marked "guess".
+2. declared throughput: the method's ``plan_seconds_per_epoch`` (AFD Table 5's seconds per epoch on ResNet18
+   CIFAR-10, the paper's GPU), scaled by the model's forward FLOPs relative to ResNet18 and by the data set's
+   training pixels relative to CIFAR-10 (50,000 images of 32x32). Methods not in Table 5 declare an estimate,
+   marked "guess".
 
 Evaluation cost comes from measured seconds per image (``metrics.seconds`` of finished results of the same model
 and data set: clean, PGD-20 per step, AutoAttack; the median over runs) when there are any; otherwise it is added
@@ -25,17 +26,7 @@ from bench.config import RunConfig, run_id
 from bench.grids import expand
 from bench.store import CorruptFile, Store
 
-# AFD Table 5: seconds per epoch, ResNet18 CIFAR-10 (the paper's GPU).
-TABLE5_SECONDS_PER_EPOCH = {
-    "standard": 6.0, "pgd_at": 37.0, "trades": 53.0, "free_at": 119.0, "fgsm_ga": 68.0, "atas": 36.0,
-    "vaft": 37.0, "rift": 25.0, "afkd": 40.0, "arrest": 36.0, "afd": 46.0,
-}
-# Not in Table 5: declared from the closest measured method (marked "guess" in the plan).
-GUESSED_SECONDS_PER_EPOCH = {
-    "vaft_d": 42.0,  # vAFT + AFD's disentangler: between vAFT (37) and AFD (46)
-    "vaft_a": 40.0,  # vAFT + feature alignment to the frozen parent: like AFKD (40)
-    "afa": 60.0,  # PGD on a contrastive loss over [x, x_adv] + CE: above TRADES (53)
-}
+# A method that declares no prior (Method.plan_seconds_per_epoch: AFD Table 5's seconds per epoch, or a guess).
 FALLBACK_SECONDS_PER_EPOCH = 50.0
 # Forward GFLOPs (multiply-adds) per 32x32 image, counted with torch.utils.flop_counter on bench.models.
 GFLOPS_32 = {"small_cnn": 0.0576, "resnet18": 0.555, "preact_resnet18": 0.555, "resnet50": 1.298,
@@ -45,6 +36,13 @@ DATASET_SIZE = {"cifar10": (50_000, 32), "cifar100": (50_000, 32), "cifar10-jpeg
                 "tiny-imagenet": (100_000, 64), "digits": (1_437, 8)}
 UNIT_SECONDS = 37.0 / (50_000 * 11)  # one forward+backward of one 32x32 image on ResNet18, paper GPU
 AA_UNITS = 1_500
+
+
+def _prior(method: str) -> tuple[float, bool] | None:
+    """The method's declared (seconds per epoch, guessed); None for a method unknown here (not registered)."""
+    from methods import REGISTRY
+
+    return REGISTRY[method].plan_prior() if method in REGISTRY else None
 
 
 @dataclass
@@ -116,10 +114,9 @@ def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
         if key in measured:
             spe = statistics.median(s for s, _ in measured[key])
             source = f"measured ({measured[key][0][1]})"
-        elif cfg.method in TABLE5_SECONDS_PER_EPOCH:
-            spe, source = TABLE5_SECONDS_PER_EPOCH[cfg.method] * scale, "Table 5 x FLOPs x pixels"
-        elif cfg.method in GUESSED_SECONDS_PER_EPOCH:
-            spe, source = GUESSED_SECONDS_PER_EPOCH[cfg.method] * scale, "guess x FLOPs x pixels"
+        elif (prior := _prior(cfg.method)) is not None:
+            spe = prior[0] * scale
+            source = "guess x FLOPs x pixels" if prior[1] else "Table 5 x FLOPs x pixels"
         else:
             spe, source = FALLBACK_SECONDS_PER_EPOCH * scale, "guess (method unknown to the cost table)"
         if note:

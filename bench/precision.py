@@ -9,8 +9,8 @@ Training precision is an explicit choice, ``train.precision`` (part of the run's
 * ``bf16``: autocast to bfloat16; the fp32 parts stay true fp32.
 * ``fp16``: autocast to float16 with a gradient scaler (``torch.amp.GradScaler``), for GPUs without bf16. The
   scaler needs to see every backward and every optimizer step, so fp16 is accepted only for methods whose update
-  goes through the base ``Method.train_step`` (loss -> backward -> step) or that declare
-  ``supports_grad_scaler`` (see :func:`grad_scaler_support`); other methods are refused in one line. Caveat: the
+  goes through the base ``Method.train_step`` (loss -> backward -> step) or whose ``grad_scaler_problem`` says
+  it scales its own steps; other methods are refused in one line. Caveat: the
   training attacks' input gradients (bench/attacks.py) are not loss-scaled, and in fp16 some underflow to 0 (1.2%
   of them for an untrained small CNN on a batch of 64 random images; none in bf16 or fp32).
 
@@ -23,8 +23,7 @@ verdict (PyTorch then keeps its bf16 matmuls off oneDNN too: ONEDNN_VERBOSE show
 
 ``--compile`` (a runtime option): :func:`compile_model` compiles the model's convolutional trunk in place for
 training, and the final evaluation compiles its private fp32 copy (:func:`compiling`, :func:`maybe_compile`).
-Methods whose step does not survive compilation train eagerly (:func:`compile_problem`: AFD's as-run update,
-FGSM-GA's GradAlign).
+Methods whose step does not survive compilation declare it (``Method.compile_problem``) and train eagerly.
 """
 from __future__ import annotations
 
@@ -327,39 +326,31 @@ def training_context(device: torch.device, precision: str) -> Iterator[None]:
 
 
 # -- fp16: the gradient scaler ------------------------------------------------------------------------------
-def grad_scaler_support(cls: type, hp: Any = None) -> bool:
-    """Whether a method's update can run under a gradient scaler (fp16).
-
-    A method class may declare ``supports_grad_scaler``: True, False, or a function of its hyperparameters
-    (AFD: only ``update_order="joint"``). Undeclared: True exactly when it does not override
-    ``Method.train_step`` (the loop then runs loss -> scaled backward -> scaler.step -> update itself). A class
-    that declares True promises that its own train_step scales every backward with ``self.grad_scaler`` (set by
-    the loop; :func:`backward`), steps every optimizer through it (:func:`step`) and calls ``update()`` once per
-    weight update."""
-    declared = getattr(cls, "supports_grad_scaler", None)
-    if callable(declared):
-        return bool(declared(hp))
-    if declared is not None:
-        return bool(declared)
-    from methods.base import Method
-
-    return getattr(cls, "train_step", None) is Method.train_step
-
-
-def check_method_precision(method: str, hparams: tuple = (), precision: str = "fp16") -> None:
-    """ConfigError (one line) when ``method`` cannot train at ``precision`` (fp16 needs the gradient scaler)."""
+def check_method_precision(cls: type, hp: Any, precision: str) -> None:
+    """ConfigError (one line) when the method class ``cls`` cannot train at ``precision``: fp16 needs the gradient
+    scaler, which a method declares it goes through (``Method.grad_scaler_problem``)."""
     if precision != "fp16":
         return
+    why = cls.grad_scaler_problem(hp)
+    if why:
+        raise ConfigError(f"method {cls.name} does not support fp16: use bf16 or fp32 ({why})")
+
+
+def check_run(cfg: Any) -> None:
+    """A run's values (``RunConfig.validate``) and what its method declares it cannot do at them (fp16 without
+    the gradient scaler), for the run and its parents: ConfigError in one line. Every entry point calls this
+    before anything is written (the command line, grid files, the local and SLURM preflights, the loop)."""
     from methods import get_method, make_hparams
 
-    cls = get_method(method)
-    try:
-        hp = make_hparams(method, tuple(hparams)) if hparams else cls.Hparams()
-    except TypeError:
-        hp = None
-    if not grad_scaler_support(cls, hp):
-        raise ConfigError(f"method {method} does not support fp16: use bf16 or fp32 (its own train_step does not "
-                          "go through the gradient scaler fp16 needs)")
+    cfg.validate()
+    while cfg is not None:
+        cls = get_method(cfg.method)
+        try:
+            hp = make_hparams(cfg.method, tuple(cfg.hparams)) if cfg.hparams else cls.Hparams()
+        except TypeError:  # hyperparameters of another version of the method: reported where they are resolved
+            hp = None
+        check_method_precision(cls, hp, cfg.train.precision)
+        cfg = cfg.parent
 
 
 def make_grad_scaler(precision: str, device: torch.device) -> "torch.amp.GradScaler | None":
@@ -398,8 +389,8 @@ def make_step(method, precision: str, device: torch.device) -> Callable[[Any, An
 
     scaler = make_grad_scaler(precision, device)
     method.grad_scaler = scaler
-    if scaler is not None and not grad_scaler_support(type(method), getattr(method, "hp", None)):
-        raise ConfigError(f"method {method.name} does not support fp16: use bf16 or fp32")
+    if scaler is not None:
+        check_method_precision(type(method), getattr(method, "hp", None), precision)
     base = scaler is not None and type(method).train_step is Method.train_step
 
     def run(batch, info) -> dict:
@@ -436,29 +427,6 @@ def compile_model(model: nn.Module) -> nn.Module:
     for m in heavy or [model]:
         m.compile()
     return model
-
-
-def compile_problem(cls: type, hp: Any = None) -> str | None:
-    """Why a method's training step must not be compiled, or None. A method class may declare
-    ``supports_compile``: True, False, or a function of its hyperparameters; undeclared methods compile, except
-    the built-in ones below, found not to (until they declare it themselves). The loop then trains that run
-    eagerly (its evaluation still compiles: it runs the plain exported model)."""
-    declared = getattr(cls, "supports_compile", None)
-    if callable(declared):
-        declared = declared(hp)
-    if declared is not None:
-        return None if declared else f"method {cls.name} declares it does not support torch.compile"
-    from methods.afd import AFD
-    from methods.fgsm_ga import FGSMGA
-
-    if issubclass(cls, AFD) and getattr(hp, "update_order", "as_run") != "joint":
-        # measured: after 2 compiled steps the weights were 47x their norm away from eager (joint: 6e-8)
-        return (f"{cls.name}'s as-run update backpropagates through weights changed since the forward (StaleGraph's "
-                "saved-tensor hooks), which a compiled backward does not honour")
-    if issubclass(cls, FGSMGA) and getattr(hp, "grad_align_lambda", 0):
-        return ("fgsm_ga's GradAlign penalty backpropagates through an input gradient (create_graph=True), which "
-                "fails compiled ('a leaf Variable that requires grad is being used in an in-place operation')")
-    return None
 
 
 @contextlib.contextmanager

@@ -33,9 +33,6 @@ PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 DASH = "—"
 SANITY = "‡"  # marks a value from a run whose evaluation violated clean >= PGD-20 >= AA (footnote lists them)
 
-METHOD_LABELS = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "free_at": "Free-AT",
-                 "fgsm_ga": "FGSM-GA", "atas": "ATAS", "vaft": "vAFT", "rift": "RiFT", "afkd": "AFKD",
-                 "arrest": "ARREST", "afd": "AFD", "vaft_d": "vAFT+D", "vaft_a": "vAFT+A", "afa": "AFA"}
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny-ImageNet",
                   "cifar10-jpeg": "CIFAR-10 (JPEG)", "digits": "Digits"}
 MODEL_LABELS = {"resnet18": "RN18", "resnet50": "RN50", "wrn34_10": "WRN-34-10", "preact_resnet18": "PreAct-RN18",
@@ -43,7 +40,11 @@ MODEL_LABELS = {"resnet18": "RN18", "resnet50": "RN50", "wrn34_10": "WRN-34-10",
 
 
 def method_label(m: str) -> str:
-    return METHOD_LABELS.get(m, m)
+    """A method's name in tables and figures: its declared ``label`` (a result of a method no longer registered
+    keeps its name)."""
+    from methods import REGISTRY
+
+    return REGISTRY[m].display_label() if m in REGISTRY else m
 
 
 # -- loading --------------------------------------------------------------------------------------------------

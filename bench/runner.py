@@ -15,15 +15,14 @@ from bench.grids import expand
 from bench.models import MODELS, ModelError
 from bench.runtime import Runtime
 from bench.store import CorruptFile, Store
+from bench.precision import check_run
 from bench.train import _result, execute, read_parent_file
-from methods import get_method
 
 
 def preflight(runs: list[RunConfig], rt: Runtime) -> None:
     """Every check that can fail on bad input, before anything is written: names, values, data, results."""
     for cfg in runs:
-        cfg.validate()
-        get_method(cfg.method)
+        check_run(cfg)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
     infos = {}

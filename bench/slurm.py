@@ -579,11 +579,10 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
 def preflight(runs: list[RunConfig]) -> None:
     """Checks that need no data and no device (those are the job's): names and values."""
     from bench.models import MODELS, ModelError
-    from methods import get_method
+    from bench.precision import check_run
 
     for cfg in runs:
-        cfg.validate()
-        get_method(cfg.method)
+        check_run(cfg)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
 

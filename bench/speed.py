@@ -245,7 +245,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
     precision = precision or numerics.fastest_native(dev)
     warmup = max(warmup, 1) if compile else warmup  # the first step compiles: never timed
     for m in methods:  # fp16: only methods whose update goes through the gradient scaler
-        numerics.check_method_precision(m, resolve_hparams(m), precision)
+        numerics.check_method_precision(get_method(m), make_hparams(m, resolve_hparams(m)), precision)
     numerics.warn_if_slow(precision, dev)
     set_threads(threads)
     # Enough images that an epoch outlasts the measurement (the Loader's per-epoch set-up is amortised as in a
@@ -275,7 +275,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = ("vaft", "afd"), 
     flops = {r.name: count_step_flops(r) for r in runners}  # on the eager model: compiled kernels are not counted
     compiled = {}
     for r in runners:  # the suite's steps only: the baseline is the public code's eager fp32 setup
-        why = numerics.compile_problem(type(r.method), r.method.hp) if compile else "not asked"
+        why = type(r.method).compile_problem(r.method.hp) if compile else "not asked"
         compiled[r.name] = why is None
         if why is None:
             numerics.compile_model(r.method.model)

@@ -246,7 +246,7 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     Data-parallel (bench/distributed.py): with ``rt.procs`` > 1 and no world yet, the run is done by that many
     local processes spawned here; a process that is already one rank of a world (torchrun, SLURM tasks) does
     its share directly. Either way the run id, the files and the result are those of a one-process run."""
-    cfg.validate()
+    numerics.check_run(cfg)
     world = distributed.from_env()
     if rt.procs > 1 and not world.active:
         distributed.spawn(_rank_main, (cfg, rt, stop_after_epoch, need_model), rt.procs)
@@ -394,7 +394,7 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
     ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
     step_fn = numerics.make_step(method, cfg.train.precision, device)  # fp16: refused here or given a scaler
     if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
-        why = numerics.compile_problem(cls, hp)
+        why = cls.compile_problem(hp)
         if why is None:
             numerics.compile_model(method.model)
         else:

@@ -1,7 +1,7 @@
 """Training methods, one plugin module each, registered by name. Every plugin is imported here explicitly so
 the registry is complete and a typo in a name fails loudly instead of silently training something else."""
-from methods.base import (REGISTRY, Context, Method, MethodError, StepInfo, get_method, make_hparams, register,
-                          resolve_hparams)
+from methods.base import (REGISTRY, Context, Method, MethodError, StepInfo, get_method, make_hparams, parent_method,
+                          register, resolve_hparams)
 
 from methods import standard, pgd_at, vaft, afd, trades, free_at, fgsm_ga, atas, afkd, arrest, rift, afa  # noqa: E402,F401  (registration)
 
@@ -14,5 +14,5 @@ try:
 except MethodError as _e:  # a broken plugin must not make the package unimportable: the CLI reports it in one line
     plugins.LOAD_ERROR = _e
 
-__all__ = ["REGISTRY", "Context", "Method", "MethodError", "StepInfo", "get_method", "make_hparams", "register",
-           "resolve_hparams"]
+__all__ = ["REGISTRY", "Context", "Method", "MethodError", "StepInfo", "get_method", "make_hparams", "parent_method",
+           "register", "resolve_hparams"]

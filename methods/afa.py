@@ -106,6 +106,9 @@ class _Embed(nn.Module):
 @register
 class AFA(Method):
     name = "afa"
+    label = "AFA"
+    plan_seconds_per_epoch = 60.0  # not in AFD Table 5: PGD on a contrastive loss over [x, x_adv] + CE, above TRADES (53)
+    plan_seconds_guessed = True
     parent = None
     summary = "adversarial feature alignment: adversarial supervised contrastive training (Park et al. 2024)"
     recipe = PGDAT.recipe  # AFA's own recipe is unknown: PGD-AT's (Bag-of-Tricks)

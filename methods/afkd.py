@@ -65,6 +65,8 @@ def stop_tracking_running_stats(model: nn.Module) -> None:
 @register
 class AFKD(Method):
     name = "afkd"
+    label = "AFKD"
+    plan_seconds_per_epoch = 40.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = "natural"
     summary = "adversarial fine-tuning + robustness-guided KD to the natural features (Suzuki et al. 2023)"
     recipe = AFT_RECIPE

@@ -84,6 +84,8 @@ def use_noisy_replay(distance: float | Tensor, iteration: int, total_iterations:
 @register
 class ARREST(AFKD):
     name = "arrest"
+    label = "ARREST"
+    plan_seconds_per_epoch = 36.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     summary = "AFKD + noisy replay when the features drift beyond theta (Suzuki et al. 2023)"
     ranges = {**AFKD.ranges, "theta_deg": Range(0.0, 180.0), "replay_fraction": FRACTION}
 

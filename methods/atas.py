@@ -146,6 +146,8 @@ def scaled_resets(every: int, epochs: int, recipe: int = RECIPE_EPOCHS) -> tuple
 @register
 class ATAS(Method):
     name = "atas"
+    label = "ATAS"
+    plan_seconds_per_epoch = 36.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "ATAS: one-step AT with per-example adaptive step sizes and stored perturbations (Huang et al. 2023)"
     single_step = True

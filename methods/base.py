@@ -110,6 +110,47 @@ class Method:
     # The public code drops the last partial batch of every epoch (FGSM-GA's data.py: drop_last=True).
     drop_last: ClassVar[bool] = False
 
+    # -- capabilities: what the loop, the launchers and the report ask of a method (defaults; override) ---------
+    # The name tables and figures print ("" = ``name``).
+    label: ClassVar[str] = ""
+    # The parent kind this method trains, if it is the one that makes them: "natural" (natural pre-training) or
+    # "adversarial" (PGD-AT). A fine-tuning method's ``parent`` names the kind; the grids train it with the
+    # registered method that ``produces`` it (at most one per kind).
+    produces: ClassVar[str | None] = None
+    # `bench plan`'s prior before anything is measured: seconds per epoch of ResNet18 on CIFAR-10 on the AFD
+    # paper's GPU (its Table 5), or an estimate from the closest measured method (``plan_seconds_guessed``).
+    plan_seconds_per_epoch: ClassVar[float | None] = None
+    plan_seconds_guessed: ClassVar[bool] = False
+
+    @classmethod
+    def display_label(cls) -> str:
+        """``label`` as declared on this class itself: a subclass is another method (a plugin deriving from vAFT
+        is not "vAFT" in a table), so the label and the plan's prior are not inherited."""
+        return vars(cls).get("label") or cls.name
+
+    @classmethod
+    def plan_prior(cls) -> tuple[float, bool] | None:
+        """(seconds per epoch, guessed) as declared on this class itself, or None."""
+        seconds = vars(cls).get("plan_seconds_per_epoch")
+        return None if seconds is None else (float(seconds), bool(vars(cls).get("plan_seconds_guessed", False)))
+
+    @classmethod
+    def compile_problem(cls, hp: Any) -> str | None:
+        """Why this method's training step must not run under torch.compile (one line), or None. The loop then
+        trains that run eagerly (its evaluation still compiles: it runs the plain exported model)."""
+        return None
+
+    @classmethod
+    def grad_scaler_problem(cls, hp: Any) -> str | None:
+        """Why this method cannot train in fp16 with a gradient scaler (one line), or None. Default: fine exactly
+        when the method does not override ``train_step`` (the loop then runs loss -> scaled backward ->
+        scaler.step -> update). A method with its own ``train_step`` that returns None here promises that it
+        scales every backward with ``self.grad_scaler`` (``bench.train.precision.backward``), steps every
+        optimizer through it and calls ``update()`` once per weight update."""
+        if cls.train_step is Method.train_step:
+            return None
+        return "its own train_step does not go through the gradient scaler fp16 needs"
+
     def __init__(self, model: nn.Module, hp: Any, ctx: Context):
         check_ranges(self.name, self.ranges, hp)  # also for Hparams built directly, not through resolve_hparams
         self.hp = hp
@@ -199,6 +240,7 @@ class Method:
 
 # -- registry ----------------------------------------------------------------------------------------------
 REGISTRY: dict[str, type[Method]] = {}
+PARENT_KINDS = (None, "natural", "adversarial")
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -206,10 +248,25 @@ def register(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{cls.__name__}.Hparams must be a frozen dataclass")
     if cls.name in REGISTRY:
         raise ValueError(f"method name '{cls.name}' registered twice ({REGISTRY[cls.name].__name__}, {cls.__name__})")
-    if cls.parent not in (None, "natural", "adversarial"):
+    if cls.parent not in PARENT_KINDS:
         raise ValueError(f"{cls.__name__}.parent must be None, 'natural' or 'adversarial'")
+    produces = vars(cls).get("produces")
+    if produces is not None:
+        if produces not in PARENT_KINDS[1:]:
+            raise ValueError(f"{cls.__name__}.produces must be 'natural' or 'adversarial'")
+        other = [m for m in REGISTRY.values() if vars(m).get("produces") == produces]
+        if other:
+            raise ValueError(f"{cls.__name__} and {other[0].__name__} both produce {produces} parents: one may")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def parent_method(kind: str) -> str:
+    """The registered method that trains parents of ``kind`` ("natural", "adversarial")."""
+    for name, cls in REGISTRY.items():
+        if vars(cls).get("produces") == kind:
+            return name
+    raise MethodError(f"no registered method produces {kind} parents")
 
 
 def get_method(name: str) -> type[Method]:

@@ -151,6 +151,8 @@ def code_init(model: nn.Module, generator: torch.Generator) -> None:
 @register
 class FGSMGA(Method):
     name = "fgsm_ga"
+    label = "FGSM-GA"
+    plan_seconds_per_epoch = 68.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "FGSM training + GradAlign regularizer (Andriushchenko & Flammarion 2020)"
     single_step = True
@@ -171,6 +173,13 @@ class FGSMGA(Method):
         # "code": train.py:90 re-initializes the model with utils.initialize_weights (utils.py:317-330, see
         # code_init); "model": keep the project's model as built
         init: str = "code"
+
+    @classmethod
+    def compile_problem(cls, hp):
+        if not getattr(hp, "grad_align_lambda", 0):
+            return None
+        return ("fgsm_ga's GradAlign penalty backpropagates through an input gradient (create_graph=True), which "
+                "fails compiled ('a leaf Variable that requires grad is being used in an in-place operation')")
 
     def __init__(self, model, hp, ctx):
         super().__init__(model, hp, ctx)

@@ -78,6 +78,8 @@ from methods.base import COUNT, Method, MethodError, register
 @register
 class FreeAT(Method):
     name = "free_at"
+    label = "Free-AT"
+    plan_seconds_per_epoch = 119.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "Free-AT: m minibatch replays with a persistent FGSM perturbation (Shafahi et al. 2019)"
     single_step = True

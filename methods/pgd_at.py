@@ -63,6 +63,9 @@ from methods.base import COUNT, Method, Range, register
 @register
 class PGDAT(Method):
     name = "pgd_at"
+    label = "PGD-AT"
+    produces = "adversarial"
+    plan_seconds_per_epoch = 37.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "PGD-10 adversarial training from scratch (Madry et al. 2018)"
     recipe = TrainConfig(epochs=110, lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, schedule="piecewise",

@@ -260,6 +260,8 @@ def worst_case_loss(model: nn.Module, weight: str, x: Tensor, y: Tensor, *, ball
 @register
 class RiFT(Method):
     name = "rift"
+    label = "RiFT"
+    plan_seconds_per_epoch = 25.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = "adversarial"
     summary = "robust critical fine-tuning: fine-tune the least robust-critical module, interpolate (Zhu et al. 2023)"
     recipe = RIFT_RECIPE

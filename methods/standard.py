@@ -34,6 +34,9 @@ from methods.base import Method, register
 @register
 class Standard(Method):
     name = "standard"
+    label = "Standard"
+    produces = "natural"
+    plan_seconds_per_epoch = 6.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "natural training on clean images (parent of the fine-tuning methods)"
     recipe = TrainConfig(epochs=100, lr=0.1, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))

@@ -76,6 +76,8 @@ def trades_objective(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: fl
 @register
 class TRADES(Method):
     name = "trades"
+    label = "TRADES"
+    plan_seconds_per_epoch = 53.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = None
     summary = "TRADES: clean CE + beta * KL(f(x) || f(x_adv)) (Zhang et al. 2019)"
     # train_trades_cifar10.py: 76 epochs, lr 0.1 -> 0.01 for (1-based) epochs 75-76, wd 2e-4, momentum 0.9, batch 128

@@ -60,6 +60,8 @@ def _mean_ce(logits: Tensor, y: Tensor) -> Tensor:
 @register
 class VAFT(Method):
     name = "vaft"
+    label = "vAFT"
+    plan_seconds_per_epoch = 37.0  # AFD Table 5 (ResNet18 CIFAR-10, the paper's GPU)
     parent = "natural"
     summary = "vanilla adversarial fine-tuning: PGD-10 CE from the natural model (Jeddi et al. 2020)"
     recipe = AFT_RECIPE

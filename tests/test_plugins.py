@@ -45,7 +45,7 @@ def test_entry_point_plugin_is_listed_with_its_origin(installed):
 def test_the_plugins_own_test_passes(installed):
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
                          cwd=EXAMPLE, env=installed, capture_output=True, text=True)
-    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -123,11 +123,15 @@ def test_fp16_is_refused_for_a_method_with_its_own_step(capsys):
     assert main(["run", "--grid", "demo", "--set", "train.precision=fp16", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "method afd does not support fp16: use bf16 or fp32" in err
+    from methods import get_method
+
     for name in ("free_at", "fgsm_ga", "pgd_at", "afd"):
+        cls = get_method(name)
         with pytest.raises(ConfigError, match=f"method {name} does not support fp16"):
-            P.check_method_precision(name, (), "fp16")
+            P.check_method_precision(cls, cls.Hparams(), "fp16")
     for name in ("standard", "vaft", "trades", "afkd", "arrest", "rift"):
-        P.check_method_precision(name, (), "fp16")  # base train_step: loss -> scaled backward -> scaler.step
+        cls = get_method(name)  # base train_step: loss -> scaled backward -> scaler.step
+        P.check_method_precision(cls, cls.Hparams(), "fp16")
     # the same runs are fine in bf16
     assert main(["run", "--grid", "demo", "--set", "train.precision=bf16", "--dry-run"]) == 0
 
@@ -139,12 +143,19 @@ def test_grad_scaler_support_can_be_declared():
         def train_step(self, batch, step):  # pragma: no cover - never run
             return {}
 
-    assert not P.grad_scaler_support(Custom)
-    Custom.supports_grad_scaler = True
-    assert P.grad_scaler_support(Custom)
-    Custom.supports_grad_scaler = staticmethod(lambda hp: hp == "joint")  # e.g. AFD: only update_order="joint"
-    assert P.grad_scaler_support(Custom, "joint") and not P.grad_scaler_support(Custom, "as_run")
-    assert P.grad_scaler_support(Method)
+    assert Custom.grad_scaler_problem(None) is not None  # its own step: refused unless it says otherwise
+    assert Method.grad_scaler_problem(None) is None
+
+    class Declared(Custom):  # e.g. a method whose step scales only in one update order
+        name = "declared"
+
+        @classmethod
+        def grad_scaler_problem(cls, hp):
+            return None if hp == "joint" else "scales only the joint update"
+
+    assert Declared.grad_scaler_problem("joint") is None and Declared.grad_scaler_problem("as_run")
+    with pytest.raises(ConfigError, match="scales only the joint update"):
+        P.check_method_precision(Declared, "as_run", "fp16")
 
 
 def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folder):
@@ -304,17 +315,19 @@ def test_methods_that_cannot_be_compiled_train_eagerly():
     from methods import get_method
 
     afd = get_method("afd")
-    assert "StaleGraph" in P.compile_problem(afd, afd.Hparams())
-    assert P.compile_problem(afd, dataclasses.replace(afd.Hparams(), update_order="joint")) is None
-    assert P.compile_problem(get_method("vaft_a"), get_method("vaft_a").Hparams()) is not None
-    assert "GradAlign" in P.compile_problem(get_method("fgsm_ga"), get_method("fgsm_ga").Hparams())
+    assert "StaleGraph" in afd.compile_problem(afd.Hparams())
+    assert afd.compile_problem(dataclasses.replace(afd.Hparams(), update_order="joint")) is None
+    assert get_method("vaft_a").compile_problem(get_method("vaft_a").Hparams()) is not None
+    assert "GradAlign" in get_method("fgsm_ga").compile_problem(get_method("fgsm_ga").Hparams())
     for name in ("standard", "vaft", "pgd_at", "trades", "free_at"):
-        assert P.compile_problem(get_method(name), get_method(name).Hparams()) is None
+        assert get_method(name).compile_problem(get_method(name).Hparams()) is None
 
     class Declared(afd):
-        supports_compile = staticmethod(lambda hp: True)
+        @classmethod
+        def compile_problem(cls, hp):
+            return None
 
-    assert P.compile_problem(Declared, afd.Hparams()) is None
+    assert Declared.compile_problem(afd.Hparams()) is None
 
 
 @pytest.mark.slow

@@ -42,3 +42,12 @@ def test_loss_is_vaft_plus_weighted_clean_ce():
 def test_inherits_vafts_parent_and_recipe():
     cls, vaft = get_method("vaft_clean"), get_method("vaft")
     assert cls.parent == vaft.parent and cls.recipe == vaft.recipe
+
+
+def test_declares_its_capabilities():
+    cls = get_method("vaft_clean")
+    assert cls.display_label() == "vAFT+clean" and cls.plan_prior() == (38.0, True)
+    hp = make_hparams("vaft_clean", resolve_hparams("vaft_clean"))
+    # inherited from vAFT: the base train_step, so the gradient scaler (fp16) and torch.compile are fine
+    assert cls.grad_scaler_problem(hp) is None and cls.compile_problem(hp) is None
+    assert vars(cls).get("produces") is None  # it trains no parents
