@@ -13,7 +13,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.config import PRECISIONS, ConfigError, coerce_like, EvalConfig, RunConfig, TrainConfig, replace_path, run_id
+from bench.core.config import (
+    PRECISIONS,
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    coerce_like,
+    replace_path,
+    run_id,
+)
 from methods import REGISTRY, get_method, resolve_hparams
 
 
@@ -86,7 +95,7 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
             raise UsageError(f"--set '{item}' is malformed: write --set key=value, e.g. --set train.epochs=2")
         key, value = key.strip(), parse_value(text)
         if key == "parent_file":  # fine-tune the user's own checkpoint instead of a trained parent run
-            from bench.config import with_parent_file
+            from bench.core.config import with_parent_file
 
             fine = [i for i, cfg in enumerate(runs) if get_method(cfg.method).parent is not None]
             if not fine:
@@ -102,7 +111,7 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
         if not hit:
             raise UsageError(f"--set {key}: no run of this grid has that hyperparameter")
         runs = out
-    from bench.precision import check_run
+    from bench.train.precision import check_run
 
     for cfg in runs:
         check_run(cfg)
@@ -111,7 +120,7 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
 
 # -- commands ----------------------------------------------------------------------------------------------
 def _runtime(args) -> "Runtime":
-    from bench.runtime import Runtime
+    from bench.core.runtime import Runtime
 
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
                    device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
@@ -139,19 +148,19 @@ def _procs(args) -> int:
 
 
 def _grid_runs(args) -> list[RunConfig]:
-    from bench.grids import get_grid
+    from bench.grid.grids import get_grid
 
     return apply_sets(get_grid(args.grid, args.seeds), args.set or [])
 
 
 def cmd_run(args) -> int:
-    from bench.report import report
-    from bench.runner import run_local
+    from bench.grid.runner import run_local
+    from bench.report.tables import report
 
     runs = _grid_runs(args)
     rt = _runtime(args)
     if args.executor == "slurm":
-        from bench.slurm import run_slurm, wait
+        from bench.grid.slurm import run_slurm, wait
 
         plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run)
         if args.wait and not args.dry_run:
@@ -161,7 +170,7 @@ def cmd_run(args) -> int:
             return cmd_status(args)
         return 0
     if args.dry_run:
-        from bench.grids import expand
+        from bench.grid.runs import expand
 
         for cfg in expand(runs):
             print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
@@ -175,10 +184,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.report import report
+    from bench.report.tables import report
 
     if args.claims:
-        from bench.claims import claims
+        from bench.report.claims import claims
 
         out = claims(args.grid, Path(args.results))
     else:
@@ -194,7 +203,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bench.plots import FIG1_METHODS, plot
+    from bench.report.plots import FIG1_METHODS, plot
 
     methods = FIG1_METHODS if args.methods is None else (
         None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
@@ -209,7 +218,7 @@ def cmd_plot(args) -> int:
 def cmd_status(args) -> int:
     """Per run (parents included): done / running / queued / failed (reason) / corrupt / missing, from the result
     files, local locks and the SLURM queue (jobs recorded by `bench run --executor slurm`)."""
-    from bench.slurm import grid_status
+    from bench.grid.slurm import grid_status
 
     statuses = grid_status(_grid_runs(args), Path(args.results))
     counts: dict[str, int] = {}
@@ -224,7 +233,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from bench.plan import render
+    from bench.grid.plan import render
 
     if args.gpus_per_run < 1:
         raise UsageError(f"--gpus-per-run must be >= 1 (got {args.gpus_per_run})")
@@ -233,9 +242,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.data import DATASETS
-    from bench.grids import GRIDS
-    from bench.models import MODELS
+    from bench.data.datasets import DATASETS
+    from bench.grid.grids import GRIDS
+    from bench.models.architectures import MODELS
     from methods import plugins
 
     print("methods:")
@@ -254,7 +263,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bench.evalrun import evaluate, make_spec, render
+    from bench.eval.standalone import evaluate, make_spec, render
 
     eps = parse_value(args.eps)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
@@ -268,11 +277,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    from bench.speed import measure, render, to_json
+    from bench.perf.speed import measure, render, to_json
 
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly
-        from bench.speed_eval import measure_eval, render_eval
+        from bench.perf.speed_eval import measure_eval, render_eval
 
         if args.checkpoint is not None and not Path(args.checkpoint).is_file():
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
@@ -440,14 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed one usage line; keep its exit code 2
         return int(e.code or 0)
-    from bench.data import DataError
-    from bench.models import ModelError
+    from bench.data.datasets import DataError
+    from bench.models.architectures import ModelError
 
     try:
-        from methods import plugins
+        from methods import base, plugins
 
-        if plugins.LOAD_ERROR is not None:
-            raise plugins.LOAD_ERROR
+        if base.PLUGIN_LOAD_ERROR is not None:
+            raise base.PLUGIN_LOAD_ERROR
         plugins.load_modules(getattr(args, "plugin", None) or [])
         return args.func(args)
     except (ConfigError, DataError, ModelError) as e:

@@ -61,9 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.config import TrainConfig
-from bench.models import feature_extractor_and_head
-from methods.base import COUNT, Method, MethodError, POSITIVE, Range, WEIGHT, register
+from bench.models.architectures import feature_extractor_and_head
+from methods.base import COUNT, POSITIVE, WEIGHT, Method, MethodError, Range, register
 from methods.pgd_at import PGDAT
 
 

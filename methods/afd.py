@@ -100,9 +100,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.config import TrainConfig
-from bench.models import feature_extractor_and_head
-from methods.base import COUNT, FeatureMap, Method, OneOf, Range, WEIGHT, angular_distance, register
+from bench.core.config import TrainConfig
+from bench.models.architectures import feature_extractor_and_head
+from methods.base import COUNT, WEIGHT, FeatureMap, Method, OneOf, Range, angular_distance, register
 
 AFD_RECIPE = TrainConfig(epochs=20, lr=0.025, weight_decay=5e-4, schedule="aft", ema=True)
 UPDATE_ORDERS = ("as_run", "joint")

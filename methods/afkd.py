@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.models import feature_extractor_and_head
+from bench.models.architectures import feature_extractor_and_head
 from methods.base import COUNT, WEIGHT, Method, angular_distance, register
 from methods.vaft import AFT_RECIPE, aft_pgd
 

@@ -20,7 +20,7 @@ side of the threshold and the window's last and first iterations at 20 epochs (t
 
 Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
 - Window. ARREST.py's ``epoch <= 10`` of 20 is written as the first ``replay_fraction`` = 0.5 of the run's
-  ITERATIONS, placed as every schedule milestone (bench.schedules.milestone_iteration): exactly epochs 1-10 at 20
+  ITERATIONS, placed as every schedule milestone (bench.core.schedules.milestone_iteration): exactly epochs 1-10 at 20
   epochs (iterations 0-789 of 1,580 at 79 per epoch), and a scaled run keeps both phases: at 79 iterations per
   epoch, 1 epoch replays in iterations 0-39, 2 epochs in 0-78, 3 epochs in 0-117 (the previous whole-epoch rule:
   never at 1 epoch, the first epoch only at 3).
@@ -36,7 +36,7 @@ Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
 - The threshold comparison is done in d's own precision, as the code's ``tensor >= float`` (float32 in fp32
   training; under bf16 autocast the features are cast to float32 before the cosine).
 - Noise branch: trained on clamp(x + U(-eps, eps)), the attack's start, clamped (189) whatever ``clamp_start``
-  says (which only concerns the PGD branch); its random numbers are drawn exactly as bench.attacks.pgd draws its
+  says (which only concerns the PGD branch); its random numbers are drawn exactly as bench.eval.attacks.pgd draws its
   start, so both branches consume the same random numbers.
 - The code computes the teacher's features twice per step (167 and 194), with equal values (same x, same mode);
   ours once. Its running statistics, updated by each, are never read (methods/afkd.py).
@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.distributed import global_mean
-from bench.schedules import milestone_iteration
+from bench.core.distributed import global_mean
+from bench.core.schedules import milestone_iteration
 from methods.afkd import AFKD, upcast
 from methods.base import FRACTION, Range, angular_distance, register
 from methods.vaft import aft_pgd
@@ -60,7 +60,7 @@ from methods.vaft import aft_pgd
 def replay_window_end(total_iterations: int, replay_fraction: float) -> int:
     """The first iteration (0-based) at which noisy replay is no longer allowed: the window is the first
     ``replay_fraction`` of the run's iterations, ARREST.py's ``epoch <= 10`` of 20 epochs (line 175) at the
-    code's scale. Placed like every schedule milestone (bench.schedules.milestone_iteration): at 20 epochs
+    code's scale. Placed like every schedule milestone (bench.core.schedules.milestone_iteration): at 20 epochs
     exactly the end of epoch 10, and any run of >= 2 iterations has a replay phase and a non-replay phase."""
     if replay_fraction <= 0:
         return 0
@@ -113,7 +113,7 @@ class ARREST(AFKD):
         # the running statistics the second forward would update are not tracked, see methods/afkd.py).
         target = self.teacher_features(x)
         d = self.replay_distance(x, target)
-        # data-parallel runs: d of the global batch, so that every rank takes the same branch (bench/distributed.py)
+        # data-parallel runs: d of the global batch, so that every rank takes the same branch (bench/core/distributed.py)
         d = global_mean(d, x.shape[0])
         # The one host synchronisation of a step in the suite's methods, inherent to ARREST: whether this batch is
         # attacked at all depends on d (ARREST.py decides per batch in Python too).
@@ -122,7 +122,7 @@ class ARREST(AFKD):
                                  hp.replay_fraction)
         if noise:
             # ARREST.py:173, 175-176, 189: PGD's random start x + U(-eps, eps), not attacked, clamped to [0, 1].
-            # Drawn exactly as bench.attacks.pgd draws its start, so both branches consume the same random numbers.
+            # Drawn exactly as bench.eval.attacks.pgd draws its start, so both branches consume the same random numbers.
             u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
             x_train = (x + (2.0 * u - 1.0) * self.ctx.eps).clamp(0.0, 1.0)
         else:

@@ -44,7 +44,7 @@ of the 30-epoch recipe; a run of E epochs keeps every phase the recipe has:
   [2, E - 1]; duplicates merge. A reset needs an epoch that is neither the first (a redraw before epoch 1 is the
   initial draw) nor the last (the code never resets before its last epoch, ATAS.py:165), so runs of E >= 3 have at
   least one and E <= 2 none. E = 3: warm-up epoch 1, reset before epoch 2; E = 30: 10 and 20, as the code.
-- lr: ``recipe.milestones`` (24/30, 28/30) of the run's ITERATIONS (bench/schedules.py), as the code's MultiStepLR
+- lr: ``recipe.milestones`` (24/30, 28/30) of the run's ITERATIONS (bench/core/schedules.py), as the code's MultiStepLR
   in iterations; at E = 30 exactly iterations 24 and 28 x len(loader).
 
 Logged per step (the loop averages them per epoch): ``step_size`` (mean alpha), ``step_at_min`` / ``step_at_max``
@@ -82,7 +82,7 @@ same initial weights, batches, crops and initial delta; step sizes in /255, per 
 - Buffers follow the model's dtype (float32 in training: 960 MB for CIFAR-10 train, 6.2 GB for Tiny-ImageNet at
   72x72, checkpointed with the run). The code keeps float32 for CIFAR and float16 only for its resized ImageNet; we
   did not establish that half precision leaves the adaptive step sizes unchanged, so we do not use it.
-- Padding must match the loader's (bench.data.Loader pad=4, as the code's Pad(4)); without augmentation the
+- Padding must match the loader's (bench.data.datasets.Loader pad=4, as the code's Pad(4)); without augmentation the
   un-padded centre of the buffer is used (the code always augments).
 - The padded border of delta is drawn U(-eps, eps) like the rest, as in the code; pixels read from it are added
   to the zero padding and clamped to [0, 1], so after a write-back they hold [0, eps].
@@ -95,16 +95,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.attacks import _attack_context  # eval mode + frozen weights for the input gradient, restored after
-from bench.config import TrainConfig
-from methods.base import COUNT, FRACTION, Method, MethodError, POSITIVE, Range, register
+from bench.core.config import TrainConfig
+from bench.core.distributed import merge_latest
+from bench.eval.attacks import _attack_context
+from methods.base import COUNT, FRACTION, POSITIVE, Method, MethodError, Range, register
 
-PAD = 4  # bench.data.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
+PAD = 4  # bench.data.datasets.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
 RECIPE_EPOCHS = 30  # ATAS_CIFAR.sh:9
 
 
 def crop_index(dx: Tensor, dy: Tensor, flip: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
-    """(rows (B, H), cols (B, W)) into the padded image: the same map as bench.data.augment_crop_flip."""
+    """(rows (B, H), cols (B, W)) into the padded image: the same map as bench.data.datasets.augment_crop_flip."""
     b, dev = dx.shape[0], dx.device
     rows = dy.view(b, 1) + torch.arange(h, device=dev).view(1, h)
     cols = torch.arange(w, device=dev).view(1, w).expand(b, w)
@@ -184,7 +185,7 @@ class ATAS(Method):
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.delta = self._uniform(-1)  # ATAS.py:154: U(-eps, eps) once before training
         self.v = torch.zeros(n, device=ctx.device, dtype=self.dtype)  # ATAS.py:162
-        # Data-parallel runs: the global step at which this rank last wrote each example (bench/distributed.py)
+        # Data-parallel runs: the global step at which this rank last wrote each example (bench/core/distributed.py)
         self.stamp = torch.full((n,), -1.0, dtype=torch.float64, device=ctx.device)
 
     # -- schedule of the state ----------------------------------------------------------------------------------
@@ -249,7 +250,6 @@ class ATAS(Method):
                 "step_at_min": at_min, "step_at_max": at_max, "grad_norm": gnorm2.sqrt().mean()}
 
     def sync_state(self, world):
-        from bench.distributed import merge_latest
 
         stamp = self.stamp.clone()
         merge_latest(self.delta, stamp)  # every example's buffers from the rank that trained on it

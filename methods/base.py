@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.attacks import pgd
-from bench.config import ConfigError, TrainConfig, coerce_like
-from bench.data import Batch, DatasetInfo, Split
-from bench.evaluate import FeatureMap  # noqa: F401  (also the base of methods' gap_features overrides)
+from bench.core.config import ConfigError, TrainConfig, coerce_like
+from bench.data.datasets import Batch, DatasetInfo, Split
+from bench.eval.attacks import pgd
+from bench.eval.evaluator import FeatureMap  # noqa: F401  (also the base of methods' gap_features overrides)
 
 
 class MethodError(ConfigError):
@@ -105,7 +105,7 @@ class Method:
     # Every numeric and choice hyperparameter of a built-in method has one (tests/test_methods.py).
     ranges: ClassVar[dict[str, "Range | OneOf"]] = {}
     # One gradient step per example for its attack (Free-AT, FGSM-GA, ATAS): the loop then probes FGSM vs PGD
-    # accuracy after every epoch and records catastrophic overfitting (bench/train.py).
+    # accuracy after every epoch and records catastrophic overfitting (bench/train/loop.py).
     single_step: ClassVar[bool] = False
     # The public code drops the last partial batch of every epoch (FGSM-GA's data.py: drop_last=True).
     drop_last: ClassVar[bool] = False
@@ -145,7 +145,7 @@ class Method:
         """Why this method cannot train in fp16 with a gradient scaler (one line), or None. Default: fine exactly
         when the method does not override ``train_step`` (the loop then runs loss -> scaled backward ->
         scaler.step -> update). A method with its own ``train_step`` that returns None here promises that it
-        scales every backward with ``self.grad_scaler`` (``bench.train.precision.backward``), steps every
+        scales every backward with ``self.grad_scaler`` (``bench.train.loop.precision.backward``), steps every
         optimizer through it and calls ``update()`` once per weight update."""
         if cls.train_step is Method.train_step:
             return None
@@ -203,9 +203,9 @@ class Method:
         """Called before each epoch (also the first epoch after a resume)."""
 
     def sync_state(self, world: Any) -> None:
-        """Data-parallel runs (bench/distributed.py): called on every rank at each epoch's end, before the
+        """Data-parallel runs (bench/core/distributed.py): called on every rank at each epoch's end, before the
         checkpoint. Make the extra state whole on every rank when ranks wrote different parts of it (ATAS's
-        per-example buffers, Free-AT's per-position perturbation: ``bench.distributed.merge_latest``). Default:
+        per-example buffers, Free-AT's per-position perturbation: ``bench.core.distributed.merge_latest``). Default:
         nothing (state that every rank computes alike)."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -241,6 +241,8 @@ class Method:
 # -- registry ----------------------------------------------------------------------------------------------
 REGISTRY: dict[str, type[Method]] = {}
 PARENT_KINDS = (None, "natural", "adversarial")
+# Set by methods/__init__.py when an installed plugin failed to load: named where a method is not found.
+PLUGIN_LOAD_ERROR: MethodError | None = None
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -273,9 +275,7 @@ def get_method(name: str) -> type[Method]:
     try:
         return REGISTRY[name]
     except KeyError:
-        from methods import plugins
-
-        why = f" (a plugin failed to load: {plugins.LOAD_ERROR})" if plugins.LOAD_ERROR else ""
+        why = f" (a plugin failed to load: {PLUGIN_LOAD_ERROR})" if PLUGIN_LOAD_ERROR else ""
         raise MethodError(f"unknown method '{name}'; known: {', '.join(sorted(REGISTRY))}{why}") from None
 
 

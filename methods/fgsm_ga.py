@@ -82,9 +82,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench import schedules
-from bench.config import TrainConfig
-from methods.base import Method, MethodError, OneOf, WEIGHT, register
+from bench.core import schedules
+from bench.core.config import TrainConfig
+from methods.base import WEIGHT, Method, MethodError, OneOf, register
 
 
 def input_grad(model, x: Tensor, y: Tensor, *, create_graph: bool = False) -> Tensor:

@@ -38,7 +38,7 @@ makes them):
   weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75)): our milestones are fractions of the replay
   steps, so they fall where TF's do; the input clip is not implemented.
 - Per-replay lr AND momentum (fixed: momentum used to stay at 0.9): train_step sets both at every replay from the
-  pure schedule (bench.schedules, cycle_momentum=True in the recipe). Measured against torch's CyclicLR built and
+  pure schedule (bench.core.schedules, cycle_momentum=True in the recipe). Measured against torch's CyclicLR built and
   stepped as above over the full CIFAR-10 run (10 x 391 x 8 = 31,280 replays): max |lr difference| 1.4e-17, max
   |momentum difference| 1.1e-16. CyclicLR's top momentum is 0.9 whatever --momentum says; ours is
   train.momentum (0.9 unless a grid changes it).
@@ -70,8 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import TrainConfig
-from bench import schedules
+from bench.core import schedules
+from bench.core.config import TrainConfig
+from bench.core.distributed import merge_latest
 from methods.base import COUNT, Method, MethodError, register
 
 
@@ -109,7 +110,7 @@ class FreeAT(Method):
         # follows the training inputs' (set at the first step: float64 in the differential tests).
         self.delta = torch.zeros(ctx.train_cfg.batch_size, info.channels, info.image_size, info.image_size,
                                  device=ctx.device)
-        # Data-parallel runs: the global step at which this rank last wrote each position (bench/distributed.py)
+        # Data-parallel runs: the global step at which this rank last wrote each position (bench/core/distributed.py)
         self.stamp = torch.full((ctx.train_cfg.batch_size,), -1.0, dtype=torch.float64, device=ctx.device)
 
     def _set_replay_lr(self, step, r: int) -> None:
@@ -145,7 +146,6 @@ class FreeAT(Method):
         return {"loss": loss.detach(), "adv_acc": (logits.argmax(1) == y).float().mean()}
 
     def sync_state(self, world):
-        from bench.distributed import merge_latest
 
         merge_latest(self.delta, self.stamp)  # each position as the rank that last wrote it left it
 

@@ -24,7 +24,6 @@ from methods.base import REGISTRY, MethodError
 ENTRY_POINT_GROUP = "afd_bench.methods"
 ENV = "BENCH_PLUGINS"
 _SOURCES: dict[str, str] = {}  # module name -> how it was loaded
-LOAD_ERROR: MethodError | None = None  # set by methods/__init__.py when an installed plugin failed to load
 
 
 def _import(module: str, how: str) -> None:

@@ -8,7 +8,7 @@ Starting from an adversarially trained model theta_AT (a PGD-AT run), three stag
         ResNet34   CIFAR-10/100 layer2.3.conv2,        Tiny-ImageNet layer3.5.conv2
         WRN-34-10  CIFAR-10 block1.layer.3.conv2,      CIFAR-100 and Tiny-ImageNet block1.layer.2.conv2
     and that module is what they fine-tuned (README demo: ``main.py --layer=layer2.1.conv2``). Our ``resnet18`` and
-    ``wrn34_10`` use the same module names for the same layers (bench/models.py; RiFT/models/resnet.py ResNet18 =
+    ``wrn34_10`` use the same module names for the same layers (bench/models/architectures.py; RiFT/models/resnet.py ResNet18 =
     BasicBlock [2, 2, 2, 2], RiFT/models/wide_resnet.py depth 34 -> 5 blocks per stage, widths 16/160/320/640), so
     the table applies as it is (rule ``published``; ``cifar10-jpeg``, CIFAR-10 re-encoded, counts as CIFAR-10).
     Elsewhere (small_cnn, preact_resnet18, resnet50, zoo models, other data sets) the module is the argmin of the
@@ -110,11 +110,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.attacks import pgd
-from bench.config import EvalConfig, TrainConfig
-from bench.data import Split
-from bench.evaluate import Evaluator
-from bench.models import BasicBlock, ResNet, WideResNet, feature_extractor_and_head
+from bench.core.config import EvalConfig, TrainConfig
+from bench.data.datasets import Split
+from bench.eval.attacks import pgd
+from bench.eval.evaluator import Evaluator
+from bench.models.architectures import BasicBlock, ResNet, WideResNet, feature_extractor_and_head
 from methods.base import COUNT, POSITIVE, Method, MethodError, OneOf, Range, register
 
 # main.py defaults: SGDM lr 0.001, momentum 0.9, wd 5e-4, 10 epochs, MultiStepLR([epochs // 2], gamma 0.1), batch 128.
@@ -318,7 +318,7 @@ class RiFT(Method):
         if hp.module:
             self._set_module(hp.module, "hparam")
         elif hp.module_rule == "published" and published is not None:
-            if published not in self.candidates:  # pragma: no cover - the table and bench/models.py agree
+            if published not in self.candidates:  # pragma: no cover - the table and bench/models/architectures.py agree
                 raise MethodError(f"rift: published module {published} is not in {type(model).__name__}")
             self._set_module(published, "published")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 from methods.base import Method, register
 
 

@@ -4,7 +4,7 @@ Robustness and Accuracy").
 Equations: the inner maximization
     x' = argmax_{||x' - x||_inf <= eps} KL(f(x) || f(x'))
 by 10 sign steps of 0.007 from x + 0.001 N(0, I) (each step projected onto the eps-ball, then onto [0, 1]), the
-model in eval mode and the target f(x) fixed during the attack (``bench.attacks.pgd(loss="kl")``); then, the
+model in eval mode and the target f(x) fixed during the attack (``bench.eval.attacks.pgd(loss="kl")``); then, the
 model in train mode,
     L = CE(f(x), y) + beta * (1/B) sum_i KL(softmax f(x_i) || softmax f(x'_i)),   beta = 6.
 The KL target softmax f(x) is NOT detached: the regularizer also pulls f(x) towards f(x'), as in the code.
@@ -48,7 +48,7 @@ Fidelity notes:
 - eps: the code's 0.031; we use the run's eps (8/255 = 0.03137).
 - The code draws the start noise in float32 from the global CPU generator; we draw it in the input's dtype on
   its device (identical on a CPU fp32 run; on a GPU, the same distribution from another stream).
-- Data: crop (zero padding 4) + flip as the code (bench.data); the code's torchvision loader, not ours.
+- Data: crop (zero padding 4) + flip as the code (bench.data.datasets); the code's torchvision loader, not ours.
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import TrainConfig
-from methods.base import COUNT, Method, Range, WEIGHT, register
+from bench.core.config import TrainConfig
+from methods.base import COUNT, WEIGHT, Method, Range, register
 
 
 def trades_objective(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float,
@@ -94,7 +94,7 @@ class TRADES(Method):
         clamp_start: bool = False  # trades.py:31-38: first gradient at the unclamped x + 0.001 N(0, 1)
 
     def loss(self, batch, step):
-        # bench.attacks.pgd(loss="kl") is TRADES' attack (trades.py:28-41): eval mode, 0.001 Gaussian start,
+        # bench.eval.attacks.pgd(loss="kl") is TRADES' attack (trades.py:28-41): eval mode, 0.001 Gaussian start,
         # summed KL to the fixed eval-mode f(x), sign steps, projection onto the ball and [0, 1]; modes restored.
         x_adv = self.pgd(batch.x, None, steps=self.hp.steps, step_size=self.hp.step_size, loss="kl",
                          clamp_start=self.hp.clamp_start)

@@ -19,11 +19,11 @@ Fidelity notes (measured with scripts/measure_aft.py on the CPU grid's setting: 
 training images, batches of 128, a natural parent trained 4 epochs, 50.7% clean):
 - The AAAI text says lr 0.0025; ARREST.py (53) and every run name say 0.025: we take 0.025 (a typo in the text).
 - Jeddi et al.'s own "slow start, fast decay" numbers were not found; we follow ARREST.py's schedule, written as a
-  fraction of the run's iterations (bench/schedules.py): exactly the code's lr per epoch at 20 epochs.
+  fraction of the run's iterations (bench/core/schedules.py): exactly the code's lr per epoch at 20 epochs.
 - Attack start (as run, ``clamp_start=False``): the first gradient is taken at the unclamped x + U(-eps, eps).
   8.1% of the start's pixels lie outside [0, 1] (7.8-8.4% over 5 batches) and 20.1% of the pixels of x'
   (19.6-20.6%) differ from a start clamped first (``clamp_start=True``, the previous default here).
-- Attack loss: ARREST.py ascends the batch-MEAN cross-entropy (181), and so do we (bench.attacks.pgd's default
+- Attack loss: ARREST.py ascends the batch-MEAN cross-entropy (181), and so do we (bench.eval.attacks.pgd's default
   is the sum). Only the gradient's sign is used: with batches of 128 (and the last of 16) the mean is the sum
   times a power of two, exact in floating point, and 0 pixels of x' differ (5 batches); with batches of 100 (not a
   power of two; CIFAR's last batch has 80) 0.025% of the pixels differ (0, 0.076%, 0 over 3 batches).
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import TrainConfig
+from bench.core.config import TrainConfig
 from methods.base import COUNT, WEIGHT, Method, register
 
 # The fine-tuning recipe shared by vAFT, AFKD, ARREST and AFD (AFD/ARREST code).

@@ -43,8 +43,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def tiny_run(method: str, dataset: str, *, epochs=2, parent_epochs=2, seed=0, hparams=None, **eval_kw):
-    from bench.config import EvalConfig
-    from bench.grids import make_run
+    from bench.core.config import EvalConfig
+    from bench.grid.runs import make_run
 
     ev = EvalConfig(n_clean=12, n_pgd=12, n_aa=eval_kw.pop("n_aa", 0), pgd_steps=eval_kw.pop("pgd_steps", 3),
                     batch_size=12, n_gap=12, **eval_kw)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import EvalConfig, RunConfig, TrainConfig, run_id, to_dict  # noqa: E402
+from bench.core.config import EvalConfig, RunConfig, TrainConfig, run_id, to_dict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "report"
 RESULTS = HERE / "results"
@@ -95,7 +95,7 @@ SECONDS = {"standard": 6.0, "pgd_at": 37.0, "trades": 53.0, "free_at": 119.0, "f
 
 
 def write(runs: list[RunConfig]) -> None:
-    from bench.grids import expand
+    from bench.grid.runs import expand
 
     for c in expand(runs):
         rid = run_id(c)

@@ -1,4 +1,4 @@
-"""Tests for bench.attacks: threat-model guarantees, model-state hygiene, and AutoAttack's worst case.
+"""Tests for bench.eval.attacks: threat-model guarantees, model-state hygiene, and AutoAttack's worst case.
 
 The AutoAttack tests use a LINEAR model on well-separated synthetic data, where the exact L-inf robustness of
 every example has a closed form; this lets us check AutoAttack's flags against ground truth and, because
@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.attacks import autoattack, fgsm, pgd
+from bench.eval.attacks import autoattack, fgsm, pgd
 
 EPS = 8 / 255
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.checkpoints import load_into, read_state_dict
-from bench.config import ConfigError
-from bench.models import build_model
-from bench.store import content_digest
+from bench.core.checkpoints import load_into, read_state_dict
+from bench.core.config import ConfigError
+from bench.models.architectures import build_model
+from bench.core.store import content_digest
 
 
 def _model(seed=0, classes=10):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bench.cli import apply_sets, main, parse_value
-from bench.grids import get_grid
+from bench.grid.grids import get_grid
 from conftest import REPO
 
 
@@ -71,7 +71,7 @@ def _bad_setup(tmp_path, argv: list[str], results):
     val_annotations.txt under the data root, a regular file, and a parent model file of the wrong kind."""
     import torch
 
-    from bench.config import run_id
+    from bench.core.config import run_id
     from conftest import write_tiny_folder
 
     data = tmp_path / "data"
@@ -115,7 +115,7 @@ def _snapshot(root):
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv, message):
     """Each bad input: one stderr line naming the problem, exit code 2, no traceback, and a results folder that
     already holds a finished run is left exactly as it was (no file created, changed or deleted)."""
-    from bench.store import Store
+    from bench.core.store import Store
 
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
     results = tmp_path / "results"

@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench.config import ConfigError, EvalConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
-from bench.grids import expand, get_grid, make_run
-from bench.schedules import lr_at, momentum_at
-from bench.store import CorruptFile, Store
+from bench.core.config import ConfigError, EvalConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
+from bench.grid.grids import get_grid
+from bench.grid.runs import expand, make_run
+from bench.core.schedules import lr_at, momentum_at
+from bench.core.store import CorruptFile, Store
 from methods import REGISTRY, MethodError, get_method, resolve_hparams
 
 
@@ -117,7 +118,7 @@ def test_store_atomic_and_corrupt_detection(tmp_path):
 
 def test_lock_released_when_holder_dies(tmp_path):
     s = Store(tmp_path)
-    code = ("import sys, time; sys.path.insert(0, %r); from bench.store import Store; "
+    code = ("import sys, time; sys.path.insert(0, %r); from bench.core.store import Store; "
             "cm = Store(%r).lock('r1'); cm.__enter__(); print('held', flush=True); time.sleep(60)"
             % (os.getcwd(), str(tmp_path)))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.claims import claims
-from bench.config import run_id
-from bench.grids import expand, get_grid
-from bench.report import report
-from bench.store import Store
+from bench.report.claims import claims
+from bench.core.config import run_id
+from bench.grid.grids import get_grid
+from bench.grid.runs import expand
+from bench.report.tables import report
+from bench.core.store import Store
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 CPU = RESULTS / "cpu"

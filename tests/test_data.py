@@ -1,4 +1,4 @@
-"""Tests for bench/data.py: data set loading, the decode cache, and the deterministic device-side loader.
+"""Tests for bench/data/datasets.py: data set loading, the decode cache, and the deterministic device-side loader.
 
 All tests run on the CPU in seconds, except the one marked ``slow`` that decodes the real CIFAR-10 JPEG archive.
 Every data set except ``digits`` is built here in miniature under ``tmp_path``; nothing touches the network.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import bench.data as data
-from bench.data import CIFAR10_CLASSES, DATASETS, Batch, DataError, Loader, Split, load_dataset
+import bench.data.datasets as data
+from bench.data.datasets import CIFAR10_CLASSES, DATASETS, Batch, DataError, Loader, Split, load_dataset
 
 REPO_ROOT = Path(data.__file__).resolve().parent.parent
 SHARED_CIFAR10_JPEG = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -1,4 +1,4 @@
-"""One run on several processes (bench/distributed.py): sharding, gradient averaging, the methods' state, resume.
+"""One run on several processes (bench/core/distributed.py): sharding, gradient averaging, the methods' state, resume.
 
 Fast tests check the pieces in one process; the slow ones spawn 2 gloo processes on the CPU."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import distributed
-from bench.data import Loader, Split, load_dataset
+from bench.core import distributed
+from bench.data.datasets import Loader, Split, load_dataset
 from conftest import REPO, tiny_run, write_tiny_folder
 
 
@@ -61,7 +61,7 @@ def test_single_process_helpers_are_identities():
 
 
 def test_slurm_profile_tasks_follow_the_gpus():
-    from bench.slurm import ProfileError, resources_for
+    from bench.grid.slurm import ProfileError, resources_for
 
     res = resources_for("p", {"gpus": 4, "cpus": 8}, "resnet18", "cifar10")
     assert (res.tasks_per_node, res.world_size) == (4, 4) and "4 processes per run" in res.describe()
@@ -76,7 +76,7 @@ def test_slurm_profile_tasks_follow_the_gpus():
 
 def test_plan_shows_the_critical_path_with_one_and_k_gpus(tmp_path, capsys):
     from bench.cli import main
-    from bench.plan import speedup
+    from bench.grid.plan import speedup
 
     assert main(["plan", "--grid", "table2", "--results", str(tmp_path), "--gpus-per-run", "4"]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("critical path"))
@@ -135,7 +135,7 @@ def test_two_processes_step_as_one_on_the_global_batch(tmp_path):
 
 
 def _eval_worker(folder: str, out: str) -> None:
-    """Rank r evaluates the same model with the chunks k = r mod 2 and gathers the rest (bench/evaluate.py)."""
+    """Rank r evaluates the same model with the chunks k = r mod 2 and gathers the rest (bench/eval/evaluator.py)."""
     world = distributed.from_env()
     distributed.init(world, torch.device("cpu"))
     torch.set_num_threads(1)
@@ -148,9 +148,9 @@ def _eval_worker(folder: str, out: str) -> None:
 
 
 def _evaluate(folder: str, world) -> dict:
-    from bench.config import EvalConfig
-    from bench.evaluate import Evaluator
-    from bench.models import build_model
+    from bench.core.config import EvalConfig
+    from bench.eval.evaluator import Evaluator
+    from bench.models.architectures import build_model
 
     _, test, info = load_dataset(f"folder:{folder}", None, None)
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def test_sharded_evaluation_gives_the_one_process_per_example_results(tmp_path):
 
 
 def _rt(root: Path, procs: int):
-    from bench.runtime import Runtime
+    from bench.core.runtime import Runtime
 
     return Runtime(results=root, device="cpu", progress=False, threads=1, procs=procs, cache_dir=root / "cache")
 
@@ -190,7 +190,7 @@ IMAGES_TOL = 2
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["vaft", "afd", "free_at", "atas"])
 def test_two_processes_match_one(tmp_path, method):
-    from bench.train import execute
+    from bench.train.loop import execute
 
     folder = write_tiny_folder(tmp_path / "tiny", n_train=192)
     cfg = tiny_run(method, f"folder:{folder}", epochs=2)
@@ -199,7 +199,7 @@ def test_two_processes_match_one(tmp_path, method):
     if cfg.parent is not None:  # one parent for both: only the child's processes differ
         import shutil
 
-        from bench.config import run_id
+        from bench.core.config import run_id
 
         execute(cfg.parent, _rt(tmp_path / "r1", 1), log=lambda s: None)
         pid = run_id(cfg.parent)
@@ -238,8 +238,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_run
-from bench.runtime import Runtime
-from bench.train import execute
+from bench.core.runtime import Runtime
+from bench.train.loop import execute
 
 if __name__ == "__main__":
     cfg = tiny_run("vaft", "folder:{folder}", epochs=3)
@@ -285,7 +285,7 @@ def test_a_killed_rank_resumes_to_the_same_result(tmp_path):
 def test_a_run_resumes_on_another_number_of_processes(tmp_path):
     """Free-AT's carried perturbation is per position of the global batch: written by 2 ranks, merged at the
     epoch's end, checkpointed whole, and picked up by 1 process."""
-    from bench.train import execute
+    from bench.train.loop import execute
 
     folder = write_tiny_folder(tmp_path / "tiny", n_train=96)
     cfg = tiny_run("free_at", f"folder:{folder}", epochs=2)
@@ -310,7 +310,7 @@ def _other_methods() -> list[str]:
 def test_every_method_trains_on_two_processes(tmp_path, method):
     """Finishing is the check: every epoch the ranks' weights, EMA and method state are compared (a rank that
     branched differently fails the run), and the evaluation is gathered from both ranks' chunks."""
-    from bench.train import execute
+    from bench.train.loop import execute
 
     folder = write_tiny_folder(tmp_path / "tiny", n_train=48)
     cfg = tiny_run(method, f"folder:{folder}", epochs=2)

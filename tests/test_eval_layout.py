@@ -1,4 +1,4 @@
-"""The evaluation's kernel choices (channels_last weights and conv -> BatchNorm folding, bench/evaluate.py) change
+"""The evaluation's kernel choices (channels_last weights and conv -> BatchNorm folding, bench/eval/evaluator.py) change
 speed, not results.
 
 The per-example flags of clean, PGD-20 and AutoAttack are compared with the plain evaluation (NCHW, unfolded) and
@@ -10,11 +10,11 @@ import copy
 
 import torch
 
-from bench.attacks import _AAModel
-from bench.config import ConfigError, EvalConfig
-from bench.data import load_dataset
-from bench.evaluate import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
-from bench.models import MODELS, build_model
+from bench.eval.attacks import _AAModel
+from bench.core.config import ConfigError, EvalConfig
+from bench.data.datasets import load_dataset
+from bench.eval.evaluator import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
+from bench.models.architectures import MODELS, build_model
 from conftest import SHARED_CIFAR, write_tiny_folder
 
 import pytest
@@ -174,7 +174,7 @@ def test_feature_map_folds_the_model_inside_it():
 def test_speed_eval_against_pyautoattack_direct_on_cifar():
     """`bench speed --eval` on a partly robust small CNN (real CIFAR-10-JPEG test images): our NCHW evaluation
     equals pyautoattack called directly flag by flag; the channels_last one too (flips counted)."""
-    from bench.speed_eval import measure_eval, render_eval
+    from bench.perf.speed_eval import measure_eval, render_eval
 
     rep = measure_eval(model="small_cnn", n=40, reps=1, train_steps=25, device="cpu")
     rows = {r["measure"]: r for r in rep["rows"]}
@@ -192,7 +192,7 @@ def test_speed_eval_against_pyautoattack_direct_on_cifar():
 def test_speed_eval_contenders_and_saved_model(tmp_path):
     """`--contenders ours,direct` leaves the plain diagnosis out (reported as absent, not as zero); `--save-model`
     writes the model made here, and evaluating that checkpoint gives the same flags; bad choices are refused."""
-    from bench.speed_eval import measure_eval, render_eval
+    from bench.perf.speed_eval import measure_eval, render_eval
 
     saved = tmp_path / "m.pt"
     rep = measure_eval(model="small_cnn", n=6, reps=1, train_steps=2, device="cpu", contenders=["direct", "ours"],
@@ -213,7 +213,7 @@ def test_speed_eval_contenders_and_saved_model(tmp_path):
 def test_speed_eval_render_small_rates_and_absent_plain():
     """ResNet18 AutoAttack on a CPU runs at ~0.1 images/s: shown with three significant digits, not as 0.1 for
     both contenders; a contender left out is '-', never a number."""
-    from bench.speed_eval import render_eval
+    from bench.perf.speed_eval import render_eval
 
     row = {"measure": "aa", "ours_images_per_s": 0.1218, "direct_images_per_s": 0.1083, "speedup": 1.125,
            "speedup_plain": None, "accuracy": {"ours": 0.219, "direct": 0.219}, "flips": 0, "flips_plain": None}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.data import load_dataset
-from bench.models import build_model
+from bench.data.datasets import load_dataset
+from bench.models.architectures import build_model
 from conftest import REPO, write_tiny_folder
 
 

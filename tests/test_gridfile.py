@@ -1,14 +1,15 @@
-"""Grid files (bench/gridfile.py): validated before anything runs (one line, exit 2, nothing written), and a paper
+"""Grid files (bench/grid/gridfile.py): validated before anything runs (one line, exit 2, nothing written), and a paper
 grid written as a file expands to the same run ids."""
 from __future__ import annotations
 
 import pytest
 
 from bench.cli import main
-from bench.config import run_id
-from bench.gridfile import load, to_toml
-from bench.grids import expand, get_grid
+from bench.core.config import run_id
+from bench.grid.gridfile import load, to_toml
+from bench.grid.grids import get_grid
 
+from bench.grid.runs import expand
 GOOD = """
 methods = ["vaft", "afd"]
 models = ["small_cnn"]
@@ -51,7 +52,7 @@ def _snapshot(root):
 
 @pytest.mark.parametrize("text,message", BAD, ids=[m for _, m in BAD])
 def test_malformed_grid_file_is_one_line_exit_2_nothing_written(tmp_path, capsys, text, message):
-    from bench.store import Store
+    from bench.core.store import Store
 
     results = tmp_path / "results"
     Store(results).write("0123456789ab", {"run_id": "0123456789ab", "status": "done", "metrics": {"clean": 0.5}})

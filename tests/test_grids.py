@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.config import run_id, to_dict
-from bench.grids import GRIDS, expand, get_grid
+from bench.core.config import run_id, to_dict
+from bench.grid.grids import GRIDS, get_grid
 
+from bench.grid.runs import expand
 def test_table1_is_30_runs_plus_3_natural_parents():
     runs = get_grid("table1")
     assert len(runs) == 30 and len({run_id(r) for r in runs}) == 30
@@ -78,15 +79,14 @@ def test_unknown_profile_and_unreachable_scheduler(capsys, tmp_path, monkeypatch
 
 
 def test_unknown_partition(monkeypatch):
-    from bench import slurm
-
+    from bench.grid import slurm
     monkeypatch.setattr(slurm, "partitions", lambda: ["debug"])
     with pytest.raises(slurm.SchedulerError, match="unknown SLURM partition 'gpu'"):
         slurm.check_partitions([slurm.Resources(partition="gpu")])
 
 
 def test_profile_resources_by_pattern():
-    from bench.slurm import get_profile, parse_time, resources_for
+    from bench.grid.slurm import get_profile, parse_time, resources_for
 
     name, prof = get_profile("gpu")
     assert resources_for(name, prof, "resnet18", "cifar10").time == "12:00:00"
@@ -97,8 +97,8 @@ def test_profile_resources_by_pattern():
 
 def test_status_and_resubmission_from_queue(tmp_path):
     """done / queued / running / failed / missing, and a second submission plans only missing and failed."""
-    from bench.slurm import JobState, get_profile, grid_status, plan_submission, write_job
-    from bench.store import Store
+    from bench.grid.slurm import JobState, get_profile, grid_status, plan_submission, write_job
+    from bench.core.store import Store
 
     runs = get_grid("table3")
     full = expand(runs)  # [standard, vaft, vaft_d, vaft_a, afd]
@@ -130,8 +130,8 @@ def test_status_and_resubmission_from_queue(tmp_path):
 def test_plan_uses_measured_evaluation_seconds(tmp_path):
     """Issue 14: with a finished run of the same model and data set recording seconds per measurement, the plan's
     evaluation estimate is those rates times the run's image counts."""
-    from bench.plan import estimate
-    from bench.store import Store
+    from bench.grid.plan import estimate
+    from bench.core.store import Store
 
     (run,) = [r for r in expand(get_grid("demo")) if r.method == "vaft"]
     ev = run.eval

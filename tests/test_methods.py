@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
-from bench.data import Batch, DatasetInfo, Loader, Split
-from bench.models import build_model
+from bench.core.config import TrainConfig
+from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.models.architectures import build_model
 from methods import REGISTRY, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.afd import AFD, confused_label
 from methods.base import MethodError

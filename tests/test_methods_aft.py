@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import EvalConfig, TrainConfig
-from bench.data import DatasetInfo, Loader, Split
-from bench.evaluate import Evaluator
-from bench.models import build_model
+from bench.core.config import EvalConfig, TrainConfig
+from bench.data.datasets import DatasetInfo, Loader, Split
+from bench.eval.evaluator import Evaluator
+from bench.models.architectures import build_model
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.base import MethodError
 from methods.afa import supcon_loss
@@ -111,12 +111,12 @@ def test_afkd_teacher_is_frozen_and_outside_the_net(batch_stats):
 @pytest.mark.parametrize("name", ["vaft", "afkd", "arrest"])
 @pytest.mark.parametrize("clamp", [False, True])
 def test_aft_attacks_pass_clamp_start(monkeypatch, name, clamp):
-    import bench.attacks
+    import bench.eval.attacks
     import methods.base
 
     m, loader = build(name, {"clamp_start": clamp, **({"theta_deg": 89.0} if name == "arrest" else {})})
     seen = []
-    real = bench.attacks.pgd
+    real = bench.eval.attacks.pgd
     monkeypatch.setattr(methods.base, "pgd", lambda *a, **k: seen.append(k) or real(*a, **k))
     steps(m, loader, 1)
     assert [(k["clamp_start"], k["steps"], k["step_size"]) for k in seen] == [(clamp, 10, 2 / 255)]
@@ -135,7 +135,7 @@ def test_noisy_replay_switches_exactly_at_the_threshold_in_the_first_half_only()
     assert use_noisy_replay(1.0, 0, 20, 30.0, 0.5)
     # ARREST.py: epoch <= 10 (1-based) of 20, i.e. iterations of 0-based epochs 0..9 (here 5 per epoch)
     assert [use_noisy_replay(1.0, t, 100, 30.0, 0.5) for t in range(100)] == [True] * 50 + [False] * 50
-    # scaled runs keep both phases: a fraction of the run's ITERATIONS (bench.schedules.milestone_iteration)
+    # scaled runs keep both phases: a fraction of the run's ITERATIONS (bench.core.schedules.milestone_iteration)
     assert [use_noisy_replay(1.0, t, 5, 30.0, 0.5) for t in range(5)] == [True] * 2 + [False] * 3
     assert [use_noisy_replay(1.0, t, 2, 30.0, 0.5) for t in range(2)] == [True, False]
     assert [use_noisy_replay(1.0, t, 15, 30.0, 0.5) for t in range(15)] == [True] * 8 + [False] * 7

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
-from bench.data import DatasetInfo, Loader, Split, augment_crop_flip
-from bench.models import build_model
-from bench.schedules import lr_at
+from bench.core.config import TrainConfig
+from bench.data.datasets import DatasetInfo, Loader, Split, augment_crop_flip
+from bench.models.architectures import build_model
+from bench.core.schedules import lr_at
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.base import MethodError
 from methods.atas import PAD, crop_index, scaled_resets, scaled_warmup, step_sizes

@@ -1,4 +1,4 @@
-"""Tests for bench.models: shapes, the features/classifier split, the factory and the hook-based feature path."""
+"""Tests for bench.models.architectures: shapes, the features/classifier split, the factory and the hook-based feature path."""
 import copy
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.models import MODELS, Classifier, ModelError, build_model, feature_extractor_and_head
+from bench.models.architectures import MODELS, Classifier, ModelError, build_model, feature_extractor_and_head
 
 BIG = {"resnet50", "wrn34_10"}
 FEATURE_DIM = {"small_cnn": 256, "resnet18": 512, "resnet50": 2048, "preact_resnet18": 512, "wrn34_10": 640}

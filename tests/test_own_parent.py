@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from bench.cli import apply_sets, main
-from bench.config import run_id
-from bench.models import build_model
-from bench.runtime import Runtime
-from bench.runner import run_local
-from bench.store import Store
+from bench.core.config import run_id
+from bench.models.architectures import build_model
+from bench.core.runtime import Runtime
+from bench.grid.runner import run_local
+from bench.core.store import Store
 from conftest import tiny_run
 
 

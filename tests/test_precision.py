@@ -1,4 +1,4 @@
-"""Numerics (bench/precision.py): exact fp32 evaluation, the training precision choice (fp32 | tf32 | bf16 | fp16
+"""Numerics (bench/core/numerics.py): exact fp32 evaluation, the training precision choice (fp32 | tf32 | bf16 | fp16
 with a gradient scaler), the bf16-not-native warning, `bench speed`'s native default, the CPU's name and ISA, and
 --compile. All on the CPU: the TF32 policy is checked through the backend flags, which exist without a GPU."""
 from __future__ import annotations
@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import precision as P
+from bench.core import compilation
+from bench.core import numerics as P
+from bench.train import precision as TP
 from bench.cli import main
-from bench.config import ConfigError, EvalConfig
-from bench.data import Split
-from bench.evaluate import Evaluator
+from bench.core.config import ConfigError, EvalConfig
+from bench.data.datasets import Split
+from bench.eval.evaluator import Evaluator
 from conftest import tiny_run
 
 CPU = torch.device("cpu")
@@ -128,10 +130,10 @@ def test_fp16_is_refused_for_a_method_with_its_own_step(capsys):
     for name in ("free_at", "fgsm_ga", "pgd_at", "afd"):
         cls = get_method(name)
         with pytest.raises(ConfigError, match=f"method {name} does not support fp16"):
-            P.check_method_precision(cls, cls.Hparams(), "fp16")
+            TP.check_method_precision(cls, cls.Hparams(), "fp16")
     for name in ("standard", "vaft", "trades", "afkd", "arrest", "rift"):
         cls = get_method(name)  # base train_step: loss -> scaled backward -> scaler.step
-        P.check_method_precision(cls, cls.Hparams(), "fp16")
+        TP.check_method_precision(cls, cls.Hparams(), "fp16")
     # the same runs are fine in bf16
     assert main(["run", "--grid", "demo", "--set", "train.precision=bf16", "--dry-run"]) == 0
 
@@ -155,16 +157,16 @@ def test_grad_scaler_support_can_be_declared():
 
     assert Declared.grad_scaler_problem("joint") is None and Declared.grad_scaler_problem("as_run")
     with pytest.raises(ConfigError, match="scales only the joint update"):
-        P.check_method_precision(Declared, "as_run", "fp16")
+        TP.check_method_precision(Declared, "as_run", "fp16")
 
 
 def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folder):
     """A real 1-epoch fp16 run (CPU autocast supports float16, GradScaler("cpu") exists): the convolutions run in
     fp16, every backward is scaled, the update is unscaled (same size as fp32's), and the scaler is checkpointed."""
-    from bench.runtime import Runtime
-    from bench.speed import _build_method, _synthetic_split
-    from bench.data import Loader
-    from bench.train import execute
+    from bench.core.runtime import Runtime
+    from bench.perf.speed import _build_method, _synthetic_split
+    from bench.data.datasets import Loader
+    from bench.train.loop import execute
     from methods import StepInfo
 
     split = _synthetic_split(8, 0)
@@ -173,7 +175,7 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
     for precision in ("fp32", "fp16"):
         method, _ = _build_method("standard", "small_cnn", split, 8, precision, CPU, torch.channels_last, 1, 0)
         before = [p.detach().clone() for p in method.model.parameters()]
-        step = P.make_step(method, precision, CPU)
+        step = TP.make_step(method, precision, CPU)
         calls, dtypes = [], []
         if precision == "fp16":
             assert isinstance(method.grad_scaler, torch.amp.GradScaler)
@@ -203,12 +205,12 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
 
 
 def test_make_step_refuses_fp16_for_a_custom_step_method():
-    from bench.speed import _build_method, _synthetic_split
+    from bench.perf.speed import _build_method, _synthetic_split
 
     method, _ = _build_method("free_at", "small_cnn", _synthetic_split(8, 0), 8, "fp16", CPU,
                               torch.channels_last, 1, 0)
     with pytest.raises(ConfigError, match="method free_at does not support fp16: use bf16 or fp32"):
-        P.make_step(method, "fp16", CPU)
+        TP.make_step(method, "fp16", CPU)
 
 
 # -- bf16 where it is not native ------------------------------------------------------------------------------
@@ -240,8 +242,8 @@ def test_bf16_warning_and_speed_default_follow_the_detector(capsys, monkeypatch)
 
 
 def test_bf16_warning_before_training(tmp_path, tiny_folder, capsys, monkeypatch):
-    from bench.runtime import Runtime
-    from bench.train import execute
+    from bench.core.runtime import Runtime
+    from bench.train.loop import execute
 
     monkeypatch.setattr(P, "cpu_native", lambda precision: precision != "bf16")
     cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=1)
@@ -275,7 +277,7 @@ def test_onednn_max_cpu_isa_is_respected(monkeypatch):
 def test_cpu_name_and_isa(tmp_path):
     from pathlib import Path
 
-    from bench.train import provenance
+    from bench.core.provenance import provenance
 
     name = P.cpu_name()
     assert name and name not in ("x86_64", "unknown CPU")
@@ -297,14 +299,14 @@ def test_cpu_name_and_isa(tmp_path):
 def test_compile_model_is_in_place_and_deep_copies_stay_eager():
     import copy
 
-    from bench.models import build_model
+    from bench.models.architectures import build_model
 
-    model = P.compile_model(build_model("small_cnn", 10, 3))
+    model = compilation.compile_model(build_model("small_cnn", 10, 3))
     assert getattr(model.body, "_compiled_call_impl", None) is not None  # the conv trunk
     assert getattr(model.classifier, "_compiled_call_impl", None) is None
     assert all(not k.startswith("_orig_mod") for k in model.state_dict())
     assert getattr(copy.deepcopy(model).body, "_compiled_call_impl", None) is None
-    with P.compiling(True):
+    with compilation.compiling(True):
         assert Evaluator.prepare(model).body._compiled_call_impl is not None
     assert getattr(Evaluator.prepare(model).body, "_compiled_call_impl", None) is None
 
@@ -339,9 +341,9 @@ def test_compiled_run_gives_the_same_metrics(tmp_path, tiny_folder):
     loaded cores (73 s of CPU time)."""
     import shutil
 
-    from bench.runner import run_local
-    from bench.runtime import Runtime
-    from bench.train import execute
+    from bench.grid.runner import run_local
+    from bench.core.runtime import Runtime
+    from bench.train.loop import execute
 
     cfg = tiny_run("vaft", f"folder:{tiny_folder}", epochs=1, parent_epochs=1)
     rt = {c: Runtime(results=tmp_path / str(c), data_root=tiny_folder.parent, device="cpu", progress=False,

@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import run_id
-from bench.evaluate import Evaluator
-from bench.runner import run_local
-from bench.runtime import Runtime
-from bench.store import Store
-from bench.train import CKPT_VERSION, catastrophic_overfitting, execute
+from bench.core.config import run_id
+from bench.eval.evaluator import Evaluator
+from bench.grid.runner import run_local
+from bench.core.runtime import Runtime
+from bench.core.store import Store
+from bench.train.loop import catastrophic_overfitting, execute
+from bench.train.resume import CKPT_VERSION
 from conftest import REPO, tiny_run, write_tiny_folder
 
 EPOCHS = 3
@@ -180,7 +181,7 @@ def test_two_runners_on_one_grid_train_each_run_once(grid, tmp_path):
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
     store = Store(tmp_path / "r")
-    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from bench.store import Store; "
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from bench.core.store import Store; "
             f"cm = Store({str(tmp_path / 'r')!r}).lock('abc'); cm.__enter__(); print('locked', flush=True); "
             "time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -279,7 +280,7 @@ def test_done_parent_without_its_model_file_is_trained_again_for_a_new_child(gri
     """Result files are committed, models/ and ckpt/ are not: on a fresh clone a child still to do must not fail
     with "parent has no model"; the parent is trained again (same result) and the child runs."""
     from bench.cli import _grid_runs, build_parser
-    from bench.slurm import grid_status
+    from bench.grid.slurm import grid_status
 
     data, cache, ref = grid
     out = tmp_path / "r"
@@ -324,18 +325,18 @@ def test_diverging_run_fails_with_epoch_and_the_grid_goes_on(tmp_path, tiny_fold
 def test_crashing_run_is_recorded_failed_and_its_child_skipped_with_the_reason(tmp_path, tiny_folder, monkeypatch):
     """A run that crashes with an unexpected exception (a bug, a dead device) is written as failed with its reason
     and traceback, its child as failed because of it, and the grid goes on (an independent run still finishes)."""
-    import bench.runner
+    import bench.grid.runner
 
     child = tiny_run("vaft", f"folder:{tiny_folder}")
     other = tiny_run("standard", f"folder:{tiny_folder}", epochs=2)
-    real = bench.runner.execute
+    real = bench.grid.runner.execute
 
     def execute_or_crash(cfg, *a, **k):
         if run_id(cfg) == run_id(child.parent):
             raise RuntimeError("device lost")
         return real(cfg, *a, **k)
 
-    monkeypatch.setattr(bench.runner, "execute", execute_or_crash)
+    monkeypatch.setattr(bench.grid.runner, "execute", execute_or_crash)
     res = run_local([child, other], _rt(tmp_path / "r", tiny_folder), log=lambda s: None)
     store = Store(tmp_path / "r")
     parent, kid, ok = (store.read(run_id(c)) for c in (child.parent, child, other))
@@ -377,8 +378,8 @@ def test_single_step_run_records_probe_and_catastrophic_overfitting(tmp_path, ti
 
 # -- 6. evaluation guards ----------------------------------------------------------------------------------------
 def _evaluator(tiny_folder, **kw):
-    from bench.config import EvalConfig
-    from bench.data import load_dataset
+    from bench.core.config import EvalConfig
+    from bench.data.datasets import load_dataset
 
     _, test, info = load_dataset(f"folder:{tiny_folder}", None, None)
     ev = EvalConfig(n_clean=12, n_pgd=12, n_aa=kw.pop("n_aa", 0), pgd_steps=3, batch_size=12, n_gap=12)
@@ -392,7 +393,7 @@ def test_every_run_records_the_order_check(grid):
 
 
 def test_evaluation_is_deterministic_and_in_eval_mode(tiny_folder):
-    from bench.models import build_model
+    from bench.models.architectures import build_model
 
     ev, info = _evaluator(tiny_folder)
     torch.manual_seed(0)
@@ -421,7 +422,7 @@ def test_evaluation_is_deterministic_and_in_eval_mode(tiny_folder):
 
 
 def test_violation_marks_the_run_and_the_report(tmp_path, tiny_folder, monkeypatch):
-    from bench.report import load, report
+    from bench.report.tables import load, report
 
     cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=1)
     why = "pgd20 accuracy 0.9000 > clean accuracy 0.5000 on the first 12 test images"

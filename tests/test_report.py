@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_report_fixtures import HERE, RESULTS, cfg, fig4_runs, table_runs  # noqa: E402
 
-from bench.config import run_id  # noqa: E402
-from bench.grids import expand  # noqa: E402
-from bench.report import TABLES, load, load_paper, report  # noqa: E402
+from bench.core.config import run_id  # noqa: E402
+from bench.grid.runs import expand  # noqa: E402
+from bench.report.tables import TABLES, load, load_paper, report  # noqa: E402
 
 EXT = {"markdown": "md", "latex": "tex", "csv": "csv"}
 NAMES = ["table1", "table2", "table3", "table4", "table5", "generic"]
@@ -165,8 +165,8 @@ def _overlaps(fig, artist, ax) -> bool:
 def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     import matplotlib.pyplot as plt
 
-    from bench import plots
-    from bench.report import load
+    from bench.report import plots
+    from bench.report.tables import load
 
     runs = [cfg(m, seed=s) for m in ("vaft", "arrest", "afd") for s in (0, 1) if not (m == "arrest" and s)]
     df = load(runs, RESULTS)
@@ -196,7 +196,7 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
 
 def _flat_gap_df(se: float = 0.05, of: str | None = None):
     """The fixture's vAFT and AFD runs with nearly flat per-epoch gaps, each with a recorded test-sample SE."""
-    from bench.report import load
+    from bench.report.tables import load
 
     df = load([cfg(m, seed=s) for m in ("vaft", "afd") for s in (0, 1)], RESULTS)
     logs = []
@@ -219,8 +219,7 @@ def test_fig1_shows_the_noise_and_no_narrower_a_range():
     at least +-2 SE around the data, and the legend sits outside the plot."""
     import matplotlib.pyplot as plt
 
-    from bench import plots
-
+    from bench.report import plots
     fig = plots.fig1(_flat_gap_df(0.05))
     ax = fig.axes[0]
     bars = _errorbars(ax)
@@ -237,8 +236,7 @@ def test_fig1_shows_the_noise_and_no_narrower_a_range():
 def test_fig1_caption_says_what_was_measured_for_each_method():
     import matplotlib.pyplot as plt
 
-    from bench import plots
-
+    from bench.report import plots
     # results written before the measured features were recorded: g for every method, and a red note for AFD
     fig = plots.fig1(_flat_gap_df())
     caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
@@ -255,8 +253,7 @@ def test_fig1_caption_says_what_was_measured_for_each_method():
 
 
 def test_fig1_command_line(tmp_path, capsys):
-    from bench import plots
-
+    from bench.report import plots
     paths = plots.plot("fig1", [cfg("vaft"), cfg("afd")], RESULTS, tmp_path, name="fixture")
     assert [p.name for p in paths] == ["fig1_fixture.png", "fig1_fixture.pdf"]
 
@@ -264,8 +261,8 @@ def test_fig1_command_line(tmp_path, capsys):
 def test_fig4_two_curves_per_hparam(tmp_path):
     import matplotlib.pyplot as plt
 
-    from bench import plots
-    from bench.report import load
+    from bench.report import plots
+    from bench.report.tables import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)
@@ -288,8 +285,8 @@ def test_fig4_error_bars_are_the_binomial_error_and_the_axes_span_it():
     least +-2 SE around its data instead of zooming in on the differences."""
     import matplotlib.pyplot as plt
 
-    from bench import plots
-    from bench.report import load
+    from bench.report import plots
+    from bench.report.tables import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)
@@ -314,7 +311,7 @@ def test_fig4_error_bars_are_the_binomial_error_and_the_axes_span_it():
 def test_ylim_rule_on_nearly_flat_data():
     import matplotlib.pyplot as plt
 
-    from bench.plots import binomial_se, set_ylim_with_noise
+    from bench.report.plots import binomial_se, set_ylim_with_noise
 
     se = binomial_se(56.8, 1000)
     assert se == pytest.approx(100 * math.sqrt(0.568 * 0.432 / 1000))
@@ -338,8 +335,8 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
 
     import torch
 
-    from bench import plots
-    from bench.models import build_model, feature_extractor_and_head
+    from bench.report import plots
+    from bench.models.architectures import build_model, feature_extractor_and_head
 
     torch.manual_seed(0)
     c = cfg("afd", model="small_cnn", dataset="digits")
@@ -357,7 +354,7 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
     (tmp_path / "models").mkdir()
     torch.save({"model": "small_cnn", "num_classes": 10, "in_channels": 1, "run_id": rid,
                 "state_dict": model.state_dict()}, tmp_path / "models" / f"{rid}.pt")
-    from bench.config import to_dict
+    from bench.core.config import to_dict
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / f"{rid}.json").write_text(json.dumps(
@@ -385,7 +382,7 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
 def test_noise_and_verdict_rule():
     import pandas as pd
 
-    from bench.claims import noise, verdict
+    from bench.report.claims import noise, verdict
 
     a, b = pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0])
     # seed part sqrt(2/2 + 0) = 1.0; binomial part at 1,000 images sqrt(.51*.49/1000 + .4*.6/1000)*100 = 2.1
@@ -396,7 +393,7 @@ def test_noise_and_verdict_rule():
 
 
 def test_claims_from_the_fixture_results():
-    from bench.claims import claims
+    from bench.report.claims import claims
 
     text = claims(table_runs() + fig4_runs(), RESULTS)
     assert "Setting: RN18, CIFAR-10." in text  # the setting with the most fine-tuning runs, not CIFAR-100's
@@ -423,7 +420,7 @@ def test_evaluation_seconds_reach_table5_and_the_compute_line(tmp_path):
     appear under Table 5 and in the claims' compute line; without them both keep their old wording."""
     import json
 
-    from bench.claims import claims
+    from bench.report.claims import claims
 
     shutil.copytree(RESULTS, tmp_path / "r")
     for p in (tmp_path / "r" / "runs").glob("*.json"):
@@ -451,7 +448,7 @@ def test_compute_line_counts_the_measured_parts_of_runs_that_kept_only_their_las
     last process's wall time; where that is less than the run's measured parts the parts are counted, and said."""
     import json
 
-    from bench.claims import claims
+    from bench.report.claims import claims
 
     shutil.copytree(RESULTS, tmp_path / "r")
     done = []
@@ -486,7 +483,7 @@ def test_a_methods_grid_recipe_counts_as_the_method_and_a_sweeps_variants_do_not
     at its defaults are AFD; its sweep's variants are not."""
     import pandas as pd
 
-    from bench.plots import at_defaults
+    from bench.report.plots import at_defaults
 
     df = pd.DataFrame([{"method": "rift", "hp.select_rule": "paired_se"}, {"method": "rift", "hp.select_rule": "paired_se"},
                        {"method": "afd", "hp.gamma": 25.0}, {"method": "afd", "hp.gamma": 25.0},

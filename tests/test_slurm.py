@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import run_id
+from bench.core.config import run_id
 from conftest import tiny_run, write_tiny_folder
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -41,19 +41,20 @@ def folder(tmp_path) -> str:
 
 
 def test_grid_of_a_parent_and_two_children(tmp_path, folder, monkeypatch, capsys):
-    from bench import grids
+    from bench.grid import grids
+    from bench.grid import runs as runs_mod
     from bench.cli import main
-    from bench.store import Store
+    from bench.core.store import Store
 
     runs = [tiny_run("vaft", folder), tiny_run("afd", folder)]
-    monkeypatch.setitem(grids.GRIDS, "tiny_slurm", lambda seeds=1: grids.seeded(runs, seeds))
+    monkeypatch.setitem(grids.GRIDS, "tiny_slurm", lambda seeds=1: runs_mod.seeded(runs, seeds))
     results = tmp_path / "results"
     args = ["--grid", "tiny_slurm", "--results", str(results)]
     assert main(["run", *args, "--executor", "slurm", "--profile", "local", "--threads", "1", "--wait"]) == 0
     out = capsys.readouterr().out
     assert "2 job(s)" in out and "afterok" in out
     store = Store(results)
-    full = grids.expand(runs)
+    full = runs_mod.expand(runs)
     assert [r.method for r in full] == ["standard", "vaft", "afd"]
     for cfg in full:
         result = store.read(run_id(cfg))
@@ -77,9 +78,9 @@ def _requeue_mid_run(tmp_path, cfg, profile: str, checkpoint_timeout: float, fin
     """Submit ``cfg`` with ``profile``, wait for its first epoch checkpoint, `scontrol requeue` the job, wait for it
     to finish; return (result, the job's log, results folder). Asserts it was requeued mid-run and resumed from a
     checkpoint (not from scratch)."""
-    from bench.runtime import Runtime
-    from bench.slurm import run_slurm, wait
-    from bench.store import Store
+    from bench.core.runtime import Runtime
+    from bench.grid.slurm import run_slurm, wait
+    from bench.core.store import Store
 
     results = tmp_path / "results"
     plan = run_slurm([cfg], Runtime(results=results, threads=1), profile, log=lambda s: None)

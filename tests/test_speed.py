@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.speed import measure, render
+from bench.perf.speed import measure, render
 
 ROW_FIELDS = {"method", "step_s", "step_s_min", "step_s_all", "images_per_s", "epoch_s", "batch_s", "batch_share",
               "flops_per_step", "flops_per_s", "mfu", "baseline_step_s", "baseline_images_per_s", "baseline_epoch_s",
@@ -58,11 +58,11 @@ def _conv_dtypes(model):
 
 def test_training_attack_runs_under_bf16_autocast_and_evaluation_in_fp32():
     """The attack is inside train_step, so the loop's autocast covers it; Evaluator works on an fp32 copy."""
-    from bench.config import EvalConfig
-    from bench.data import Loader
-    from bench.evaluate import Evaluator
-    from bench.speed import _build_method, _synthetic_split
-    from bench.train import _autocast
+    from bench.core.config import EvalConfig
+    from bench.data.datasets import Loader
+    from bench.eval.evaluator import Evaluator
+    from bench.perf.speed import _build_method, _synthetic_split
+    from bench.train.loop import _autocast
     from methods import StepInfo
 
     dev = torch.device("cpu")
@@ -80,7 +80,7 @@ def test_training_attack_runs_under_bf16_autocast_and_evaluation_in_fp32():
         assert method.model.body[0][0](batch.x).dtype == torch.bfloat16
 
     prepared = Evaluator.prepare(method.model)
-    # fp32, in the evaluation's layout (channels_last for the conv weights: bench/evaluate.py)
+    # fp32, in the evaluation's layout (channels_last for the conv weights: bench/eval/evaluator.py)
     assert all(p.dtype == torch.float32 and p.is_contiguous(memory_format=torch.channels_last if p.dim() == 4
                                                              else torch.contiguous_format)
                for p in prepared.parameters())

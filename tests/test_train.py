@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import run_id
-from bench.runtime import Runtime
-from bench.runner import run_local
-from bench.store import Store
-from bench.train import EMA, execute
+from bench.core.config import run_id
+from bench.core.runtime import Runtime
+from bench.grid.runner import run_local
+from bench.core.store import Store
+from bench.train.ema import EMA
+from bench.train.loop import execute
 from conftest import REPO, tiny_run
 
 
@@ -202,7 +203,7 @@ def _gap_probe_class(ema: bool):
     EMA lags behind it), and measures its gap on tag x pixels through the hook."""
     from dataclasses import dataclass
 
-    from bench.config import TrainConfig
+    from bench.core.config import TrainConfig
     from methods.base import REGISTRY, Method, register
 
     name = f"_gap_probe_{'ema' if ema else 'live'}"
@@ -235,9 +236,9 @@ def _gap_probe_class(ema: bool):
 
 @pytest.mark.parametrize("ema", [True, False])
 def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny_folder, ema):
-    from bench.data import load_dataset
-    from bench.evaluate import Evaluator
-    from bench.grids import make_run
+    from bench.data.datasets import load_dataset
+    from bench.eval.evaluator import Evaluator
+    from bench.grid.runs import make_run
     from conftest import tiny_run
 
     cls = _gap_probe_class(ema)
@@ -251,7 +252,7 @@ def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny
     # ||x - x'||_inf per image under the evaluation's PGD against the (never trained) exported model
     _, test, _ = load_dataset(cfg.dataset, rt.data_root, rt.cache_dir)
     blob = torch.load(Store(rt.results).model_path(run_id(cfg)), weights_only=True)
-    from bench.models import build_model
+    from bench.models.architectures import build_model
 
     model = build_model("small_cnn", 3, 3)
     model.load_state_dict(blob["state_dict"])
@@ -264,7 +265,7 @@ def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny
     def tag_after(t: int) -> float:  # the tag of the net the gap must be measured on, after t steps
         if not ema:
             return float(t)
-        v = 0.0  # EMA rule of bench.train.EMA, from the initial copy (tag 0)
+        v = 0.0  # EMA rule of bench.train.ema.EMA, from the initial copy (tag 0)
         for i in range(t):
             d = min(0.999, (i + 1) / (i + 10))
             v = v * d + (i + 1) * (1 - d)
@@ -283,8 +284,8 @@ def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny
 def test_default_gap_features_are_the_exported_models_last_hidden_layer():
     import copy
 
-    from bench.evaluate import PENULTIMATE, FeatureMap
-    from bench.models import build_model, feature_extractor_and_head
+    from bench.eval.evaluator import PENULTIMATE, FeatureMap
+    from bench.models.architectures import build_model, feature_extractor_and_head
     from methods.base import Method
 
     model = build_model("small_cnn", 3, 3).eval()
@@ -304,8 +305,8 @@ def test_default_gap_features_are_the_exported_models_last_hidden_layer():
 def test_afd_gap_features_are_f1_on_the_net_it_is_given(tmp_path, tiny_folder):
     """AFD classifies from f1 = D1 g(x): its gap is measured there, not on the exported model's features
     (which are g: the export folds D1 into the classifier)."""
-    from bench.data import load_dataset
-    from bench.models import build_model, feature_extractor_and_head
+    from bench.data.datasets import load_dataset
+    from bench.models.architectures import build_model, feature_extractor_and_head
     from methods import Context, get_method, make_hparams, resolve_hparams
 
     train, _, info = load_dataset(f"folder:{tiny_folder}", tiny_folder.parent)
@@ -317,5 +318,5 @@ def test_afd_gap_features_are_f1_on_the_net_it_is_given(tmp_path, tiny_folder):
     fm = method.gap_features(method.net).eval()
     x = torch.rand(4, 3, 16, 16)
     g = feature_extractor_and_head(method.export(method.net).eval())[0](x)
-    assert torch.allclose(fm(x), 3.0 * g), "AFD.gap_features must return f1 = D1 g (see bench/evaluate.py)"
+    assert torch.allclose(fm(x), 3.0 * g), "AFD.gap_features must return f1 = D1 g (see bench/eval/evaluator.py)"
     assert "D1" in fm.what

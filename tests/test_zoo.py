@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.zoo import ZooError, load_zoo_model, parse_name
-from bench.runtime import Runtime
+from bench.models.zoo import ZooError, load_zoo_model, parse_name
+from bench.core.runtime import Runtime
 
 
 def test_parse_name():
@@ -39,7 +39,7 @@ def test_missing_extra_says_how_to_install(monkeypatch):
 @pytest.mark.slow
 def test_zoo_checkpoint_loads_offline_and_exposes_features(tmp_path, monkeypatch):
     try:
-        from bench.zoo import import_robustbench_load_model
+        from bench.models.zoo import import_robustbench_load_model
 
         import_robustbench_load_model()
     except ZooError as e:
@@ -47,7 +47,7 @@ def test_zoo_checkpoint_loads_offline_and_exposes_features(tmp_path, monkeypatch
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    from bench.models import feature_extractor_and_head
+    from bench.models.architectures import feature_extractor_and_head
 
     name = "Wong2020Fast"  # a PreActResNet18 (11M parameters): the smallest CIFAR-10 Linf zoo model
     torch.manual_seed(0)
@@ -69,7 +69,7 @@ def test_zoo_checkpoint_loads_offline_and_exposes_features(tmp_path, monkeypatch
 
 def test_zoo_model_absent_offline_is_one_line(tmp_path, monkeypatch):
     try:
-        from bench.zoo import import_robustbench_load_model
+        from bench.models.zoo import import_robustbench_load_model
 
         import_robustbench_load_model()
     except ZooError as e:

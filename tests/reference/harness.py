@@ -12,10 +12,10 @@ import dataclasses
 
 import torch
 
-from bench import schedules
-from bench.config import TrainConfig
-from bench.data import Batch, DatasetInfo, Loader, Split
-from bench.models import build_model
+from bench.core import schedules
+from bench.core.config import TrainConfig
+from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.models.architectures import build_model
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 
 EPS = 8 / 255
@@ -72,7 +72,7 @@ def batches(loader: Loader, epoch: int = 0, dtype: torch.dtype = torch.float64) 
 
 
 def step(m, batch: Batch, epoch: int = 0, i: int = 0) -> dict:
-    """One step as the loop takes it (bench/train.py: train mode, lr and momentum from the schedule)."""
+    """One step as the loop takes it (bench/train/loop.py: train mode, lr and momentum from the schedule)."""
     m.net.train()
     schedules.apply(m.ctx.train_cfg, m.optimizers, epoch, i, m.ctx.steps_per_epoch)
     return m.train_step(batch, StepInfo(epoch=epoch, step=i, global_step=epoch * m.ctx.steps_per_epoch + i))

@@ -13,7 +13,7 @@ Where each piece comes from:
   [0, 1] (207); back to train mode (209); x_adv clamped once more (213).
 - ``forward_fs``: models/resnet.py ResNet_FS.forward 258-278 in train mode (219): f1 = linear1(g) (266),
   w f1 (268), f2 = linear2(g.detach()) (269), w f2 with the SAME, live linear ``w`` (270). The backbone g is this
-  suite's small_cnn (bench/models.py SmallCNN: four conv3x3-BN blocks, max-pool + ReLU after the first three,
+  suite's small_cnn (bench/models/architectures.py SmallCNN: four conv3x3-BN blocks, max-pool + ReLU after the first three,
   ReLU after the last, global average pool, fc + ReLU), spelt out layer by layer because of the next point.
 - Old autograd: SGD stepped ``p.data`` in place (below), which autograd did not version-check, so a backward run
   after a step read the UPDATED weight wherever its formula reads a weight, and the forward's activations

@@ -14,7 +14,7 @@ import torch
 
 import harness
 import ref_afd as ref
-from bench.train import EMA
+from bench.train.ema import EMA
 
 EPOCHS = 20  # the code's recipe: lr 0.025 during its first epoch (tl+sl.py:50, 106-113)
 STEPS = 3
@@ -221,7 +221,7 @@ def test_vaft_a_matches_reference_without_disentangler():
 
 
 def test_ema_matches_the_code_ema(as_run):
-    """The loop's EMA (bench/train.py) over the as-run states equals tl+sl.py's EMA (355-379: parameters and
+    """The loop's EMA (bench/train/loop.py) over the as-run states equals tl+sl.py's EMA (355-379: parameters and
     floating buffers; num_batches_tracked, which BatchNorm with momentum 0.1 never reads, is not compared).
     Mutation that fails it: the EMA decay fixed at 0.999 from the first update."""
     m, records, initial = as_run
@@ -246,8 +246,8 @@ def _digits_setting(batch_size: int = 128, parent_epochs: int = 3):
     builder of our AFD variants from it (weights perturbed as in the tests: D1 != D2)."""
     import dataclasses
 
-    from bench.data import Loader, load_dataset
-    from bench.models import build_model
+    from bench.data.datasets import Loader, load_dataset
+    from bench.models.architectures import build_model
     from methods import Context, get_method, make_hparams, resolve_hparams
 
     train, _, info = load_dataset("digits")
@@ -429,7 +429,7 @@ def measure() -> None:
 
     import torch.nn.functional as F
 
-    from bench.attacks import pgd
+    from bench.eval.attacks import pgd
     from methods.afd import confused_label
 
     t0 = time.time()

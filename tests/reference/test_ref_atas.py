@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import harness
 import ref_atas as R
-from bench import schedules
+from bench.core import schedules
 import methods.atas as atas
 from methods.atas import PAD
 

@@ -117,7 +117,7 @@ def test_fgsm_ga_starts_from_the_codes_weight_init():
     generator seeded with the run's seed: the same draws give the same weights, conv std sqrt(2 / (9 out)).
 
     Mutation that fails it (checked): the conv std computed from in_channels instead of out_channels."""
-    from bench.models import build_model
+    from bench.models.architectures import build_model
 
     m, _ = harness.build("fgsm_ga")
     torch.manual_seed(1)  # harness.build's student_seed: the same model as built, before any re-initialization

@@ -1,4 +1,4 @@
-"""Differential test: our PGD-20 evaluation (``bench.evaluate.Evaluator.pgd_correct`` with the default
+"""Differential test: our PGD-20 evaluation (``bench.eval.evaluator.Evaluator.pgd_correct`` with the default
 ``EvalConfig``) against ``ref_pgd20.py``, a transcription of yaodongyu/TRADES pgd_attack_cifar10.py
 ``_pgd_whitebox``. Same model, same images, the same random start (drawn from a generator seeded as the
 evaluator seeds each chunk's); float64 (the evaluator's image chunks are cast to float64 by a subclass, the only change);
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.config import EvalConfig
-from bench.evaluate import Evaluator
-from bench.models import build_model
+from bench.core.config import EvalConfig
+from bench.eval.evaluator import Evaluator
+from bench.models.architectures import build_model
 import harness
 import ref_pgd20 as ref
 

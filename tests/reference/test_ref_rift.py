@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import EvalConfig
-from bench.evaluate import Evaluator
+from bench.core.config import EvalConfig
+from bench.eval.evaluator import Evaluator
 from methods.rift import RIFT_RECIPE, candidate_modules, head_module
 
 import ref_rift as ref

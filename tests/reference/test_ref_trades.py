@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.schedules import lr_at
+from bench.core.schedules import lr_at
 from methods.trades import TRADES
 import harness
 import ref_trades as ref

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
-from bench.data import DatasetInfo, Loader, Split
-from bench.models import build_model
+from bench.core.config import TrainConfig
+from bench.data.datasets import DatasetInfo, Loader, Split
+from bench.models.architectures import build_model
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 
 

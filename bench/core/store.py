@@ -1,0 +1,199 @@
+"""The result store: one JSON file per run, checkpoints, exported models and per-run locks.
+
+Layout under the results folder (default ``results/``)::
+
+    runs/<run_id>.json      the result: config, status, metrics, per-epoch log, provenance (committed)
+    models/<run_id>.pt      the exported plain model of a finished run (children load their parent from it)
+    ckpt/<run_id>/last.pt   the latest end-of-epoch checkpoint, prev.pt the one before
+    locks/<run_id>.lock     flock'd while a process trains the run
+
+Every file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
+reader sees the old file or the new one, never half of one. Locks are ``fcntl.flock`` locks: the kernel
+releases them when the holding process dies, so a killed runner never blocks a run forever.
+
+Test hook: with ``BENCH_TEST_SLOW_WRITES=<seconds>`` in the environment, every atomic write prints
+``bench-test: writing <path>`` to stderr and sleeps that long between the complete temporary file and
+``os.replace``, so the crash-consistency test (tests/test_reliability.py) can SIGKILL a process mid-write.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from bench.core.config import ConfigError
+
+
+class CorruptFile(Exception):
+    """A result or checkpoint file that cannot be read; ``path`` names it."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+def _test_pause(path: Path) -> None:
+    """The BENCH_TEST_SLOW_WRITES hook (see the module doc); a no-op unless the variable is set."""
+    delay = os.environ.get("BENCH_TEST_SLOW_WRITES")
+    if delay:
+        print(f"bench-test: writing {path}", file=sys.stderr, flush=True)
+        time.sleep(float(delay))
+
+
+def content_digest(obj: Any) -> str:
+    """BLAKE2b over a nested structure: each tensor's dtype, shape and bytes, and the repr of every plain value.
+    Stored inside checkpoints and exported models and checked on load: torch's zip format has no checksum on
+    tensor data, so a garbled (not truncated) file would otherwise load silently with wrong weights."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(b"D%d" % len(o))
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(b"L%d" % len(o))
+            for v in o:
+                walk(v)
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(file)`` into a temp file beside ``path``, fsync, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _test_pause(path)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: store them as strings so a diverged run's log is still valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- paths -----------------------------------------------------------------------------------------
+    def result_path(self, rid: str) -> Path:
+        return self.root / "runs" / f"{rid}.json"
+
+    def model_path(self, rid: str) -> Path:
+        return self.root / "models" / f"{rid}.pt"
+
+    def ckpt_dir(self, rid: str) -> Path:
+        return self.root / "ckpt" / rid
+
+    def check_writable(self) -> None:
+        """Fail early, with one line, if results cannot be written (before any training is spent)."""
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"results folder {self.root} is not writable: choose another with --results")
+        # Permission bits do not tell everything (root, read-only or pseudo file systems like /proc): create and
+        # remove a temporary folder where the results folder would be made, leaving nothing behind.
+        try:
+            tempfile.TemporaryDirectory(dir=probe, prefix=".bench-probe-").cleanup()
+        except OSError as e:
+            raise ConfigError(f"results folder {self.root} is not writable ({e.strerror}): choose another with "
+                              "--results") from None
+
+    # -- results -----------------------------------------------------------------------------------------
+    def read(self, rid: str) -> dict | None:
+        """The result of a run, None if it has none; raises CorruptFile if the file is unreadable."""
+        path = self.result_path(rid)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CorruptFile(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(result, dict) or result.get("run_id") != rid or "status" not in result:
+            raise CorruptFile(path, "not a result file of this run (run_id or status missing)")
+        return result
+
+    def status(self, rid: str) -> str:
+        """done / failed / corrupt / missing (from the result file only)."""
+        try:
+            result = self.read(rid)
+        except CorruptFile:
+            return "corrupt"
+        return "missing" if result is None else result["status"]
+
+    def write(self, rid: str, result: dict) -> None:
+        text = json.dumps(_json_safe(result), indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(self.result_path(rid), text.encode())
+
+    def all_results(self) -> Iterator[tuple[Path, dict | CorruptFile]]:
+        for path in sorted((self.root / "runs").glob("*.json")):
+            try:
+                yield path, self.read(path.stem)
+            except CorruptFile as e:
+                yield path, e
+
+    # -- locks -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, rid: str, *, blocking: bool = True) -> Iterator[bool]:
+        """Hold the run's lock; yields False (without waiting) when non-blocking and another holds it."""
+        path = self.root / "locks" / f"{rid}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def is_locked(self, rid: str) -> bool:
+        with self.lock(rid, blocking=False) as got:
+            return not got

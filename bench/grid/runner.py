@@ -1,0 +1,93 @@
+"""Running a grid: preflight checks, then the runs in dependency order on this machine.
+
+The local executor trains parents before children in one process; finished runs are skipped, half-done ones
+resume from their checkpoint, failed ones are tried again. A run whose parent failed is recorded as failed
+with that reason, and the rest of the grid goes on.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+from bench.core.config import ConfigError, RunConfig, run_id
+from bench.core.runtime import Runtime
+from bench.core.store import CorruptFile, Store
+from bench.data.datasets import load_dataset
+from bench.grid.runs import expand
+from bench.models.architectures import MODELS, ModelError
+from bench.train.loop import _result, execute
+from bench.train.parents import load_parent_file, read_parent_file
+from bench.train.precision import check_run
+
+
+def preflight(runs: list[RunConfig], rt: Runtime) -> None:
+    """Every check that can fail on bad input, before anything is written: names, values, data, results."""
+    for cfg in runs:
+        check_run(cfg)
+        if cfg.model not in MODELS:
+            raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
+    infos = {}
+    for name in sorted({cfg.dataset for cfg in runs}):
+        infos[name] = load_dataset(name, rt.data_root, rt.cache_dir)[2]  # raises DataError naming the folder
+    rt.torch_device()
+    store = Store(rt.results)
+    store.check_writable()
+    for cfg in runs:  # an existing parent model of another architecture or class count fails now, not mid-grid
+        if cfg.parent_file is not None:
+
+            info = infos[cfg.dataset]
+            load_parent_file(cfg, info.num_classes, info.channels)
+        if cfg.parent is not None and cfg.parent_zoo is None:
+            path = store.model_path(run_id(cfg.parent))
+            if path.exists():
+                info = infos[cfg.dataset]
+                read_parent_file(path, cfg, info.num_classes, info.channels, mmap=True)
+
+
+def parents_needing_model(ordered: list[RunConfig], store: Store) -> set[str]:
+    """Run ids that are done but whose exported model is missing while a run still to do fine-tunes them."""
+    out = set()
+    for cfg in ordered:
+        if cfg.parent is None or cfg.parent_zoo is not None:
+            continue
+        pid = run_id(cfg.parent)
+        if pid in out or store.model_path(pid).exists():
+            continue
+        if store.status(pid) == "done" and store.status(run_id(cfg)) != "done":
+            out.add(pid)
+    return out
+
+
+def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = print) -> dict[str, dict]:
+    ordered = expand(runs)
+    preflight(ordered, rt)
+    store = Store(rt.results)
+    results: dict[str, dict] = {}
+    needed = parents_needing_model(ordered, store)
+    for i, cfg in enumerate(ordered, 1):
+        rid = run_id(cfg)
+        pid = run_id(cfg.parent) if cfg.parent is not None else None
+        if pid is not None and results.get(pid, {}).get("status") != "done":
+            reason = f"parent {pid} ({cfg.parent.method}) did not finish"
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
+            store.write(rid, results[rid])
+            log(f"[{i}/{len(ordered)}] {rid} {cfg.method}: skipped, {reason}")
+            continue
+        try:
+            status = store.status(rid)
+        except CorruptFile:
+            status = "corrupt"
+        redo = status == "done" and rid in needed
+        log(f"[{i}/{len(ordered)}] {rid} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: "
+            + ("done, skipped" if status == "done" and not redo else "training"))
+        try:
+            results[rid] = execute(cfg, rt, log=log, need_model=rid in needed)
+        except ConfigError:
+            raise  # bad input: stop the whole grid with one line
+        except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid
+            reason = f"{type(e).__name__}: {e}"
+            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
+            results[rid]["traceback"] = traceback.format_exc()
+            store.write(rid, results[rid])
+            log(f"[{rid}] {cfg.method} FAILED: {reason}")
+    return results
