@@ -23,6 +23,7 @@ from bench.core.config import (
     replace_path,
     run_id,
 )
+from bench.grid.grids import TABLE5_STEP_PAIR
 from methods import REGISTRY, get_method, resolve_hparams
 
 
@@ -389,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("speed", help="images/s of each method's full training step, data share, FLOP/s, baseline")
     sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
-    sp.add_argument("--methods", default="vaft,afd", help="comma-separated methods (default vaft,afd)")
+    sp.add_argument("--methods", default=",".join(TABLE5_STEP_PAIR),
+                    help="comma-separated methods, each timed against the first (default "
+                    f"{','.join(TABLE5_STEP_PAIR)}: AFD Table 5's comparison)")
     sp.add_argument("--precision", default=None, choices=list(PRECISIONS),
                     help="training precision (default: the fastest this device runs natively: bf16 where it has "
                     "native bf16 (AMX, AVX512-BF16, bf16 GPUs), else fp32)")

@@ -13,7 +13,7 @@ ROW_FIELDS = {"method", "step_s", "step_s_min", "step_s_all", "images_per_s", "e
               "flops_per_step", "flops_per_s", "mfu", "baseline_step_s", "baseline_images_per_s", "baseline_epoch_s",
               "speedup", "compiled"}
 TOP_FIELDS = {"model", "precision", "batch_size", "steps", "warmup", "image_size", "data", "device", "device_name",
-              "threads", "torch", "loadavg", "baseline", "baseline_workers", "peak_flops_per_s", "afd_vaft_ratio",
+              "threads", "torch", "loadavg", "baseline", "baseline_workers", "peak_flops_per_s", "reference", "step_ratios",
               "methods", "precision_effective", "precision_native", "compile", "cpu"}
 
 
@@ -29,16 +29,17 @@ def test_speed_cli_json_has_every_field(capsys):
         assert set(row) == ROW_FIELDS
         assert row["images_per_s"] > 0 and row["flops_per_step"] > 0 and 0 < row["batch_share"] < 1
         assert row["speedup"] > 0 and len(row["step_s_all"]) == 2
-    assert rep["afd_vaft_ratio"] == pytest.approx(rep["methods"][1]["step_s"] / rep["methods"][0]["step_s"])
+    assert rep["reference"] == "vaft"
+    assert rep["step_ratios"] == {"afd": pytest.approx(rep["methods"][1]["step_s"] / rep["methods"][0]["step_s"])}
     assert rep["peak_flops_per_s"] > 0
     text = render(rep)
-    assert "AFD step / vAFT step" in text and "speedup" in text
+    assert "afd step / vaft step" in text and "speedup" in text
 
 
 def test_speed_without_baseline_or_afd():
     rep = measure(model="small_cnn", methods=["pgd_at"], precision="fp32", batch_size=4, steps=1, warmup=0,
                   device="cpu", matmul_size=64)
-    assert rep["afd_vaft_ratio"] is None and rep["methods"][0]["speedup"] is None
+    assert rep["step_ratios"] == {} and rep["methods"][0]["speedup"] is None
     assert "pgd_at" in render(rep)
 
 
