@@ -123,10 +123,19 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
 def _runtime(args) -> "Runtime":
     from bench.core.runtime import Runtime
 
+    _check_threads(args)
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
                    device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
                    eval_layout=getattr(args, "eval_layout", "channels_last"),
-                   eval_fold_bn=getattr(args, "eval_fold_bn", True), procs=_procs(args))
+                   eval_fold_bn=getattr(args, "eval_fold_bn", True), procs=_procs(args),
+                   determinism=getattr(args, "determinism", "strict"))
+
+
+def _check_threads(args) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1 (got {threads}); leave it out for torch's default "
+                         "($SLURM_CPUS_PER_TASK under SLURM)")
 
 
 def _procs(args) -> int:
@@ -160,6 +169,11 @@ def cmd_run(args) -> int:
 
     runs = _grid_runs(args)
     rt = _runtime(args)
+    if rt.procs > 1:  # what a method cannot do on several processes is refused before anything runs
+        from bench.train.precision import check_run
+
+        for cfg in runs:
+            check_run(cfg, procs=rt.procs)
     if args.executor == "slurm":
         from bench.grid.slurm import run_slurm, wait
 
@@ -270,7 +284,7 @@ def cmd_eval(args) -> int:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise UsageError(f"--eps {args.eps}: expected a number like 8/255")
     spec = make_spec(model=args.model, zoo=args.zoo, checkpoint=args.checkpoint, dataset=args.dataset, n=args.n,
-                     n_aa=args.n_aa, eps=float(eps), batch_size=args.batch_size, seed=args.seed)
+                     n_pgd=args.n_pgd, n_aa=args.n_aa, eps=float(eps), batch_size=args.batch_size, seed=args.seed)
     result = evaluate(spec, _runtime(args), log=lambda s: print(s, file=sys.stderr, flush=True))
     print(render(result), end="")
     print(f"result: {Path(args.results) / 'evals' / (result['eval_id'] + '.json')}")
@@ -278,7 +292,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_speed(args) -> int:
+    from bench.core import determinism
     from bench.perf.speed import measure, render, to_json
+
+    _check_threads(args)
+    determinism.apply(args.determinism)
 
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly
@@ -326,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
                              "conv (a runtime option: same ids; folding is faster)")
 
+    def determinism_arg(sp):
+        sp.add_argument("--determinism", default="strict", choices=["strict", "fast"],
+                        help="strict (default): deterministic cuDNN and kernels, no cuDNN benchmarking, what "
+                             "bit-identical resume rests on on GPUs; fast: cuDNN may benchmark and use atomics "
+                             "(a runtime option: same run ids; recorded in every result)")
+
     def grid_args(sp):
         plugin_arg(sp)
         sp.add_argument("--grid", required=True, help="grid name (see `bench list`)")
@@ -348,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
                     "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
     layout_arg(sp)
+    determinism_arg(sp)
     sp.add_argument("--procs-per-run", type=int, default=None, metavar="K",
                     help="train and evaluate each run on K local CPU processes (torch.distributed, gloo)")
     sp.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
@@ -418,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--contenders", default="ours,ours_plain,direct",
                     help="--eval: which evaluations to time (ours and direct required; default all three)")
     sp.add_argument("--save-model", default=None, help="--eval: save the model made here, for --checkpoint later")
+    determinism_arg(sp)
     plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
 
@@ -427,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "wrapper, DataParallel prefixes fine, or one of our exported models")
     sp.add_argument("--zoo", default=None, help="a RobustBench model name instead of --model/--checkpoint")
     sp.add_argument("--dataset", required=True, help="test set (bench list)")
-    sp.add_argument("--n", type=int, default=10_000, help="test images for clean and PGD-20 (default 10000)")
-    sp.add_argument("--n-aa", type=int, default=None, help="test images for AutoAttack (default: --n; 0 skips it)")
+    sp.add_argument("--n", type=int, default=10_000, help="test images for clean accuracy (default 10000)")
+    sp.add_argument("--n-pgd", type=int, default=None, help="test images for PGD-20 (default: --n; 0 skips it)")
+    sp.add_argument("--n-aa", type=int, default=None, help="test images for AutoAttack (default: --n-pgd; 0 skips it)")
     sp.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
     sp.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
@@ -438,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     plugin_arg(sp)
     layout_arg(sp)
+    determinism_arg(sp)
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("list", help="methods, models, data sets and grids")

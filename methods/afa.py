@@ -125,6 +125,13 @@ class AFA(Method):
         trades_beta: float = 0.0  # 0: AFA; > 0: AFA+TRADES with this beta (TRADES: 6.0)
         proj_dim: int = 0  # 0: contrast the penultimate features; > 0: SupCon MLP head of this output size
 
+    @classmethod
+    def data_parallel_problem(cls, hp):
+        # SupCon contrasts every image of the batch with every other: on k processes each rank would contrast
+        # its B/k shard only (fewer positives and negatives: another loss), and the attack maximises that loss too
+        return ("its supervised contrastive loss couples the whole batch; on several processes each rank would "
+                "contrast only its shard")
+
     def __init__(self, model, hp, ctx):
         super().__init__(model, hp, ctx)
         if hp.temperature <= 0 or hp.base_temperature <= 0 or hp.trades_beta < 0 or hp.proj_dim < 0:

@@ -155,21 +155,27 @@ class LegacySGD(torch.optim.SGD):
             if group.get("maximize") or group.get("differentiable"):
                 raise NotImplementedError("LegacySGD: maximize / differentiable are not supported")
             wd, mom, damp = group["weight_decay"], group["momentum"], group["dampening"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if wd != 0:
-                    d_p.add_(p, alpha=wd)  # in place: the weight decay stays in p.grad
-                if mom != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d_p.clone()
-                    else:
-                        buf.mul_(mom).add_(d_p, alpha=1 - damp)
-                    d_p = d_p.add(buf, alpha=mom) if group["nesterov"] else buf
-                p.add_(d_p, alpha=-group["lr"])
+            # The same arithmetic as a loop over the parameters, one multi-tensor (_foreach) operation per line:
+            # AFD steps three optimizers per batch, and per-parameter kernels made its step launch-bound on GPUs.
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            d_ps = [p.grad for p in params]
+            if wd != 0:
+                torch._foreach_add_(d_ps, params, alpha=wd)  # in place: the weight decay stays in p.grad
+            if mom != 0:
+                states = [self.state[p] for p in params]
+                kept = [i for i, st in enumerate(states) if st.get("momentum_buffer") is not None]
+                if kept:  # buf = momentum * buf + (1 - dampening) * d_p
+                    bufs = [states[i]["momentum_buffer"] for i in kept]
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, [d_ps[i] for i in kept], alpha=1 - damp)
+                for st, g in zip(states, d_ps):
+                    if st.get("momentum_buffer") is None:  # the first step: buf = d_p
+                        st["momentum_buffer"] = g.clone()
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
+                d_ps = torch._foreach_add(d_ps, bufs, alpha=mom) if group["nesterov"] else bufs
+            torch._foreach_add_(params, d_ps, alpha=-group["lr"])
         return loss
 
 

@@ -169,6 +169,12 @@ class ATAS(Method):
         warmup_epochs: int = 5  # ATAS.py:64 --warmup-epochs, of the recipe's 30 (scaled, see the docstring)
         reset_every: int = 10  # ATAS.py:31 --epochs-reset, of the recipe's 30 (scaled)
 
+    @classmethod
+    def grad_scaler_problem(cls, hp):
+        # The step sizes come from the MAGNITUDE of an unscaled input gradient (adv_attack.py:47-49: the running
+        # squared norm v); in fp16 its entries near 1e-5 are subnormal or 0, so the step sizes would change
+        return "its step sizes come from the magnitude of an input gradient that fp16 flushes toward 0"
+
     def __init__(self, model, hp, ctx):
         super().__init__(model, hp, ctx)
         if not 0 < hp.min_step_size <= hp.max_step_size:

@@ -151,6 +151,19 @@ class Method:
             return None
         return "its own train_step does not go through the gradient scaler fp16 needs"
 
+    @classmethod
+    def data_parallel_problem(cls, hp: Any) -> str | None:
+        """Why one run of this method cannot train on several processes (one line), or None. A method whose loss
+        couples the examples of a batch beyond what the loop makes whole (per-rank shards, gradients averaged,
+        ``sync_state``) says so here and is refused before anything starts."""
+        return None
+
+    @classmethod
+    def batchnorm_sync_problem(cls, hp: Any) -> str | None:
+        """Why this method cannot train with SyncBatchNorm on several GPUs (one line), or None. The loop then
+        normalises per rank (as on CPUs) and averages the running statistics every epoch; the result says so."""
+        return None
+
     def __init__(self, model: nn.Module, hp: Any, ctx: Context):
         check_ranges(self.name, self.ranges, hp)  # also for Hparams built directly, not through resolve_hparams
         self.hp = hp

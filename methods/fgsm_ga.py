@@ -175,6 +175,14 @@ class FGSMGA(Method):
         init: str = "code"
 
     @classmethod
+    def batchnorm_sync_problem(cls, hp):
+        if not getattr(hp, "grad_align_lambda", 0):
+            return None
+        # GradAlign differentiates an input gradient (create_graph=True); SyncBatchNorm's double backward is not
+        # implemented ("derivative for batch_norm_backward_elemt", pytorch issue 61222)
+        return "GradAlign's double backward is not implemented for SyncBatchNorm"
+
+    @classmethod
     def compile_problem(cls, hp):
         if not getattr(hp, "grad_align_lambda", 0):
             return None

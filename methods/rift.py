@@ -111,6 +111,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.core.config import EvalConfig, TrainConfig
+from bench.core.distributed import broadcast_object
 from bench.data.datasets import Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
@@ -223,9 +224,12 @@ def select_alpha(curve: list[dict], tolerance: float | None = None) -> float:
 
 @torch.no_grad()
 def _mean_ce(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
-    total = sum(F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum").item()
-                for i in range(0, len(x), batch_size))
-    return total / len(x)
+    """Mean CE over ``x``, summed on the device in float64 in batch order (the same numbers as a Python sum of
+    each batch's float: one host synchronisation at the end instead of one per batch)."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        total += F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum").double()
+    return float(total) / len(x)
 
 
 def worst_case_loss(model: nn.Module, weight: str, x: Tensor, y: Tensor, *, ball: float, epochs: int, lr: float,
@@ -242,7 +246,8 @@ def worst_case_loss(model: nn.Module, weight: str, x: Tensor, y: Tensor, *, ball
     max_loss, ratios = 0.0, []  # max_loss starts at 0 (l.104)
     try:
         for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+            # the order is drawn on the CPU (the generator's numbers), then moved once: no index copy per batch
+            for idx in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
                 opt.zero_grad(set_to_none=True)
                 (-F.cross_entropy(model(x[idx]), y[idx])).backward()  # gradient ASCENT on R (l.112)
                 opt.step()
@@ -392,7 +397,9 @@ class RiFT(Method):
 
     def _record_epoch(self, model: nn.Module, ev: Evaluator) -> None:
         """Held-out clean accuracy of the model at the end of a fine-tuning epoch; keep it if strictly best."""
-        acc = float(ev.correct(ev.prepare(model, ev.memory_format), len(ev.test)).float().mean())
+        # data-parallel runs: rank 0's accuracy decides on every rank (a near-tie read differently on another
+        # rank would keep another epoch's weights there)
+        acc = broadcast_object(float(ev.correct(ev.prepare(model, ev.memory_format), len(ev.test)).float().mean()))
         if not self.ft_acc or acc > max(self.ft_acc):
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.ft_acc.append(acc)
@@ -406,8 +413,10 @@ class RiFT(Method):
         self.mrc = self.compute_mrc(*self.mrc_set())
         self.mrc_seconds = time.perf_counter() - t0
         pool = self.mrc if self.hp.module_rule == "mrc_all" else {k: v for k, v in self.mrc.items() if k != self.head}
-        self._set_module(min(pool, key=pool.get), "mrc_argmin_all" if self.hp.module_rule == "mrc_all"
-                         else "mrc_argmin")
+        # data-parallel runs: rank 0 decides (ranks that picked different modules would train different
+        # parameters and hang in the gradient all-reduce)
+        self._set_module(broadcast_object(min(pool, key=pool.get)),
+                         "mrc_argmin_all" if self.hp.module_rule == "mrc_all" else "mrc_argmin")
 
     # -- stage (b) --------------------------------------------------------------------------------------------
     def configure_optimizers(self, train):
@@ -469,7 +478,7 @@ class RiFT(Method):
                 drop = max(drop, hp.select_z * paired_se(lost, gained, n))
             curve.append({"a": a, "clean": float(clean_ok.float().mean()), "robust": float(robust_ok.float().mean()),
                           "robust_lost": lost, "robust_gained": gained, "allowed_drop": drop})
-        a = select_alpha(curve)
+        a = broadcast_object(select_alpha(curve))  # rank 0 decides: every rank exports the same model
         model.load_state_dict(interpolate_state(theta_at, theta_ft, a))  # in place: the exported model
         return {"rift_module": self.chosen, "rift_module_source": self.module_source, "rift_mrc": dict(self.mrc),
                 "rift_mrc_seconds": self.mrc_seconds, "rift_ft_acc": list(self.ft_acc), "rift_ft_epoch": ft_epoch,

@@ -44,9 +44,10 @@ def test_loader_shards_partition_each_global_batch(k):
 def test_world_from_torchrun_and_slurm_variables():
     assert distributed.from_env({}) == distributed.SINGLE
     assert distributed.from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == distributed.World(1, 4, 1)
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[12-13]"}
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1",
+             "SLURM_JOB_NODELIST": "gpu[12-13]"}
     assert distributed.from_env(slurm) == distributed.World(3, 4, 1)
-    assert distributed.from_env({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == distributed.SINGLE
+    assert distributed.from_env({**slurm, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}) == distributed.SINGLE
     assert distributed.slurm_master(slurm) == "gpu12"
     assert distributed.slurm_master({"SLURM_JOB_NODELIST": "node7,node9"}) == "node7"
     assert distributed.World(1, 3).shard(0, 10) == (3, 6)

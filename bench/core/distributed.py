@@ -68,13 +68,41 @@ SINGLE = World()
 
 
 def from_env(env: dict[str, str] | None = None) -> World:
-    """The world of this process from torchrun's or SLURM's variables; one process when neither says more."""
+    """The world of this process from torchrun's or SLURM's variables; one process when neither says more.
+
+    Under SLURM the world is the current step's tasks (``SLURM_STEP_NUM_TASKS``, set by ``srun``), not the job's
+    (``SLURM_NTASKS``): a process started by an ``sbatch --ntasks=4`` script without ``srun`` is alone, and taking
+    it for rank 0 of 4 would wait forever for three ranks that never start. Such a process that was asked for
+    several processes per run is refused by :func:`check_launch`."""
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env and "RANK" in env:
         return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    step_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if step_tasks > 1 and "SLURM_PROCID" in env:
+        return World(int(env["SLURM_PROCID"]), step_tasks, int(env.get("SLURM_LOCALID", 0)))
     return SINGLE
+
+
+def check_launch(procs: int, env: dict[str, str] | None = None) -> None:
+    """ConfigError (one line) when ``procs`` processes per run are asked for inside a SLURM job of several tasks
+    whose tasks were not started by ``srun``: the world cannot form (the job's other tasks never run)."""
+    env = os.environ if env is None else env
+    job_tasks = int(env.get("SLURM_NTASKS", "1") or 1)
+    step_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if procs > 1 and job_tasks > 1 and step_tasks != job_tasks and "WORLD_SIZE" not in env:
+        raise ConfigError(f"{procs} processes per run asked for in a SLURM job of {job_tasks} tasks, but this "
+                          f"process is one of a {step_tasks}-task step: start it with `srun` (one task per GPU), "
+                          "or give the job one task and let --gpus-per-run start the processes")
+
+
+def cuda_device(world: World, count: int | None = None) -> torch.device:
+    """The GPU of this rank: ``cuda:<local rank mod visible devices>``. A cluster that binds one GPU per task
+    (``--gpus-per-task``, ``--gpu-bind``, per-task cgroups) shows every task its GPU as ``cuda:0``; one that does
+    not shows all of them, numbered by local rank."""
+    count = torch.cuda.device_count() if count is None else count
+    if count < 1:
+        raise ConfigError("a CUDA device was asked for but none is visible (CUDA_VISIBLE_DEVICES?)")
+    return torch.device("cuda", world.local_rank % count)
 
 
 def slurm_master(env: dict[str, str] | None = None) -> str:
@@ -89,8 +117,25 @@ def slurm_master(env: dict[str, str] | None = None) -> str:
     return head
 
 
+# Control messages (the run's decision, barriers) travel on a gloo group with a long timeout: rank 0 may wait for
+# the run's lock, write a checkpoint or evaluate while the others wait, and NCCL's watchdog would abort a rank that
+# waits in an NCCL collective longer than its timeout (10 minutes by default).
+CONTROL_TIMEOUT_S = 7 * 24 * 3600
+_CONTROL: Any = None
+
+
+def _timeout() -> Any:
+    """The data group's timeout: torch's default, or $BENCH_DIST_TIMEOUT_S (tests shorten it to show that control
+    messages do not depend on it)."""
+    import datetime
+
+    s = os.environ.get("BENCH_DIST_TIMEOUT_S")
+    return datetime.timedelta(seconds=float(s)) if s else None
+
+
 def init(world: World, device: torch.device, env: dict[str, str] | None = None) -> None:
-    """Join the process group (NCCL on CUDA, gloo on CPU) through MASTER_ADDR/MASTER_PORT."""
+    """Join the process group (NCCL on CUDA, gloo on CPU) through MASTER_ADDR/MASTER_PORT, and the gloo control
+    group (see CONTROL_TIMEOUT_S)."""
     if not world.active or (dist.is_available() and dist.is_initialized()):
         return
     if not dist.is_available():
@@ -101,15 +146,23 @@ def init(world: World, device: torch.device, env: dict[str, str] | None = None) 
     if "MASTER_PORT" not in env:
         # SLURM: a port derived from the job id, the same on every task and unlikely to clash between jobs
         os.environ["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    import datetime
+
+    global _CONTROL
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+    timeout = _timeout()
+    dist.init_process_group(backend, rank=world.rank, world_size=world.size,
+                            **({"timeout": timeout} if timeout is not None else {}))
+    _CONTROL = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=CONTROL_TIMEOUT_S))
 
 
 def shutdown() -> None:
+    global _CONTROL
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None
 
 
 def _group_active() -> bool:
@@ -117,8 +170,9 @@ def _group_active() -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank, on the control group (no NCCL watchdog)."""
     if _group_active():
-        dist.barrier()
+        dist.barrier(group=_CONTROL)
 
 
 # -- gradients and buffers -------------------------------------------------------------------------------------
@@ -165,11 +219,34 @@ def average_buffers(module: nn.Module) -> None:
             _all_reduce_mean(bufs)
 
 
-def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
-    """(model, how BatchNorm statistics are shared): SyncBatchNorm on CUDA; per rank on CPU (see module doc)."""
-    if device.type == "cuda":
+def sync_batchnorm(model: nn.Module, device: torch.device, refuse: str | None = None) -> tuple[nn.Module, str]:
+    """(model, how BatchNorm statistics are shared): SyncBatchNorm on CUDA; per rank on CPU (see module doc), and
+    on CUDA too when ``refuse`` says why the method cannot use SyncBatchNorm (a double backward through it is not
+    implemented: pytorch issue 61222)."""
+    if device.type == "cuda" and refuse is None:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model), "synchronised (SyncBatchNorm)"
+    if device.type == "cuda":
+        return model, f"per rank ({refuse}); running statistics averaged every epoch"
     return model, "per rank (gloo has no SyncBatchNorm); running statistics averaged every epoch"
+
+
+def plain_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every SyncBatchNorm turned back into a BatchNorm2d (the only BatchNorm the models have),
+    the same parameters, running statistics and mode (in place; torch has no inverse of
+    convert_sync_batchnorm): the exported model of a multi-GPU run is the plain model a one-process run exports,
+    so evaluation folds it the same way."""
+    for name, child in list(module.named_children()):
+        if not isinstance(child, nn.SyncBatchNorm):
+            plain_batchnorm(child)
+            continue
+        plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        plain.load_state_dict(child.state_dict())
+        plain.to(next(iter(child.state_dict().values())).device).train(child.training)
+        if child.affine:
+            plain.weight.requires_grad_(child.weight.requires_grad)
+            plain.bias.requires_grad_(child.bias.requires_grad)
+        setattr(module, name, plain)
+    return module
 
 
 # -- method helpers ----------------------------------------------------------------------------------------------
@@ -204,11 +281,22 @@ def merge_latest(buffer: Tensor, stamp: Tensor) -> None:
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, over the control group."""
     if not _group_active():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_CONTROL)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (identity on one process): a decision taken from floats that could
+    come out differently on another rank (RiFT's module, epoch and interpolation weight) is taken once."""
+    if not _group_active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_CONTROL)
+    return box[0]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -171,7 +171,7 @@ def native(precision: str, device: torch.device) -> bool:
         raise ConfigError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         if precision == "bf16":
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+            return cuda_native_bf16(device)
         if precision == "tf32":
             return torch.cuda.get_device_capability(device) >= (8, 0)
         return True
@@ -304,17 +304,17 @@ def allow_tf32(benchmark: bool = False) -> Iterator[None]:
         yield
 
 
-def tf32_policy(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The TF32 policy of training at ``precision`` on ``device``; cudnn.benchmark on for training on CUDA (its
-    batches have a fixed shape, so the fastest algorithm is searched once per shape)."""
-    bench = device.type == "cuda"
+def tf32_policy(device: torch.device, precision: str, benchmark: bool = False) -> contextlib.AbstractContextManager:
+    """The TF32 policy of training at ``precision`` on ``device``. ``benchmark``: let cuDNN search the fastest
+    algorithm once per batch shape (the "fast" determinism policy only: a new process may find another one)."""
+    bench = benchmark and device.type == "cuda"
     return allow_tf32(bench) if precision == "tf32" and device.type == "cuda" else exact_fp32(bench)
 
 
 @contextlib.contextmanager
-def training_context(device: torch.device, precision: str) -> Iterator[None]:
+def training_context(device: torch.device, precision: str, benchmark: bool = False) -> Iterator[None]:
     """Numerics of one training step: the TF32 policy, plus autocast to bf16 / fp16."""
-    with tf32_policy(device, precision):
+    with tf32_policy(device, precision, benchmark):
         dtype = AUTOCAST_DTYPES.get(precision)
         if dtype is None:
             yield
@@ -324,8 +324,27 @@ def training_context(device: torch.device, precision: str) -> Iterator[None]:
 
 
 # -- fp16: the gradient scaler ------------------------------------------------------------------------------
+def cuda_native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability 8.0 and newer). ``is_bf16_supported(including_emulation=False)`` says
+    so where the keyword exists (torch >= 2.3); older torch answers True for emulated bf16 too, so the capability
+    decides there."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3: no including_emulation
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def make_grad_scaler(precision: str, device: torch.device) -> "torch.amp.GradScaler | None":
-    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    """The device-generic ``torch.amp.GradScaler`` (torch >= 2.3); on older torch ``torch.cuda.amp.GradScaler``,
+    which exists for CUDA only."""
+    if precision != "fp16":
+        return None
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    if device.type != "cuda":
+        raise ConfigError(f"fp16 on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch "
+                          f"{torch.__version__}: use bf16 or fp32")
+    return torch.cuda.amp.GradScaler()
 
 
 def backward(loss: torch.Tensor, scaler: "torch.amp.GradScaler | None", **kw: Any) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core import numerics
+from bench.core import determinism, numerics
 
 
 def _git_state() -> tuple[str | None, bool | None]:
@@ -39,4 +39,4 @@ def provenance(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["name"]
     return {"git": rev, "git_dirty": dirty, "versions": versions, "device": str(device), "device_name": name,
             "cpu_name": cpu["name"], "cpu_model": cpu["model"], "cpu_isa": cpu["isa"], "host": platform.node(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "determinism": determinism.state()}

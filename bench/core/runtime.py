@@ -32,6 +32,9 @@ class Runtime:
     # Processes per run (bench/core/distributed.py): data-parallel training and sharded evaluation of ONE run on this
     # many local processes (GPUs: one each; CPUs: gloo). Not part of a run's meaning: same run id and files.
     procs: int = 1
+    # bench/core/determinism.py: "strict" (deterministic cuDNN and kernels, no cuDNN benchmarking: what the
+    # bit-identical promises rest on) or "fast". Recorded in every result; not part of a run's meaning.
+    determinism: str = "strict"
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -3,7 +3,6 @@
 
 The names a method plugin or a test uses are re-exported here: ``from bench.data import Loader, Split``.
 """
-from bench.data.datasets import (DATASETS, Batch, DataError, DatasetInfo, Loader, Split, default_data_root,
-                                 load_dataset)
+from bench.data.datasets import DATASETS, Batch, DataError, DatasetInfo, Loader, Split, default_data_root, load_dataset
 
 __all__ = ["DATASETS", "Batch", "DataError", "DatasetInfo", "Loader", "Split", "default_data_root", "load_dataset"]

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from bench.core import determinism
 from bench.core.checkpoints import load_into
 from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest
 from bench.core.provenance import provenance
@@ -56,7 +57,9 @@ class EvalSpec:
 
 
 def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dataset: str, n: int, n_aa: int | None,
-              eps: float, batch_size: int, seed: int = 0) -> EvalSpec:
+              eps: float, batch_size: int, seed: int = 0, n_pgd: int | None = None) -> EvalSpec:
+    """What to evaluate: clean accuracy on the first ``n`` test images, PGD-20 on the first ``n_pgd`` (default
+    ``n``), AutoAttack on the first ``n_aa`` (default ``n_pgd``; 0 skips it)."""
     if (model is None) == (zoo is None):
         raise ConfigError("give one of --model (with --checkpoint) or --zoo NAME")
     if zoo is not None and checkpoint is not None:
@@ -65,13 +68,17 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
         raise ConfigError(f"--model {model} needs --checkpoint PATH (the weights to evaluate)")
     if n < 1:
         raise ConfigError(f"--n must be >= 1 (got {n})")
-    if n_aa is not None and n_aa < 0:
-        raise ConfigError(f"--n-aa must be >= 0 (got {n_aa})")
+    if n_pgd is not None and not 0 <= n_pgd <= n:
+        raise ConfigError(f"--n-pgd must be in [0, --n] = [0, {n}] (got {n_pgd})")
+    n_pgd = n if n_pgd is None else n_pgd
+    if n_aa is not None and not 0 <= n_aa <= n_pgd:
+        raise ConfigError(f"--n-aa must be in [0, --n-pgd] = [0, {n_pgd}] (got {n_aa}): AA <= PGD-20 is checked on "
+                          "the images they share")
     if not 0 < eps <= 1:
         raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]: write 8/255), got {eps}")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist: give the path of a .pt/.pth file")
-    ev = EvalConfig(n_clean=n, n_pgd=n, n_aa=n if n_aa is None else n_aa, batch_size=batch_size)
+    ev = EvalConfig(n_clean=n, n_pgd=n_pgd, n_aa=n_pgd if n_aa is None else n_aa, batch_size=batch_size)
     ev.validate()
     return EvalSpec(model=model if zoo is None else f"zoo:{zoo}",
                     checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
@@ -122,6 +129,7 @@ def _from_factory(ref: str, num_classes: int) -> nn.Module:
 def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) -> dict:
     """Run (or resume, or return the finished) evaluation of ``spec``; writes and returns the result."""
 
+    determinism.apply(rt.determinism)  # before any CUDA work
     store = Store(rt.results)
     store.check_writable()
     set_threads(rt.threads)

@@ -23,7 +23,7 @@ from bench.train.precision import check_run
 def preflight(runs: list[RunConfig], rt: Runtime) -> None:
     """Every check that can fail on bad input, before anything is written: names, values, data, results."""
     for cfg in runs:
-        check_run(cfg)
+        check_run(cfg, procs=rt.procs)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
     infos = {}

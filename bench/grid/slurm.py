@@ -512,14 +512,15 @@ def snapshot_code(results: Path) -> Path:
 
 def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
     """The runtime a job gets: absolute paths (the job's working directory is the snapshot), the device from
-    the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given."""
-
+    the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given, and
+    the runtime options of the command line (compile, evaluation layout and folding, determinism policy)."""
     data_root = (rt.data_root or default_data_root()).expanduser().resolve()
     cache = rt.cache_dir or (Path(os.environ["BENCH_CACHE_DIR"]) if os.environ.get("BENCH_CACHE_DIR") else None)
     device = rt.device if rt.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
     return {"results": str(Path(rt.results).resolve()), "data_root": str(data_root),
             "cache_dir": str(cache.expanduser().resolve()) if cache else None, "device": device,
-            "progress": False, "threads": rt.threads, "compile": rt.compile}
+            "progress": False, "threads": rt.threads, "compile": rt.compile, "eval_layout": rt.eval_layout,
+            "eval_fold_bn": rt.eval_fold_bn, "determinism": rt.determinism}
 
 
 def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callable[[str], None] = print) -> None:

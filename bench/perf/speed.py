@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bench.core import compilation, numerics
+from bench.core import compilation, determinism, numerics
 from bench.core.config import EPS_8, PRECISIONS, ConfigError
 from bench.core.runtime import resolve_device, set_threads
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split
@@ -69,7 +69,8 @@ class _Runner:
     sums: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._step = make_step(self.method, self.precision, self.device)  # as the loop runs it
+        # as the loop runs it, under the determinism policy in force (cuDNN benchmarks only under "fast")
+        self._step = make_step(self.method, self.precision, self.device, benchmark=determinism.cudnn_benchmark())
 
     def step(self, batch: Batch) -> None:
         out = self._step(batch, StepInfo(epoch=0, step=self.step_no, global_step=self.step_no))
@@ -181,7 +182,7 @@ def peak_matmul_flops(device: torch.device, precision: str, size: int, reps: int
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best = math.inf
-    with numerics.tf32_policy(device, precision):
+    with numerics.tf32_policy(device, precision, determinism.cudnn_benchmark()):
         a @ b  # warm-up
         for _ in range(reps):
             _sync(device)

@@ -20,12 +20,19 @@ class EMA:
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
+        """avg = decay * avg + (1 - decay) * cur for every floating tensor, as one multi-tensor (_foreach)
+        operation each (the same arithmetic as a loop over them, without a kernel launch per tensor)."""
         decay = min(0.999, (self.t + 1) / (self.t + 10))
         src = net.state_dict()
+        avgs, curs = [], []
         for name, avg in self.net.state_dict().items():
             cur = src[name].detach()
             if avg.dtype.is_floating_point:
-                avg.mul_(decay).add_(cur.to(avg.dtype), alpha=1 - decay)
+                avgs.append(avg)
+                curs.append(cur.to(avg.dtype))
             else:
                 avg.copy_(cur)
+        if avgs:
+            torch._foreach_mul_(avgs, decay)
+            torch._foreach_add_(avgs, curs, alpha=1 - decay)
         self.t += 1

@@ -23,12 +23,13 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
-from bench.core import compilation, distributed, numerics, schedules
+from bench.core import compilation, determinism, distributed, memory, numerics, schedules
 from bench.core.config import ConfigError, RunConfig, run_id, to_dict
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
@@ -94,8 +95,10 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     Data-parallel (bench/core/distributed.py): with ``rt.procs`` > 1 and no world yet, the run is done by that many
     local processes spawned here; a process that is already one rank of a world (torchrun, SLURM tasks) does
     its share directly. Either way the run id, the files and the result are those of a one-process run."""
-    check_run(cfg)
+    determinism.apply(rt.determinism)  # before any CUDA work (the cuBLAS workspace is read when cuBLAS starts)
     world = distributed.from_env()
+    distributed.check_launch(rt.procs)
+    check_run(cfg, procs=max(rt.procs, world.size))
     if rt.procs > 1 and not world.active:
         distributed.spawn(_rank_main, (cfg, rt, stop_after_epoch, need_model), rt.procs)
         store = Store(rt.results)
@@ -116,9 +119,7 @@ def _rank_main(cfg: RunConfig, rt: Runtime, stop_after_epoch: int | None, need_m
 
 
 def _execute_rank(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, stop_after_epoch, need_model) -> dict:
-    device = rt.torch_device()
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+    device = _device(rt, world)
     if cfg.train.precision == "fp16":
         raise ConfigError("fp16 with several processes per run is not supported (the gradient scaler's skip "
                           "decision is per rank): use bf16 or fp32")
@@ -161,25 +162,97 @@ def _execute_locked(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, st
     # the next run of the grid starts from the count the process had.
     threads_before = torch.get_num_threads()
     try:
-        return _execute_run(cfg, rt, store, rid, log, stop_after_epoch, world)
+        # fp32 everywhere outside the training steps (RiFT's module selection, finalize, export, the folding
+        # check): PyTorch's default lets cuDNN convolutions run in TF32 on Ampere and newer GPUs. The steps set
+        # their own precision inside (training_context).
+        with numerics.exact_fp32():
+            return _execute_run(cfg, rt, store, rid, log, stop_after_epoch, world)
     finally:
         torch.set_num_threads(threads_before)
 
 
+def _device(rt: Runtime, world: "distributed.World") -> torch.device:
+    """The run's device: on CUDA a rank's own GPU (``distributed.cuda_device``: local rank modulo the visible
+    devices), and the current device set to it, so that nothing lands on GPU 0 by default (``--device cuda:N``
+    in one process too)."""
+    device = rt.torch_device()
+    if device.type == "cuda":
+        if world.active:
+            device = distributed.cuda_device(world)
+        elif device.index is not None:
+            torch.cuda.set_device(device)
+    return device
+
+
+@dataclass
+class _Run:
+    """One run in progress, as its phases hand it on: what ``prepare`` builds, ``resume`` restores and
+    ``train_epochs`` advances."""
+
+    cfg: RunConfig
+    rt: Runtime
+    store: Store
+    rid: str
+    world: "distributed.World"
+    log: Callable[[str], None]
+    device: torch.device
+    started: str
+    cls: type
+    hp: Any
+    info: Any
+    test_split: Any
+    parent_model: Any
+    loader: Loader
+    method: Any
+    ema: EMA | None
+    step_fn: Callable
+    evaluator: Evaluator
+    bn_note: str | None
+    # Wall time is the run's, over every process that worked on it in turn: a resumed run moves its origin back by
+    # the wall seconds its checkpoint carries (work lost between that checkpoint and a kill is not counted).
+    wall0: float = field(default_factory=time.perf_counter)
+    wall_processes: int = 1
+    thread_counts: list[int] = field(default_factory=list)  # torch threads of each process, in turn (resume_threads)
+    start_epoch: int = 0
+    epoch_log: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    peak_memory: dict = field(default_factory=dict)  # {"train", "eval"}: bench.core.memory.peak of each phase
+
+    def result(self, status: str, **kw: Any) -> dict:
+        return _result(self.cfg, self.rid, self.device, self.started, (self.wall0, self.wall_processes),
+                       self.train_seconds, self.epoch_log, status=status, thread_counts=self.thread_counts, **kw)
+
+
 def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_after_epoch,
                  world: "distributed.World") -> dict:
+    """A run's phases, in order: prepare, resume, train the epochs, finalize and export, evaluate, write."""
+    run = _prepare(cfg, rt, store, rid, log, world)
+    _resume(run)
+    reset = memory.reset(run.device)
+    try:
+        stopped = _train_epochs(run, stop_after_epoch)
+    except RunFailed as e:
+        return _write_failed(run, e)
+    if stopped is not None:
+        return stopped
+    run.peak_memory["train"] = memory.peak(run.device, reset)
+    net, final, extra = _finalize_and_export(run)
+    reset = memory.reset(run.device)
+    metrics = _evaluate(run, net, final)
+    run.peak_memory["eval"] = memory.peak(run.device, reset)
+    return _write_done(run, net, metrics, extra)
+
+
+def _prepare(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, world: "distributed.World") -> _Run:
+    """Threads and device, data, the parent, the model (from the parent when fine-tuning), the method with its
+    optimizers, the EMA, the per-batch step, the evaluator."""
     threads = rt.threads
     if threads is None and world.active and rt.torch_device().type == "cpu":  # share the cores between ranks
         threads = max(1, (os.cpu_count() or 1) // world.size)
     set_threads(threads)
-    device = rt.torch_device()
-    if device.type == "cuda" and world.active:
-        device = torch.device("cuda", world.local_rank)
+    device = _device(rt, world)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    # Wall time is the run's, over every process that worked on it in turn: a resumed run moves its origin back by
-    # the wall seconds its checkpoint carries (work lost between that checkpoint and a kill is not counted).
-    wall0, wall_processes = time.perf_counter(), 1
-    thread_counts: list[int] = []  # torch threads of each process that trained it, in turn (see resume_threads)
+    wall0 = time.perf_counter()
     cls = get_method(cfg.method)
     hp = make_hparams(cfg.method, cfg.hparams)
 
@@ -187,6 +260,43 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
     if cfg.train.n_train:
         train_split = train_split.sample(cfg.train.n_train)
     torch.manual_seed(cfg.seed)
+    no_sync = cls.batchnorm_sync_problem(hp)
+    model, parent_model = _model_and_parent(cfg, cls, store, info, device, world, rt, no_sync)
+    # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
+    # 1.6x on 2 cores); evaluation works on its own fp32 copy (bench/eval/evaluator.py, channels_last by default).
+    model = model.to(device).to(memory_format=torch.channels_last)
+    bn_note = None
+    if world.active:
+        model, bn_note = distributed.sync_batchnorm(model, device, refuse=no_sync)
+
+    loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
+                    seed=cfg.seed, drop_last=cls.drop_last, rank=world.rank, world_size=world.size)
+    ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
+                  seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
+    method = cls(model, hp, ctx)
+    method.net.to(device)
+    method.optimizers = method.configure_optimizers(cfg.train)
+    if world.active:  # gradients averaged over the ranks before every optimizer step, whoever calls it
+        distributed.average_gradients_before_steps(method.optimizers)
+    ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
+    # fp16: refused here or given a scaler; cuDNN benchmarks only under the "fast" determinism policy
+    step_fn = make_step(method, cfg.train.precision, device, benchmark=determinism.cudnn_benchmark())
+    if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
+        why = cls.compile_problem(hp)
+        if why is None:
+            compilation.compile_model(method.model)
+        else:
+            log(f"[{rid}] {cfg.method}: training not compiled: {why}")
+    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout],
+                          fold_bn=rt.eval_fold_bn, world=world)
+    return _Run(cfg=cfg, rt=rt, store=store, rid=rid, world=world, log=log, device=device, started=started, cls=cls,
+                hp=hp, info=info, test_split=test_split, parent_model=parent_model, loader=loader, method=method,
+                ema=ema, step_fn=step_fn, evaluator=evaluator, bn_note=bn_note, wall0=wall0)
+
+
+def _model_and_parent(cfg: RunConfig, cls: type, store: Store, info, device: torch.device,
+                      world: "distributed.World", rt: Runtime, no_sync: str | None) -> tuple[Any, Any]:
+    """The model to train (the parent's weights when the method fine-tunes) and the parent's frozen copy."""
     parent_model = None
     if cls.parent is not None:
         if cfg.parent is None and cfg.parent_zoo is None and cfg.parent_file is None:
@@ -202,36 +312,15 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
     if parent_model is not None:
         parent_model = parent_model.to(device).eval()
         if world.active:  # a teacher run in train mode (AFKD/ARREST as run) normalises over the global batch too
-            parent_model = distributed.sync_batchnorm(parent_model, device)[0]
-    # channels_last is faster for convolutions on GPUs and on this CPU alike (PGD-10 step of the small CNN:
-    # 1.6x on 2 cores); evaluation works on its own fp32 copy (bench/eval/evaluator.py, channels_last by default).
-    model = model.to(device).to(memory_format=torch.channels_last)
-    bn_note = None
-    if world.active:
-        model, bn_note = distributed.sync_batchnorm(model, device)
+            parent_model = distributed.sync_batchnorm(parent_model, device, refuse=no_sync)[0]
+    return model, parent_model
 
-    loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
-                    seed=cfg.seed, drop_last=cls.drop_last, rank=world.rank, world_size=world.size)
-    ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
-                  seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
-    method = cls(model, hp, ctx)
-    method.net.to(device)
-    method.optimizers = method.configure_optimizers(cfg.train)
-    if world.active:  # gradients averaged over the ranks before every optimizer step, whoever calls it
-        distributed.average_gradients_before_steps(method.optimizers)
-    ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
-    step_fn = make_step(method, cfg.train.precision, device)  # fp16: refused here or given a scaler
-    if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
-        why = cls.compile_problem(hp)
-        if why is None:
-            compilation.compile_model(method.model)
-        else:
-            log(f"[{rid}] {cfg.method}: training not compiled: {why}")
-    evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed, memory_format=LAYOUTS[rt.eval_layout],
-                          fold_bn=rt.eval_fold_bn, world=world)
 
-    start_epoch, epoch_log, train_seconds = 0, [], 0.0
-    ckpt = load_checkpoint(store, rid, log)
+def _resume(run: _Run) -> None:
+    """Restore the last good end-of-epoch checkpoint, if any: net, optimizers, method state, scaler, EMA, RNG,
+    log, the wall time and thread counts so far."""
+    ckpt = load_checkpoint(run.store, run.rid, run.log)
+    method, ema, device = run.method, run.ema, run.device
     if ckpt is not None:
         method.net.load_state_dict(ckpt["net"])
         for opt, state in zip(method.optimizers, ckpt["optimizers"], strict=True):
@@ -245,98 +334,142 @@ def _execute_run(cfg: RunConfig, rt: Runtime, store: Store, rid: str, log, stop_
         torch.set_rng_state(ckpt["rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        start_epoch, epoch_log, train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
-        wall0 -= ckpt.get("wall_seconds", 0.0)  # absent in checkpoints written before it was carried over
-        wall_processes = ckpt.get("wall_processes", 1) + 1
-        resume_threads(ckpt, rt, device, world, log, rid)
-        thread_counts = list(ckpt.get("thread_counts") or [])  # absent in checkpoints written before it was kept
-        log(f"[{rid}] resuming {cfg.method} at epoch {start_epoch + 1}/{cfg.train.epochs}")
-    thread_counts.append(torch.get_num_threads())
+        run.start_epoch, run.epoch_log, run.train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
+        run.wall0 -= ckpt.get("wall_seconds", 0.0)  # absent in checkpoints written before it was carried over
+        run.wall_processes = ckpt.get("wall_processes", 1) + 1
+        resume_threads(ckpt, run.rt, device, run.world, run.log, run.rid)
+        run.thread_counts = list(ckpt.get("thread_counts") or [])  # absent in checkpoints written before it was kept
+        run.log(f"[{run.rid}] resuming {run.cfg.method} at epoch {run.start_epoch + 1}/{run.cfg.train.epochs}")
+    run.thread_counts.append(torch.get_num_threads())
 
-    if start_epoch < cfg.train.epochs:
-        numerics.warn_if_slow(cfg.train.precision, device)  # one line on stderr: bf16 on a CPU without native bf16
 
-    curves = EpochWriter(rt.results, cfg.method, rid, start_epoch)  # TensorBoard view of the log, if installed
+def _train_epochs(run: _Run, stop_after_epoch: int | None) -> dict | None:
+    """The remaining epochs, each followed by the ranks' agreement, the per-epoch probes and a checkpoint.
+    Returns the "interrupted" result when ``stop_after_epoch`` (tests) cuts the run short, else None."""
+    cfg, method, ema, world, rid = run.cfg, run.method, run.ema, run.world, run.rid
+    if run.start_epoch < cfg.train.epochs:
+        numerics.warn_if_slow(cfg.train.precision, run.device)  # one line on stderr: bf16 on a CPU without native bf16
+    curves = EpochWriter(run.rt.results, cfg.method, rid, run.start_epoch)  # TensorBoard view of the log, if installed
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            entry = _train_epoch(cfg, method, loader, ema, epoch, device, rt, rid, step_fn, world)
-            train_seconds += entry["seconds"]
-            if world.active:  # the state every rank must agree on before the checkpoint and the probes
-                method.sync_state(world)
-                distributed.average_buffers(method.net)
-                if ema is not None:
-                    distributed.average_buffers(ema.net)
-                # An invariant, checked every epoch: the ranks hold the same weights, EMA and method state (a
-                # method that branched differently on one rank would otherwise go on silently).
-                digest = content_digest({"net": method.net.state_dict(), "method": _tensors(method.state_dict()),
-                                         "ema": ema.net.state_dict() if ema is not None else None})
-                if len(set(distributed.all_gather_objects(digest))) > 1:
-                    raise RunFailed(f"the {world.size} processes hold different weights after epoch {epoch + 1}: "
-                                    "a method step that is not data-parallel safe", epoch + 1)
-            probe0 = time.perf_counter()
-            if cfg.eval.feature_gap_every_epoch:
-                # Figure 1a: on the model that is evaluated (the EMA when the run keeps one, as at the end), on
-                # the features the method classifies from (Method.gap_features), as the final evaluation does.
-                net = ema.net if ema is not None else method.net
-                entry.update(evaluator.feature_gap_stats(method.export(net), features=method.gap_features(net)))
-            if getattr(cls, "single_step", False) and cfg.eval.n_gap:
-                net = ema.net if ema is not None else method.net
-                entry["co_fgsm"], entry["co_pgd"] = evaluator.fgsm_pgd_accuracy(method.export(net))
-            if cfg.eval.feature_gap_every_epoch or (getattr(cls, "single_step", False) and cfg.eval.n_gap):
-                entry["probe_seconds"] = time.perf_counter() - probe0  # evaluation time, not training time
-            epoch_log.append(entry)
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            entry = _train_epoch(cfg, method, run.loader, ema, epoch, run.device, run.rt, rid, run.step_fn, world)
+            run.train_seconds += entry["seconds"]
+            if world.active:
+                _sync_ranks(run, epoch)
+            entry.update(_epoch_probes(run))
+            run.epoch_log.append(entry)
             if world.main:  # one writer; the other ranks wait for the file before going on
-                save_checkpoint(store, rid, {
-                    "version": CKPT_VERSION, "run_id": rid, "epoch": epoch + 1, "log": epoch_log,
-                    "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - wall0,
-                    "wall_processes": wall_processes, "thread_counts": thread_counts, "net": method.net.state_dict(),
-                    "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
-                    "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
-                    "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+                _save_epoch_checkpoint(run, epoch)
                 curves.write(entry)
             distributed.barrier()
-            log(f"[{rid}] {cfg.method} epoch {epoch + 1}/{cfg.train.epochs} "
-                + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+            run.log(f"[{rid}] {cfg.method} epoch {epoch + 1}/{cfg.train.epochs} "
+                    + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, float)))
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
                 return {"run_id": rid, "status": "interrupted", "epoch": epoch + 1}
-    except RunFailed as e:
-        result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log,
-                         status="failed", reason=str(e), thread_counts=thread_counts)
-        result["failed_epoch"] = e.epoch
-        if world.main:
-            store.write(rid, result)
-        log(f"[{rid}] {cfg.method} FAILED: {e}")
-        return result
     finally:
         curves.close()
+    return None
 
-    net = ema.net if ema is not None else method.net
-    extra = method.finalize(net, evaluator) or {}
+
+def _sync_ranks(run: _Run, epoch: int) -> None:
+    """The state every rank must agree on before the checkpoint and the probes."""
+    method, ema, world = run.method, run.ema, run.world
+    method.sync_state(world)
+    distributed.average_buffers(method.net)
+    if ema is not None:
+        distributed.average_buffers(ema.net)
+    # An invariant, checked every epoch: the ranks hold the same weights, EMA and method state (a method that
+    # branched differently on one rank would otherwise go on silently).
+    digest = content_digest({"net": method.net.state_dict(), "method": _tensors(method.state_dict()),
+                             "ema": ema.net.state_dict() if ema is not None else None})
+    if len(set(distributed.all_gather_objects(digest))) > 1:
+        raise RunFailed(f"the {world.size} processes hold different weights after epoch {epoch + 1}: "
+                        "a method step that is not data-parallel safe", epoch + 1)
+
+
+def _epoch_probes(run: _Run) -> dict:
+    """Per-epoch measurements on the model that is evaluated (the EMA when the run keeps one, as at the end):
+    Figure 1a's feature gap on the features the method classifies from, and single-step methods' FGSM / PGD
+    accuracy (catastrophic overfitting). Their time is evaluation time, not training time."""
+    cfg, cls, method, evaluator = run.cfg, run.cls, run.method, run.evaluator
+    out: dict = {}
+    probe0 = time.perf_counter()
+    net = run.ema.net if run.ema is not None else method.net
+    if cfg.eval.feature_gap_every_epoch:
+        out.update(evaluator.feature_gap_stats(method.export(net), features=method.gap_features(net)))
+    if getattr(cls, "single_step", False) and cfg.eval.n_gap:
+        out["co_fgsm"], out["co_pgd"] = evaluator.fgsm_pgd_accuracy(method.export(net))
+    if cfg.eval.feature_gap_every_epoch or (getattr(cls, "single_step", False) and cfg.eval.n_gap):
+        out["probe_seconds"] = time.perf_counter() - probe0
+    return out
+
+
+def _save_epoch_checkpoint(run: _Run, epoch: int) -> None:
+    method, ema, device = run.method, run.ema, run.device
+    save_checkpoint(run.store, run.rid, {
+        "version": CKPT_VERSION, "run_id": run.rid, "epoch": epoch + 1, "log": run.epoch_log,
+        "train_seconds": run.train_seconds, "wall_seconds": time.perf_counter() - run.wall0,
+        "wall_processes": run.wall_processes, "thread_counts": run.thread_counts, "net": method.net.state_dict(),
+        "optimizers": [o.state_dict() for o in method.optimizers], "method": method.state_dict(),
+        "grad_scaler": method.grad_scaler.state_dict() if method.grad_scaler is not None else None,
+        "ema": ema.net.state_dict() if ema is not None else None, "ema_t": ema.t if ema else 0,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+
+
+def _write_failed(run: _Run, e: RunFailed) -> dict:
+    result = run.result("failed", reason=str(e))
+    result["failed_epoch"] = e.epoch
+    if run.world.main:
+        run.store.write(run.rid, result)
+    run.log(f"[{run.rid}] {run.cfg.method} FAILED: {e}")
+    return result
+
+
+def _finalize_and_export(run: _Run) -> tuple[Any, Any, dict]:
+    """The method's post-training stage (RiFT's interpolation), then the plain exported model, saved for the
+    children. Returns (the net evaluated: EMA or live, the exported model, result fields)."""
+    cfg, method = run.cfg, run.method
+    net = run.ema.net if run.ema is not None else method.net
+    if run.world.active:  # the plain model a one-process run exports (evaluation folds it the same way)
+        distributed.plain_batchnorm(net)
+    extra = method.finalize(net, run.evaluator) or {}
     if cfg.parent_file is not None:  # the user's own model: its clean accuracy beside its children's
         extra["parent_file"] = {"path": cfg.parent_file, "digest": cfg.parent_digest,
-                                "clean": evaluator.accuracy(parent_model), "n_clean": cfg.eval.n_clean}
+                                "clean": run.evaluator.accuracy(run.parent_model), "n_clean": cfg.eval.n_clean}
     final = method.export(net)
-    if world.main:
-        save_model(store, rid, cfg, final, info.num_classes, info.channels)
-    # finished evaluation chunks live beside the checkpoints: a run killed mid-AutoAttack resumes there
-    with compilation.compiling(rt.compile):  # --compile: the evaluated fp32 copy is compiled too
-        metrics = evaluator.run(final, log=lambda s: log(f"[{rid}] {cfg.method} {s}"),
-                                features=method.gap_features(net), state_dir=store.ckpt_dir(rid))
-    metrics.update(method.extra_metrics(net, test_split, evaluator))
-    result = _result(cfg, rid, device, started, (wall0, wall_processes), train_seconds, epoch_log, status="done",
-                     metrics=metrics, extra=extra, thread_counts=thread_counts)
+    if run.world.main:
+        save_model(run.store, run.rid, cfg, final, run.info.num_classes, run.info.channels)
+    return net, final, extra
+
+
+def _evaluate(run: _Run, net, final) -> dict:
+    """Clean, PGD-20, AutoAttack and the feature gap of the exported model, plus the method's own metrics.
+    Finished evaluation chunks live beside the checkpoints: a run killed mid-AutoAttack resumes there."""
+    cfg, method, rid = run.cfg, run.method, run.rid
+    with compilation.compiling(run.rt.compile):  # --compile: the evaluated fp32 copy is compiled too
+        metrics = run.evaluator.run(final, log=lambda s: run.log(f"[{rid}] {cfg.method} {s}"),
+                                    features=method.gap_features(net), state_dir=run.store.ckpt_dir(rid))
+    metrics.update(method.extra_metrics(net, run.test_split, run.evaluator))
+    return metrics
+
+
+def _write_done(run: _Run, net, metrics: dict, extra: dict) -> dict:
+    """The result, checked and written last, atomically: "done" means everything before it exists."""
+    cfg, rid = run.cfg, run.rid
+    result = run.result("done", metrics=metrics, extra=extra)
     # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
     result["sanity"] = "violated" if metrics.get("violations") else "ok"
-    if getattr(cls, "single_step", False):
-        result["catastrophic_overfitting"] = catastrophic_overfitting(epoch_log)
+    if getattr(run.cls, "single_step", False):
+        result["catastrophic_overfitting"] = catastrophic_overfitting(run.epoch_log)
         if result["catastrophic_overfitting"]:
-            log(f"[{rid}] {cfg.method} catastrophic overfitting at epoch {result['catastrophic_overfitting']['epoch']}")
-    if world.active:  # how the run was split: not part of its meaning, recorded beside it
-        result["processes"] = {"count": world.size, "batchnorm": bn_note}
-    if world.main:
-        store.write(rid, result)
+            run.log(f"[{rid}] {cfg.method} catastrophic overfitting at epoch "
+                    f"{result['catastrophic_overfitting']['epoch']}")
+    result["peak_memory"] = run.peak_memory
+    if run.world.active:  # how the run was split: not part of its meaning, recorded beside it
+        result["processes"] = {"count": run.world.size, "batchnorm": run.bn_note}
+    if run.world.main:
+        run.store.write(rid, result)
     distributed.barrier()  # the result exists before any rank returns
     return result
 

@@ -25,10 +25,11 @@ def check_method_precision(cls: type, hp: Any, precision: str) -> None:
         raise ConfigError(f"method {cls.name} does not support fp16: use bf16 or fp32 ({why})")
 
 
-def check_run(cfg: Any) -> None:
+def check_run(cfg: Any, procs: int = 1) -> None:
     """A run's values (``RunConfig.validate``) and what its method declares it cannot do at them (fp16 without
-    the gradient scaler), for the run and its parents: ConfigError in one line. Every entry point calls this
-    before anything is written (the command line, grid files, the local and SLURM preflights, the loop)."""
+    the gradient scaler; several processes per run), for the run and its parents: ConfigError in one line. Every
+    entry point calls this before anything is written (the command line, grid files, the local and SLURM
+    preflights, the loop)."""
     cfg.validate()
     while cfg is not None:
         cls = get_method(cfg.method)
@@ -37,6 +38,10 @@ def check_run(cfg: Any) -> None:
         except TypeError:  # hyperparameters of another version of the method: reported where they are resolved
             hp = None
         check_method_precision(cls, hp, cfg.train.precision)
+        why = cls.data_parallel_problem(hp) if procs > 1 else None
+        if why:
+            raise ConfigError(f"method {cls.name} cannot train one run on {procs} processes: {why}; run it with "
+                              "one process per run")
         cfg = cfg.parent
 
 
@@ -50,7 +55,7 @@ def scaled_train_step(method, batch, info) -> dict[str, torch.Tensor]:
     return out
 
 
-def make_step(method, precision: str, device: torch.device) -> Callable[[Any, Any], dict]:
+def make_step(method, precision: str, device: torch.device, benchmark: bool = False) -> Callable[[Any, Any], dict]:
     """The function the loop calls per batch: the method's step inside :func:`training_context`; for fp16 with a
     gradient scaler (``method.grad_scaler``, checkpointed by the loop). Refuses (ConfigError) a method whose
     update cannot be scaled."""
@@ -61,7 +66,7 @@ def make_step(method, precision: str, device: torch.device) -> Callable[[Any, An
     base = scaler is not None and type(method).train_step is Method.train_step
 
     def run(batch, info) -> dict:
-        with training_context(device, precision):
+        with training_context(device, precision, benchmark):
             return scaled_train_step(method, batch, info) if base else method.train_step(batch, info)
 
     return run
