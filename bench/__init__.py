@@ -16,7 +16,7 @@ rank  package            what it holds
                          package: methods stand on core, data, models and eval, and nothing below knows them)
 4     ``bench.train``    the one training loop, what a method may do at a precision, EMA, parents, resume
 5     ``bench.grid``     runs and grids (the paper's, grid files), the local runner, SLURM, ``bench plan``
-5     ``bench.perf``     ``bench speed`` (training and evaluation throughput)
+6     ``bench.perf``     ``bench speed`` (training and evaluation throughput), ``bench doctor`` (the self-check)
 6     ``bench.report``   tables, figures, the claims
 7     ``bench.cli``      the command line (``python -m bench``)
 ====  =================  ==========================================================================================

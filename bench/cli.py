@@ -327,6 +327,16 @@ def cmd_speed(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from bench.perf.doctor import info, run_checks
+
+    print(info(args.determinism), end="", flush=True)
+    if not args.check:
+        return 0
+    print(flush=True)
+    return 1 if run_checks(args.device, args.determinism, log=lambda s: print(s, flush=True)) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
@@ -446,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     determinism_arg(sp)
     plugin_arg(sp)
     sp.set_defaults(func=cmd_speed)
+
+    sp = sub.add_parser("doctor", help="versions, devices, native precisions, determinism, data roots; --check: "
+                        "the suite's promises on this machine (a few minutes)")
+    sp.add_argument("--check", action="store_true", help="run the checks: every method's step in fp32 and bf16, "
+                    "resume equals uninterrupted, evaluations agree, CPU vs GPU, export after SyncBatchNorm, speed")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    determinism_arg(sp)
+    sp.set_defaults(func=cmd_doctor)
 
     sp = sub.add_parser("eval", help="the paper's evaluation (clean, PGD-20, AutoAttack) of any checkpoint; resumes")
     sp.add_argument("--model", default=None, help="one of ours (bench list), or pkg.module:factory for your own")

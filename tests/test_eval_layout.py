@@ -50,7 +50,14 @@ def test_fast_evaluation_gives_the_plain_per_example_results(tmp_path):
     for k in ("clean", "pgd20", "aa"):
         flips = sum(a != b for a, b in zip(fast["per_example"][k], slow["per_example"][k]))
         assert flips == 0, f"{k}: {flips} of {len(fast['per_example'][k])} flags flipped with the layout"
-    assert abs(fast["feature_gap"] - slow["feature_gap"]) <= 1e-5 * max(1.0, slow["feature_gap"])
+    # The gap is a mean over PGD-20 images, and the two evaluations' kernels sum in another order, so their x'
+    # can differ where an input-gradient component is near 0 (its sign flips). Measured: 4.2e-5 apart on an
+    # AVX2-only AMD EPYC (family 25 model 1) and 1.5e-5 on an Intel Xeon with AMX, where the gap's standard error
+    # over these 24 images is 1.8e-3 (gap 0.099). The tolerance is 10% of that standard error (4x the largest
+    # difference measured): inside the noise the gap is reported with, and far below any real change.
+    diff, se = abs(fast["feature_gap"] - slow["feature_gap"]), slow["feature_gap_se"]
+    print(f"feature gap {slow['feature_gap']:.6f} +- {se:.6f} (SE); layouts differ by {diff:.2e}")
+    assert diff <= 0.1 * se, (diff, se)
     assert next(net.parameters()).is_contiguous()  # the caller's model keeps its layout
 
 

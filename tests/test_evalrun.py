@@ -138,3 +138,35 @@ def test_own_architecture_from_a_factory(tmp_path, capsys, monkeypatch):
     res = _result(tmp_path / "r")
     assert res["metrics"]["n_clean"] == 6 and "aa" not in res["metrics"] and res["metrics"]["feature_gap"] >= 0
     assert res["metrics"]["feature_gap_of"] == "penultimate features"  # the input of the last Linear
+
+
+def test_clean_on_more_images_than_pgd_and_bad_counts_are_one_line(tmp_path, capsys):
+    """--n sets clean accuracy alone: PGD-20 has its own --n-pgd (a ResNet18's PGD-20 on all 10,000 test images
+    takes tens of minutes on a CPU, its clean accuracy seconds)."""
+    folder = write_tiny_folder(tmp_path / "tiny", n_train=3, n_test=12)
+    _partly_robust(tmp_path / "m.pt", classes=3)
+    argv = ["eval", "--model", "small_cnn", "--checkpoint", str(tmp_path / "m.pt"), "--dataset", f"folder:{folder}",
+            "--n", "12", "--n-pgd", "4", "--n-aa", "0", "--batch-size", "12", "--results", str(tmp_path / "r"),
+            "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    res = _result(tmp_path / "r")
+    assert len(res["metrics"]["per_example"]["clean"]) == 12 and len(res["metrics"]["per_example"]["pgd20"]) == 4
+    capsys.readouterr()
+    base = argv[:argv.index("--n-pgd")]
+    rest = ["--batch-size", "12", "--results", str(tmp_path / "r2"), "--device", "cpu"]
+    for extra, message in ((["--n-pgd", "20"], "--n-pgd must be in [0, --n] = [0, 12]"),
+                           (["--n-pgd", "4", "--n-aa", "6"], "--n-aa must be in [0, --n-pgd] = [0, 4]")):
+        assert main([*base, *extra, *rest]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert main([*base, "--threads", "0", *rest]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threads must be >= 1 (got 0)" in err, err
+
+
+def test_threads_0_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["run", "--grid", "demo", "--results", str(tmp_path), "--threads", "0", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threads must be >= 1 (got 0)" in err
+    assert main(["speed", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
