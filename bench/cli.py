@@ -174,6 +174,8 @@ def cmd_run(args) -> int:
 
         for cfg in runs:
             check_run(cfg, procs=rt.procs)
+    if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
+        raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
     if args.executor == "slurm":
         from bench.grid.slurm import run_slurm, wait
 
@@ -191,7 +193,15 @@ def cmd_run(args) -> int:
             print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
                   f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else ""))
         return 0
-    results = run_local(runs, rt)
+    if args.gpus is not None or args.workers is not None:  # one worker per device, independent runs at once
+        import torch
+
+        from bench.grid.pool import devices_from, run_pool
+
+        avail = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        results = run_pool(runs, rt, devices_from(args.gpus, args.workers, avail))
+    else:
+        results = run_local(runs, rt)
     print()
     print(report(runs, rt.results, "markdown", table=args.grid if args.grid.endswith(".toml") else None))
     failed = [r for r in results.values() if r.get("status") != "done"]
@@ -387,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train and evaluate each run on K local CPU processes (torch.distributed, gloo)")
     sp.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
                     help="train and evaluate each run on K local GPUs (torch.distributed, NCCL, SyncBatchNorm)")
+    sp.add_argument("--gpus", default=None, metavar="LIST",
+                    help="one worker per GPU (e.g. 0,1,2,3): independent runs train at once, parents first; a run "
+                    "held by another runner is skipped for the next, a dead worker's run resumes on the others")
+    sp.add_argument("--workers", type=int, default=None, metavar="K",
+                    help="the same with K workers on the CPU (each with --threads threads)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="render a grid's table from the result files")

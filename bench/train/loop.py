@@ -83,14 +83,16 @@ def _autocast(device: torch.device, precision: str):
 
 
 def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
-            stop_after_epoch: int | None = None, need_model: bool = False) -> dict:
+            stop_after_epoch: int | None = None, need_model: bool = False, if_free: bool = False) -> dict:
     """Train and evaluate one run (resuming if it was cut off); return its result, which is also stored.
 
     A run that is already done is returned as stored, unless ``need_model`` (it is the parent of a run still to
     do) and its exported model is missing: result files are committed but models/ is not, so a fresh clone has
     the one without the other. Then the run is done again (from its final checkpoint if that is still there,
     else from scratch) and its result rewritten. ``stop_after_epoch`` (tests) returns after that many epochs
-    with the checkpoint written, as if the process had been killed there.
+    with the checkpoint written, as if the process had been killed there. ``if_free`` (the node-local pool,
+    bench/grid/pool.py): when another runner holds the run's lock, return ``{"status": "held"}`` at once instead
+    of waiting for it.
 
     Data-parallel (bench/core/distributed.py): with ``rt.procs`` > 1 and no world yet, the run is done by that many
     local processes spawned here; a process that is already one rank of a world (torchrun, SLURM tasks) does
@@ -108,7 +110,7 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
         return got
     if world.active:
         return _execute_rank(cfg, rt, world, log, stop_after_epoch, need_model)
-    return _execute_one(cfg, rt, distributed.SINGLE, log, stop_after_epoch, need_model)
+    return _execute_one(cfg, rt, distributed.SINGLE, log, stop_after_epoch, need_model, if_free)
 
 
 def _rank_main(cfg: RunConfig, rt: Runtime, stop_after_epoch: int | None, need_model: bool) -> None:
@@ -131,11 +133,13 @@ def _execute_rank(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, 
 
 
 def _execute_one(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, stop_after_epoch,
-                 need_model) -> dict:
+                 need_model, if_free: bool = False) -> dict:
     store = Store(rt.results)
     rid = run_id(cfg)
     # Rank 0 holds the run's lock and decides; the others follow its decision.
-    with (store.lock(rid) if world.main else contextlib.nullcontext()):
+    with (store.lock(rid, blocking=not if_free) if world.main else contextlib.nullcontext(True)) as got:
+        if not got:  # if_free, and another runner holds it
+            return {"run_id": rid, "status": "held"}
         decision: Any = None
         if world.main:
             try:
