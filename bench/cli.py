@@ -303,10 +303,11 @@ def cmd_eval(args) -> int:
 
 def cmd_speed(args) -> int:
     from bench.core import determinism
+    from bench.core.runtime import resolve_device
     from bench.perf.speed import measure, render, to_json
 
     _check_threads(args)
-    determinism.apply(args.determinism)
+    determinism.apply(args.determinism, resolve_device(args.device))
 
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly

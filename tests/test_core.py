@@ -143,7 +143,7 @@ def _lr_levels(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 @pytest.mark.parametrize("epochs", [1, 2, 3])
 def test_every_recipe_keeps_its_phases_when_scaled_down(name, epochs):
-    """Issue 12: a recipe scaled to 1-3 epochs keeps every lr phase of its paper's (TRADES' decay at 75 of 76
+    """A recipe scaled to 1-3 epochs keeps every lr phase of its paper's (TRADES' decay at 75 of 76
     epochs used to round to epoch 7 of 7 and never happen). Steps per epoch as in the cpu grid (10,000 / 128)."""
     full = REGISTRY[name].recipe
     small = replace(full, epochs=epochs)

@@ -2,7 +2,7 @@
 
 results/cpu holds the `cpu` grid run by the current code: every one of its 28 runs, finished with the grid's
 evaluation sizes, and the tables and claims regenerate byte for byte from them (no training here). The earlier run,
-made by the code before issue 12, is archived intact in results/cpu-before-as-run."""
+made by the code of commit 0a6b777 (before every method ran as its public code ran), is archived intact in results/cpu-before-as-run."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,7 @@ def test_every_run_of_the_current_cpu_grid_is_committed_and_finished():
         assert res["status"] == "done" and res["sanity"] == "ok", (rid, res["status"], res.get("reason"))
         m = res["metrics"]
         assert m["n_clean"] == 1000 and m["n_pgd"] == 1000 and m["n_aa"] == 200
-        # issue 14: the seconds of every measurement are recorded beside train_seconds
+        # the seconds of every measurement are recorded beside train_seconds
         assert set(m["seconds"]) == {"clean", "pgd20", "aa"} and all(v > 0 for v in m["seconds"].values())
         assert res["train_seconds"] > 0 and len(m["per_example"]["aa"]) == 200
 
@@ -47,7 +47,7 @@ def test_committed_tables_and_claims_regenerate_byte_for_byte():
         assert (CPU / "figures" / f"{fig}.png").stat().st_size > 0
 
 
-def test_the_archived_run_before_issue_12_is_intact():
+def test_the_archived_run_of_0a6b777_is_intact():
     files = sorted((ARCHIVE / "runs").glob("*.json"))
     assert len(files) == 28
     for path in files:

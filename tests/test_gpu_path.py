@@ -118,21 +118,24 @@ def test_the_determinism_policy_sets_the_flags_and_is_recorded(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
     try:
-        determinism.apply("strict")
+        determinism.apply("strict", torch.device("cpu"))  # on a CPU: recorded, no flag (the same bits anyway)
+        assert determinism.state() == {"policy": "strict", "cudnn_deterministic": False,
+                                       "deterministic_algorithms": False, "cublas_workspace_config": None}
+        determinism.apply("strict", torch.device("cuda"))  # only its type is read: sets the flags a GPU needs
         s = determinism.state()
         assert s == {"policy": "strict", "cudnn_deterministic": True, "deterministic_algorithms": True,
                      "cublas_workspace_config": ":4096:8"}
         assert not determinism.cudnn_benchmark()
         with numerics.tf32_policy(torch.device("cuda"), "fp32", determinism.cudnn_benchmark()):
             assert torch.backends.cudnn.benchmark is False  # strict: no benchmarking in training either
-        determinism.apply("fast")
+        determinism.apply("fast", torch.device("cuda"))
         assert determinism.state()["cudnn_deterministic"] is False and determinism.cudnn_benchmark()
         with numerics.tf32_policy(torch.device("cuda"), "fp32", determinism.cudnn_benchmark()):
             assert torch.backends.cudnn.benchmark is True
         with pytest.raises(ConfigError, match="unknown determinism policy"):
             determinism.apply("sloppy")
     finally:
-        determinism.apply("strict")
+        determinism.apply("strict", torch.device("cpu"))
         torch.backends.cudnn.deterministic = before[0]
         torch.use_deterministic_algorithms(before[1], warn_only=True)
 
@@ -172,7 +175,8 @@ def test_fp32_runs_are_fp32_outside_the_steps_too(tmp_path, monkeypatch):
     assert res["status"] == "done" and {w for w, *_ in seen} == {"epoch_start", "finalize", "export"}
     assert all(tf32 is False and mm == "highest" for _, tf32, mm in seen), seen
     assert torch.backends.cudnn.allow_tf32 is True  # restored after the run
-    assert res["determinism"]["policy"] == "strict" and res["determinism"]["deterministic_algorithms"] is True
+    # on a CPU the strict policy is recorded but sets no flag (oneDNN is deterministic for a fixed thread count)
+    assert res["determinism"]["policy"] == "strict" and res["determinism"]["deterministic_algorithms"] is False
     for phase in ("train", "eval"):
         assert res["peak_memory"][phase]["bytes"] > 10 * 2**20, res["peak_memory"]
 
@@ -367,3 +371,22 @@ def test_cuda_resume_is_bit_identical_under_the_strict_policy(tmp_path):
 def test_cuda_native_bf16_matches_the_capability():
     dev = torch.device("cuda")
     assert numerics.cuda_native_bf16(dev) == (torch.cuda.get_device_capability(dev) >= (8, 0))
+
+
+def test_peak_memory_is_shown_in_table_5s_notes_and_by_the_plan(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.core.runtime import Runtime
+    from bench.grid.plan import estimate
+    from bench.grid.runner import run_local
+    from bench.report.tables import peak_memory_note
+
+    rows = [SimpleNamespace(peak_train_bytes=b * 2**20, peak_eval_bytes=2 * b * 2**20, peak_train_of="process peak RSS",
+                            peak_eval_of="process peak RSS") for b in (100, 300, 200)]
+    assert peak_memory_note(rows) == ("Peak memory, median per run: training 200 MiB (process peak RSS), evaluation "
+                                      "400 MiB (process peak RSS).")
+    assert peak_memory_note([SimpleNamespace(peak_train_bytes=float("nan"), peak_eval_bytes=float("nan"))]) is None
+    cfg = tiny_run("standard", "digits", epochs=1)
+    run_local([cfg], Runtime(results=tmp_path, device="cpu", progress=False), log=lambda s: None)
+    (cost,) = estimate([cfg], tmp_path)
+    assert "measured" in cost.source and " MiB" in cost.source.split("peak ")[1]

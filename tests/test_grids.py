@@ -128,7 +128,7 @@ def test_status_and_resubmission_from_queue(tmp_path):
 
 
 def test_plan_uses_measured_evaluation_seconds(tmp_path):
-    """Issue 14: with a finished run of the same model and data set recording seconds per measurement, the plan's
+    """With a finished run of the same model and data set recording seconds per measurement, the plan's
     evaluation estimate is those rates times the run's image counts."""
     from bench.grid.plan import estimate
     from bench.core.store import Store

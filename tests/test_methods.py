@@ -197,7 +197,7 @@ def test_ablations_drop_their_term():
 
 @pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.__module__.startswith("methods.")))
 def test_every_hyperparameter_declares_its_range_and_the_defaults_are_in_it(name):
-    """Issue 13: values are checked where users type them. Every numeric or choice hyperparameter of a built-in
+    """Values are checked where users type them. Every numeric or choice hyperparameter of a built-in
     method has a Range / OneOf, its default satisfies it, and a value outside it is refused in one line."""
     from methods.base import OneOf, Range
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 7): kills at random moments, corrupt files, two runners at once, diverging runs,
+"""Reliability: kills at random moments, corrupt files, two runners at once, diverging runs,
 catastrophic overfitting, and the evaluation guards.
 
 The subprocess tests run the demo grid (natural pre-training -> vAFT, AFD) on a tiny image folder with tiny

@@ -192,7 +192,7 @@ def fastest_native(device: torch.device) -> str:
     return "bf16" if native("bf16", device) else "fp32"
 
 
-# Measured on a 2-core AMD EPYC with AVX2 only (issue 14): fp32 matmul 127-137 GFLOP/s, bf16 1.2 GFLOP/s; a bf16
+# Measured on a 2-core AMD EPYC with AVX2 only (family 25 model 1): fp32 matmul 127-137 GFLOP/s, bf16 1.2 GFLOP/s; a bf16
 # convolution 5.7x slower than fp32.
 SLOW_BF16 = ("bf16 matmuls run ~100x slower than fp32 on such CPUs (1.2 vs 127-137 GFLOP/s measured on an "
              "AVX2-only AMD EPYC) and convolutions ~6x slower")

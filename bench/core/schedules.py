@@ -4,8 +4,8 @@ Being a pure function of (epoch, step) rather than a stateful scheduler object i
 after a restart the loop simply asks for the lr at the position it resumes from.
 
 Every schedule is a function of the fraction of the run's ITERATIONS done, so a recipe scaled down to a few
-epochs keeps every phase its paper's has (issue 12: TRADES' decay at epoch 75 of 76 used to round to epoch 7 of
-7 and never happen). At the paper's epoch counts the boundaries fall exactly on the epochs the public code uses.
+epochs keeps every phase its paper's has (by epochs, TRADES' decay at epoch 75 of 76 would round to epoch 7 of 7
+and never happen). At the paper's epoch counts the boundaries fall exactly on the epochs the public code uses.
 """
 from __future__ import annotations
 

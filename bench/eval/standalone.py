@@ -129,7 +129,7 @@ def _from_factory(ref: str, num_classes: int) -> nn.Module:
 def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) -> dict:
     """Run (or resume, or return the finished) evaluation of ``spec``; writes and returns the result."""
 
-    determinism.apply(rt.determinism)  # before any CUDA work
+    determinism.apply(rt.determinism, rt.torch_device())  # before any CUDA work
     store = Store(rt.results)
     store.check_writable()
     set_threads(rt.threads)

@@ -138,7 +138,7 @@ def afa(seeds: int = 1) -> list[RunConfig]:
     return seeded(runs, seeds)
 
 
-# -- the CPU-scale reproduction (issue 8): every method on CIFAR-10 (JPEG) with the small CNN -----------------
+# -- the CPU-scale reproduction: every method on CIFAR-10 (JPEG) with the small CNN -----------------
 # Budgets keep the paper's RELATIVE sizes: PGD-AT's 110 epochs become CPU_SCRATCH_EPOCHS and every other recipe is
 # scaled by the same factor (fine-tuning 20 -> 2, TRADES 76 -> 7, FGSM-GA/ATAS 30 -> 3, Free-AT 10 passes -> 1,
 # RiFT 10 -> 1, natural pre-training 100 -> 15: pre-training is cheap and a better parent helps every child).

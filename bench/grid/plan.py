@@ -84,6 +84,20 @@ def measured_throughput(results: Path) -> dict[tuple, list[tuple[float, str]]]:
     return out
 
 
+def measured_peaks(results: Path) -> dict[tuple, float]:
+    """(method, model, data set, batch size) -> median peak training memory in bytes of finished results that
+    record it (bench/core/memory.py)."""
+    samples: dict[tuple, list[float]] = {}
+    for _, r in Store(results).all_results():
+        if isinstance(r, CorruptFile) or r.get("status") != "done":
+            continue
+        b = ((r.get("peak_memory") or {}).get("train") or {}).get("bytes")
+        if isinstance(b, (int, float)) and b > 0:
+            c = r["config"]
+            samples.setdefault((c["method"], c["model"], c["dataset"], c["train"]["batch_size"]), []).append(b)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def measured_eval_rates(results: Path) -> dict[tuple, dict[str, float]]:
     """(model, dataset) -> median seconds per image of clean, of one PGD step, and of AutoAttack, from the
     per-measurement timings finished results record."""
@@ -105,6 +119,7 @@ def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
     store = Store(results)
     measured = measured_throughput(results)
     rates = measured_eval_rates(results)
+    peaks = measured_peaks(results)
     costs = []
     for cfg in expand(runs):
         rid = run_id(cfg)
@@ -120,6 +135,8 @@ def estimate(runs: list[RunConfig], results: Path) -> list[RunCost]:
             spe, source = FALLBACK_SECONDS_PER_EPOCH * scale, "guess (method unknown to the cost table)"
         if note:
             source += f"; {note}"
+        if key in peaks:
+            source += f"; peak {peaks[key] / 2**20:.0f} MiB"
         ev = cfg.eval
         unit = UNIT_SECONDS * GFLOPS_32.get(cfg.model, GFLOPS_32["resnet18"]) / GFLOPS_32["resnet18"]
         if cfg.dataset in DATASET_SIZE:

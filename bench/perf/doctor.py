@@ -219,8 +219,8 @@ def check_speed(device: torch.device) -> str:
 
 def run_checks(device_name: str, policy: str, log: Callable[[str], None] = print) -> int:
     """Every check, one line each; the number of failures."""
-    determinism.apply(policy)
     device = resolve_device(device_name)
+    determinism.apply(policy, device)
     what = numerics.describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name(device)
     log(f"bench doctor --check on {device} ({what}), determinism {policy}")
     failures = 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -114,15 +115,20 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
             row["probe_seconds"] = float(sum(e.get("probe_seconds", 0.0) for e in res.get("epochs") or []))
             row["device_name"] = device_label(res)
             row["epoch_log"] = res.get("epochs") or []
+            peaks = res.get("peak_memory") or {}  # bench/core/memory.py: per phase, where recorded
+            for phase in ("train", "eval"):
+                b = (peaks.get(phase) or {}).get("bytes")
+                row[f"peak_{phase}_bytes"] = float(b) if _is_num(b) else math.nan
+                row[f"peak_{phase}_of"] = (peaks.get(phase) or {}).get("of")
         rows.append(row)
     df = pd.DataFrame(rows)
     for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
-              "train_seconds", "wall_seconds", "wall_processes", "probe_seconds",
-              *(f"eval_s_{k}" for k in EVAL_MEASURES)):
+              "train_seconds", "wall_seconds", "wall_processes", "probe_seconds", "peak_train_bytes",
+              "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES)):
         if k not in df:
             df[k] = math.nan
         df[k] = df[k].astype(float)
-    for k in ("reason", "device_name", "violations", "epoch_log", "feature_gap_of"):
+    for k in ("reason", "device_name", "violations", "epoch_log", "feature_gap_of", "peak_train_of", "peak_eval_of"):
         if k not in df:
             df[k] = None
     # Derived per run, before any averaging over seeds (the paper's Avg is the mean of the three accuracies).
@@ -153,6 +159,19 @@ def eval_time_note(rows: list) -> str | None:
     if med.get("probe_seconds", 0) > 0:
         line += f", and the per-epoch probes (feature gap, FGSM/PGD check) {med['probe_seconds']:.0f} s"
     return line + "."
+
+
+def peak_memory_note(rows: list) -> str | None:
+    """One line on the peak memory of the table's runs (median over runs, training and evaluation), where their
+    results record it (bench/core/memory.py: CUDA's max allocated on GPUs, the process's peak RSS on CPUs)."""
+    parts = []
+    for phase, label in (("train", "training"), ("eval", "evaluation")):
+        vals = [getattr(r, f"peak_{phase}_bytes", math.nan) for r in rows]
+        vals = [v for v in vals if _is_num(v)]
+        if vals:
+            what = next((getattr(r, f"peak_{phase}_of") for r in rows if getattr(r, f"peak_{phase}_of", None)), "")
+            parts.append(f"{label} {statistics.median(vals) / 2**20:.0f} MiB ({what})")
+    return f"Peak memory, median per run: {', '.join(parts)}." if parts else None
 
 
 def _is_num(v: Any) -> bool:
@@ -255,7 +274,7 @@ TABLES: dict[str, Table] = {
 }
 
 
-# The `cpu` grid (issue 8): the same tables at CPU scale (small CNN, CIFAR-10 JPEG, 10k training images), without
+# The `cpu` grid: the same tables at CPU scale (small CNN, CIFAR-10 JPEG, 10k training images), without
 # the paper's numbers beside them: a different model, data and budget make a per-cell difference meaningless
 # (REPRODUCTION.md compares the claims instead). AFD's rows take its default hyperparameters only: the grid's
 # Figure 4 sweep varies them.
@@ -418,6 +437,9 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
         ev = eval_time_note([r for r in selected.values() if r.status == "done"])
         if ev:
             notes.insert(1, ev)
+        mem = peak_memory_note(done)
+        if mem:
+            notes.insert(2 if ev else 1, mem)
     if paper is not None:
         if any(c.paper_note for line in cells for c in line):
             notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10.")

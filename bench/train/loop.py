@@ -97,7 +97,7 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     Data-parallel (bench/core/distributed.py): with ``rt.procs`` > 1 and no world yet, the run is done by that many
     local processes spawned here; a process that is already one rank of a world (torchrun, SLURM tasks) does
     its share directly. Either way the run id, the files and the result are those of a one-process run."""
-    determinism.apply(rt.determinism)  # before any CUDA work (the cuBLAS workspace is read when cuBLAS starts)
+    determinism.apply(rt.determinism, rt.torch_device())  # before any CUDA work (cuBLAS reads its workspace then)
     world = distributed.from_env()
     distributed.check_launch(rt.procs)
     check_run(cfg, procs=max(rt.procs, world.size))

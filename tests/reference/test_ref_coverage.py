@@ -1,5 +1,5 @@
 """Every built-in method is pinned to its reference: some differential test here builds it and compares it with a
-transcription of its public code (issue 12). A method added to the registry without one fails this test."""
+transcription of its public code. A method added to the registry without one fails this test."""
 from __future__ import annotations
 
 import re
