@@ -57,3 +57,27 @@ def test_the_archived_run_of_0a6b777_is_intact():
     assert "0a6b777" in (ARCHIVE / "README.md").read_text()
     for name in ("tables.md", "tables.tex", "REPRODUCTION.md"):
         assert (ARCHIVE / name).stat().st_size > 0
+
+
+CPU20 = RESULTS / "cpu20"
+
+
+def test_every_committed_cpu20_result_is_of_the_current_grid_and_finished():
+    """results/cpu20 fills run by run (each about half an hour on 2 cores): whatever is committed is a finished
+    run of the current `cpu20` grid, with the cpu grid's evaluation sizes and the gap after every epoch, and its
+    parent is the cpu grid's (the 2-epoch and the 20-epoch runs share it)."""
+    ids = {run_id(cfg): cfg for cfg in expand(get_grid("cpu20"))}
+    assert len(ids) == 11
+    parent = {run_id(cfg.parent) for cfg in get_grid("cpu20")}
+    assert parent == {run_id(cfg) for cfg in expand(get_grid("cpu")) if cfg.method == "standard"}
+    committed = {p.stem for p in (CPU20 / "runs").glob("*.json")}
+    assert parent <= committed and committed - ids.keys() == set(), "results of another grid in results/cpu20"
+    store = Store(CPU20)
+    for rid in sorted(committed - parent):
+        res = store.read(rid)
+        assert res["status"] == "done" and res["sanity"] == "ok", (rid, res["status"], res.get("reason"))
+        m = res["metrics"]
+        assert (m["n_clean"], m["n_pgd"], m["n_aa"]) == (1000, 1000, 200)
+        assert len(res["epochs"]) == 20 and all("feature_gap" in e and "feature_gap_se" in e for e in res["epochs"])
+    assert (CPU20 / "runs" / f"{next(iter(parent))}.json").read_bytes() == \
+        (CPU / "runs" / f"{next(iter(parent))}.json").read_bytes()
