@@ -338,14 +338,48 @@ def _broadcast_worker(out: str) -> None:
         distributed.shutdown()
 
 
+def _rift_worker(out: str) -> None:
+    """Each rank's MRC is made to favour another module (a near-tie read differently): the module RiFT trains is
+    rank 0's choice on every rank."""
+    from bench.data import DatasetInfo, Split
+    from bench.models import build_model
+    from methods import Context, get_method, make_hparams, resolve_hparams
+
+    world = distributed.from_env()
+    distributed.init(world, torch.device("cpu"))
+    torch.set_num_threads(1)
+    try:
+        rift = get_method("rift")
+        rift.compute_mrc = lambda self, x, y: {n: float(i != world.rank) for i, n in enumerate(self.candidates)}
+        g = torch.Generator().manual_seed(0)
+        split = Split(torch.randint(0, 256, (40, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(40) % 4)
+        info = DatasetInfo(name="random", num_classes=4, channels=3, image_size=16, classes=tuple("abcd"))
+        torch.manual_seed(0)
+        parent = build_model("small_cnn", 4, 3).eval()
+        model = build_model("small_cnn", 4, 3)
+        model.load_state_dict(parent.state_dict())
+        ctx = Context(info=info, eps=8 / 255, device=torch.device("cpu"), epochs=1, steps_per_epoch=5, seed=0,
+                      train=split, parent_model=parent)
+        hp = make_hparams("rift", resolve_hparams("rift", {"module_rule": "mrc", "attack_steps": 1}))
+        method = rift(model, hp, ctx)
+        method.on_epoch_start(0)
+        seen = distributed.all_gather_objects((method.chosen, method.candidates[:2]))
+        if world.main:
+            torch.save(seen, out)
+    finally:
+        distributed.shutdown()
+
+
 @pytest.mark.slow
 def test_decisions_from_floats_are_taken_on_rank_0(tmp_path):
-    """RiFT's module, epoch and interpolation weight go through broadcast_object: every rank gets rank 0's."""
+    """broadcast_object gives every rank rank 0's value, and RiFT's module choice goes through it: two ranks whose
+    MRC favours different modules train rank 0's."""
     out = tmp_path / "seen.pt"
     distributed.spawn(_broadcast_worker, (str(out),), 2)
     assert torch.load(out) == [{"module": "layer0", "a": 0.0}] * 2
-    src = (REPO / "methods" / "rift.py").read_text()
-    assert src.count("broadcast_object(") == 3  # the module, the best epoch's accuracy, the weight a
+    distributed.spawn(_rift_worker, (str(out),), 2)
+    (chosen0, cands), (chosen1, _) = torch.load(out)
+    assert chosen0 == chosen1 == cands[0]  # rank 1's own MRC would have picked cands[1]
 
 
 # -- on a GPU (pytest -m cuda) ---------------------------------------------------------------------------------
