@@ -97,7 +97,7 @@ from torch import Tensor
 
 from bench.core.config import TrainConfig
 from bench.core.distributed import merge_latest
-from bench.eval.attacks import _attack_context
+from bench.eval.attacks import _attack_context  # eval mode + frozen weights for the input gradient, restored after
 from methods.base import COUNT, FRACTION, POSITIVE, Method, MethodError, Range, register
 
 PAD = 4  # bench.data.datasets.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
