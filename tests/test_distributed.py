@@ -301,9 +301,12 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path):
 
 
 def _other_methods() -> list[str]:
+    """Every registered method that may train on several processes (AFA declares it cannot: its refusal is
+    tests/test_gpu_path.py's), less the four tested against one process above."""
     from methods import REGISTRY
 
-    return sorted(set(REGISTRY) - {"vaft", "afd", "free_at", "atas"})
+    return sorted(m for m in set(REGISTRY) - {"vaft", "afd", "free_at", "atas"}
+                  if REGISTRY[m].data_parallel_problem(REGISTRY[m].Hparams()) is None)
 
 
 @pytest.mark.slow
