@@ -41,6 +41,17 @@ def test_loader_shards_partition_each_global_batch(k):
         Loader(split, 8, rank=2, world_size=2, **kw)
 
 
+def test_a_last_batch_smaller_than_the_world_is_dropped():
+    """17 images in batches of 8: one process keeps the last image's batch; on 2 processes it would leave rank 1
+    without an example (NaN loss), so both ranks drop it; on 1 process nothing changes."""
+    split = _split(17)
+    kw = dict(device="cpu", shuffle=True, augment=False, seed=0)
+    assert len(Loader(split, 8, **kw)) == 3
+    assert [len(Loader(split, 8, rank=r, world_size=2, **kw)) for r in (0, 1)] == [2, 2]
+    assert len(Loader(_split(18), 8, rank=1, world_size=2, **kw)) == 3  # 2 left: one each
+    assert all(len(b.idx) > 0 for r in (0, 1) for b in Loader(_split(18), 8, rank=r, world_size=2, **kw).epoch(0))
+
+
 def test_world_from_torchrun_and_slurm_variables():
     assert distributed.from_env({}) == distributed.SINGLE
     assert distributed.from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == distributed.World(1, 4, 1)

@@ -56,7 +56,7 @@ def test_grid_file_with_the_plugin_and_vaft_runs_and_reports(installed, tmp_path
     results = tmp_path / "results"
     out = _bench(installed, "run", "--grid", str(grid), "--results", str(results))
     text = out.stdout.replace("\\_", "_")  # Markdown escapes underscores
-    assert "vAFT" in text and "vaft_clean (clean_weight=0.5)" in text and "vaft_clean (clean_weight=1.0)" in text
+    assert "vAFT" in text and "vAFT+clean (clean_weight=0.5)" in text and "vAFT+clean (clean_weight=1.0)" in text
     done = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     assert sorted(r["config"]["method"] for r in done) == ["standard", "vaft", "vaft_clean", "vaft_clean"]
     assert all(r["status"] == "done" for r in done)

@@ -238,9 +238,12 @@ class Loader:
         self.labels = labels.to(self.device, non_blocking=is_cuda)
 
     def __len__(self) -> int:
+        full, rest = divmod(self.num_examples, self.batch_size)
         if self.drop_last:
-            return self.num_examples // self.batch_size
-        return math.ceil(self.num_examples / self.batch_size)
+            return full
+        # Sharded over k processes, a last global batch of fewer than k examples would leave a rank without any
+        # (a mean over nothing: NaN losses, NaN gradients averaged into every rank's): it is dropped, on every rank.
+        return full + (1 if rest >= self.world_size else 0)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yield the batches of epoch ``epoch``; ``start_batch`` skips the first batches (for mid-epoch resume)
