@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="put the paper's published numbers and the difference under ours")
     sp.add_argument("--table", default=None, help="declared table to render (default: the grid's name: "
                     "table1..table5; other grids get a generic accuracy table)")
-    sp.add_argument("--claims", action="store_true", help="instead of tables: the AFD paper's five claims checked "
+    sp.add_argument("--claims", action="store_true", help="instead of tables: the AFD paper's six claims checked "
                     "against the results, with seed spread and a verdict (Markdown)")
     sp.set_defaults(func=cmd_report)
 

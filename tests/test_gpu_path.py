@@ -420,6 +420,11 @@ def test_peak_memory_is_shown_in_table_5s_notes_and_by_the_plan(tmp_path):
     assert peak_memory_note(rows) == ("Peak memory, median per run: training 200 MiB (process peak RSS), evaluation "
                                       "400 MiB (process peak RSS).")
     assert peak_memory_note([SimpleNamespace(peak_train_bytes=float("nan"), peak_eval_bytes=float("nan"))]) is None
+    # a result written before peaks were recorded (its row: NaN, not a name) beside one that records them
+    old = SimpleNamespace(peak_train_bytes=float("nan"), peak_eval_bytes=float("nan"), peak_train_of=float("nan"),
+                          peak_eval_of=float("nan"))
+    assert peak_memory_note([old, rows[0]]) == ("Peak memory, median per run: training 100 MiB (process peak RSS), "
+                                                "evaluation 200 MiB (process peak RSS).")
     cfg = tiny_run("standard", "digits", epochs=1)
     run_local([cfg], Runtime(results=tmp_path, device="cpu", progress=False), log=lambda s: None)
     (cost,) = estimate([cfg], tmp_path)

@@ -407,6 +407,49 @@ def test_claims_from_the_fixture_results():
     assert "| alpha | 0.01, 0.05, 0.2 |" in text and text.count("insensitive within noise") == 3
 
 
+def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
+    """Claim 2's verdict: a change first -> last beyond twice its noise (the larger of the seed SE of the
+    changes and the test-sample SE of the two gaps) grows or falls; AFD's must stay within it."""
+    import pandas as pd
+
+    from bench.report.claims import _gap_verdicts, gap_change
+
+    def log(gaps, se=0.005):
+        return [{"epoch": i + 1, "feature_gap": g, "feature_gap_se": se} for i, g in enumerate(gaps)]
+
+    df = pd.DataFrame([
+        {"method": "vaft", "seed": 0, "epoch_log": log([0.30, 0.33, 0.36])},
+        {"method": "vaft", "seed": 1, "epoch_log": log([0.31, 0.35, 0.38])},
+        {"method": "afd", "seed": 0, "epoch_log": log([0.40, 0.45, 0.405])},
+        {"method": "afkd", "seed": 0, "epoch_log": log([0.50, 0.49, 0.40], se=0.01)},
+    ])
+    ch, nz, rise, at = gap_change(df, "vaft")
+    assert ch == pytest.approx(0.065) and at == 3 and rise == pytest.approx(0.065)
+    # seed SE of the changes (0.06, 0.07): 0.005; test-sample SE sqrt(2) * 0.005 = 0.00707 is larger
+    assert nz == pytest.approx(math.sqrt(2) * 0.005)
+    ch, nz, rise, at = gap_change(df, "afd")
+    assert ch == pytest.approx(0.005) and rise == pytest.approx(0.05) and at == 2
+    text = "\n".join(_gap_verdicts(df, ["vaft", "afkd", "afd"]))
+    assert "vAFT +0.065" in text and "-> grows" in text and "AFKD -0.100" in text and "-> falls" in text
+    assert "AFD +0.005" in text and "flat within noise" in text
+    assert "grows under vAFT, AFKD: does not hold; it stays flat under AFD: holds." in text
+    # no recorded SE (results written before it was): no verdict line rather than one without noise
+    bare = pd.DataFrame([{"method": "vaft", "seed": 0, "epoch_log": [{"epoch": 1, "feature_gap": 0.3},
+                                                                    {"epoch": 2, "feature_gap": 0.4}]}])
+    assert gap_change(bare, "vaft") is None and _gap_verdicts(bare, ["vaft"]) == []
+
+
+def test_claims_of_a_grid_without_rift_a_sweep_or_the_ablations_say_so(tmp_path):
+    from bench.report.claims import claims
+
+    text = claims([c for c in table_runs() if c.method in ("vaft", "afd")], RESULTS)
+    assert "| RiFT |" not in text and "| vAFT | 2 |" in text
+    assert "### 5. AFD insensitive" in text and "not in this grid (no run varies alpha, beta or gamma)" in text
+    assert "not in this grid (no vAFT+D or vAFT+A runs)" in text
+    full = claims(table_runs() + fig4_runs(), RESULTS)
+    assert "| RiFT |" in full and "- AFD against vAFT+A: clean" in full
+
+
 def test_claims_command_line(capsys):
     from bench.cli import main
 

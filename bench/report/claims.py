@@ -1,4 +1,4 @@
-"""The AFD paper's five claims, checked against a grid's result files (``bench report --grid cpu --claims``).
+"""The AFD paper's six claims, checked against a grid's result files (``bench report --grid cpu --claims``).
 
 Each claim gets the numbers that decide it, computed from the result files only (so the text regenerates byte
 for byte), the paper's number where it has one, and a verdict under one stated rule:
@@ -17,6 +17,10 @@ The claims (AFD, Zhou et al., AAAI 2025):
   3. AFD's intrinsic features f1 classify far better than its confused features f2 (Table 4).
   4. AFD's training time is close to vAFT's (Table 5: 46 s against 37 s per epoch, x1.24).
   5. AFD is insensitive to alpha, beta and gamma (Figure 4: clean and PGD-20 vary by less than 0.6 points).
+  6. Both of AFD's parts are needed: AFD above vAFT with the disentangler alone (+D) and with the alignment
+     alone (+A) (Table 3, the ablation).
+
+A claim whose methods the grid does not run says so in one line (the `cpu20` grid has no RiFT and no sweep).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from bench.report.tables import (
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")
+ABLATION = ("vaft", "vaft_d", "vaft_a", "afd")
 SWEEP = ("alpha", "beta", "gamma")
 
 
@@ -109,8 +114,9 @@ def claims(grid: str | list, results: str | Path) -> str:
             f"Test images: clean {sizes.get('clean', '—')}, PGD-20 {sizes.get('pgd20', '—')}, "
             f"AutoAttack {sizes.get('aa', '—')}. Noise rule: a difference is real when it exceeds twice the larger "
             "of its seed spread and its test-sample (binomial) error.", ""]
-    out += _claim1(defaults, sizes) + _claim2(defaults, df) + _claim3(defaults) + _claim4(defaults) + \
-        _claim5(done, defaults, sizes)
+    in_grid = set(df.method)
+    out += _claim1(defaults, sizes, in_grid) + _claim2(defaults, df) + _claim3(defaults) + _claim4(defaults) + \
+        _claim5(done, defaults, sizes) + _claim6(defaults, sizes, in_grid)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -148,11 +154,11 @@ def _by(df: pd.DataFrame, method: str) -> pd.DataFrame:
     return df[df.method == method].sort_values("seed")
 
 
-def _claim1(df: pd.DataFrame, sizes: dict) -> list[str]:
+def _claim1(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
     out = ["### 1. AFD's robust accuracy above the other fine-tuning methods (Table 1)", "",
            "| Method | seeds | Clean | PGD-20 | AA | paper Clean / PGD-20 / AA (RN18, CIFAR-10) |",
            "|:---|---:|---:|---:|---:|:---|"]
-    for m in FINETUNE:
+    for m in (m for m in FINETUNE if m in in_grid):
         g = _by(df, m)
         paper = " / ".join(_f(_paper("table1", m, k)) for k in ("clean", "pgd20", "aa"))
         out.append(f"| {method_label(m)} | {len(g)} | {_ms(g.clean)} | {_ms(g.pgd20)} | {_ms(g.aa)} | {paper} |")
@@ -173,10 +179,11 @@ def _claim1(df: pd.DataFrame, sizes: dict) -> list[str]:
     return out
 
 
-def _gap_table(df: pd.DataFrame, method: str) -> np.ndarray:
-    """Seeds x epochs of the per-epoch feature gap (NaN where missing)."""
-    curves = [{e["epoch"]: e["feature_gap"] for e in (log or []) if isinstance(e.get("feature_gap"), (int, float))}
-              for log in _by(df, method).epoch_log]
+def _gap_table(df: pd.DataFrame, method: str, key: str = "feature_gap") -> np.ndarray:
+    """Seeds x epochs of the per-epoch feature gap (``key="feature_gap_se"``: its test-sample SE; NaN where
+    missing)."""
+    curves = [{e["epoch"]: e[key] for e in (log or []) if isinstance(e.get("feature_gap"), (int, float))
+               and isinstance(e.get(key), (int, float))} for log in _by(df, method).epoch_log]
     curves = [c for c in curves if c]
     epochs = sorted({e for c in curves for e in c})
     return np.array([[c.get(e, np.nan) for e in epochs] for c in curves]) if curves else np.zeros((0, 0))
@@ -218,7 +225,50 @@ def _claim2(df: pd.DataFrame, everything: pd.DataFrame) -> list[str]:
         levels = {m: float(np.nanmean(_gap_table(df, m)[:, -1])) for m in changes}
         out.append("- Final-epoch gap level: " + ", ".join(f"{method_label(m)} {v:.3f}" for m, v in levels.items())
                    + ".")
+    out += _gap_verdicts(df, [m for m in GAP_METHODS if m in changes])
     out.append("")
+    return out
+
+
+def gap_change(df: pd.DataFrame, method: str) -> tuple[float, float, float, int] | None:
+    """A method's gap change from its first to its last epoch (mean over seeds), the noise of that change, its
+    largest rise above the first epoch (mean over seeds of max - first), and the epoch of the mean curve's maximum.
+
+    The noise is the larger of the seed-to-seed SE of the changes and the test-sample SE of one seed's change,
+    sqrt(se_first^2 + se_last^2) from the recorded SEs of the two gaps (averaged over seeds, not divided by their
+    number: every seed is measured on the same test images, so that error does not average out). The two gaps
+    are measured on the same images, which correlates them: taking them as independent over-states the noise."""
+    t, se = _gap_table(df, method), _gap_table(df, method, "feature_gap_se")
+    if not t.size or t.shape[1] < 2 or se.shape != t.shape:
+        return None
+    ch = t[:, -1] - t[:, 0]
+    test = float(np.nanmean(np.sqrt(se[:, 0] ** 2 + se[:, -1] ** 2)))
+    seed = float(np.std(ch, ddof=1) / math.sqrt(len(ch))) if len(ch) > 1 else 0.0
+    mean = np.nanmean(t, axis=0)
+    return float(np.mean(ch)), max(seed, test), float(np.mean(np.nanmax(t, axis=1) - t[:, 0])), int(np.argmax(mean)) + 1
+
+
+def _gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
+    """The noise rule on each method's change first -> last: grows, falls, or flat within noise."""
+    parts, says = [], {}
+    for m in methods:
+        got = gap_change(df, m)
+        if got is None:
+            continue
+        ch, nz, rise, at = got
+        says[m] = "flat within noise" if abs(ch) <= 2 * nz else ("grows" if ch > 0 else "falls")
+        parts.append(f"{method_label(m)} {ch:+.3f} (noise {nz:.3f}; at most {rise:+.3f} above the first epoch, the "
+                     f"mean curve's peak at epoch {at}) -> {says[m]}")
+    if not parts:
+        return []
+    out = ["- Noise rule on the change first -> last (noise: the larger of the seed SE of the changes and the "
+           "test-sample SE of the two gaps, taken as independent): " + "; ".join(parts) + "."]
+    base = [m for m in ("vaft", "afkd", "arrest") if m in says]
+    if "afd" in says and base:
+        grows = all(says[m] == "grows" for m in base)
+        flat = says["afd"] == "flat within noise"
+        out.append(f"- Verdict: the gap grows under {', '.join(method_label(m) for m in base)}: "
+                   f"{'holds' if grows else 'does not hold'}; it stays flat under AFD: {'holds' if flat else 'does not hold'}.")
     return out
 
 
@@ -266,6 +316,8 @@ def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str
            "default point is the mean of the default AFD runs (all seeds).", "",
            "| Swept | values | Clean | PGD-20 | range Clean | range PGD-20 |", "|:---|:---|:---|:---|---:|---:|"]
     base = _by(defaults, "afd")
+    if not len(done[~at_defaults(done) & (done.method == "afd")]):
+        return out[:2] + ["- not in this grid (no run varies alpha, beta or gamma).", ""]
     ranges = {}
     for name, tab in hparam_sweeps(done, "afd", SWEEP).items():  # Figure 4's own selection and means
         if len(tab) < 2:
@@ -289,4 +341,31 @@ def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str
             out.append(f"- {name}: ranges {rc:.2f} (clean) / {rp:.2f} (PGD-20) against 2 x noise {lim_c:.2f} / "
                        f"{lim_p:.2f} -> " + ("insensitive within noise" if ok else "sensitive beyond noise") + ".")
         out.append("")
+    return out
+
+
+def _claim6(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
+    out = ["### 6. Both parts needed: AFD above vAFT+D and vAFT+A (Table 3)", ""]
+    if not {"vaft_d", "vaft_a"} & in_grid:
+        return out + ["- not in this grid (no vAFT+D or vAFT+A runs).", ""]
+    out += ["| Method | seeds | Clean | PGD-20 | AA | paper Clean / PGD-20 / AA (RN18, CIFAR-10) |",
+            "|:---|---:|---:|---:|---:|:---|"]
+    for m in ABLATION:
+        g = _by(df, m)
+        paper = " / ".join(_f(_paper("table3", m, k)) for k in ("clean", "pgd20", "aa"))
+        out.append(f"| {method_label(m)} | {len(g)} | {_ms(g.clean)} | {_ms(g.pgd20)} | {_ms(g.aa)} | {paper} |")
+    out.append("")
+    afd = _by(df, "afd")
+    for part in ("vaft_d", "vaft_a"):
+        g = _by(df, part)
+        if not len(afd) or not len(g):
+            out.append(f"- AFD against {method_label(part)}: not measured.")
+            continue
+        cells = []
+        for key, label in (("clean", "clean"), ("pgd20", "PGD-20"), ("aa", "AA")):
+            diff = float(afd[key].mean() - g[key].mean())
+            nz = noise(afd[key], g[key], sizes.get(key, 1))
+            cells.append(f"{label} {diff:+.2f} (noise {nz:.2f}: {verdict(diff, nz)})")
+        out.append(f"- AFD against {method_label(part)}: " + "; ".join(cells) + ".")
+    out.append("")
     return out
