@@ -241,7 +241,8 @@ def test_fig1_caption_says_what_was_measured_for_each_method():
     fig = plots.fig1(_flat_gap_df())
     caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
     for words in ("||f(x) − f(x')||∞", "PGD-20", "the EMA for methods that keep one", "f1 = D1 g for AFD",
-                  "penultimate", f"{plots.UNRECORDED_GAP_OF} for vAFT, AFD", "first 100 test images", "±1 SE"):
+                  "penultimate", f"{plots.UNRECORDED_GAP_OF} for vAFT, AFD", "first 100 test images", "±1 SE",
+                  "PGD-20 (eps 8/255, step 0.003, random start)"):  # the runs' own attack sizes
         assert words in caption, words
     assert "AFD: gap measured on g, not on f1 = D1 g" in " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
     plt.close(fig)

@@ -207,6 +207,16 @@ def _mean_and_se(values: np.ndarray, test_ses: np.ndarray) -> tuple[np.ndarray, 
     return mean, np.maximum(seed, test), known
 
 
+def _fraction(values: pd.Series) -> str:
+    """The runs' value of an attack size, as x/255 where it is one (8/255) and as the number otherwise (0.003);
+    several values are listed."""
+    out = []
+    for v in sorted(set(float(x) for x in values.dropna())):
+        k = round(v * 255)
+        out.append(f"{k}/255" if k and abs(v * 255 - k) < 1e-9 else f"{v:g}")
+    return " or ".join(out) or "—"
+
+
 def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FIG1_METHODS) -> plt.Figure:
     data = gap_curves(df, methods)
     fig, ax = plt.subplots(figsize=(7.6, 3.9))
@@ -279,8 +289,10 @@ def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FI
     what = "; ".join(f"{w} for {', '.join(ms)}" for w, ms in by_what.items())
     sizes = sorted({n for d in data.values() for n in d.get("n_images", ())})
     over = f"the first {'/'.join(str(n) for n in sizes)} test images" if sizes else "the first eval.n_gap test images"
+    ft = df[df.method.isin(list(data))] if data else df
+    attack = f"eps {_fraction(ft.eps)}, step {_fraction(ft.pgd_step_size)}" if "eps" in ft and len(ft) else "eps, step"
     _caption(fig, f"Feature gap = ||f(x) − f(x')||∞ per test image, averaged over {over} after each epoch, x' = "
-                  "PGD-20 (eps, step 0.003, random start) against the evaluated model (the exported model; the EMA for "
+                  f"PGD-20 ({attack}, random start) against the evaluated model (the exported model; the EMA for "
                   "methods that keep one), f = the features the method classifies from (f1 = D1 g for AFD, the "
                   "penultimate layer otherwise). Measured here: " + (what or "—") + ". "
                   f"Curve: mean over seeds; bars and band: {SE_NOTE}, the larger of the seed-to-seed SE (std/√k over "

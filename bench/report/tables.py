@@ -84,6 +84,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
             "run_id": rid, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
             "epochs": cfg.train.epochs, "parent_id": run_id(cfg.parent) if cfg.parent is not None else None,
             "eval_sizes": (cfg.eval.n_clean, cfg.eval.n_pgd, cfg.eval.n_aa),
+            "eps": cfg.eps, "pgd_step_size": cfg.eval.pgd_step_size,
             **{f"hp.{k}": v for k, v in cfg.hparams}}
         try:
             res = store.read(rid)
