@@ -411,6 +411,7 @@ def test_claims_from_the_fixture_results():
 def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
     """Claim 2's verdict: a change first -> last beyond twice its noise (the larger of the seed SE of the
     changes and the test-sample SE of the two gaps) grows or falls; AFD's must stay within it."""
+    import numpy as np
     import pandas as pd
 
     from bench.report.claims import _gap_verdicts, gap_change
@@ -422,15 +423,23 @@ def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
         {"method": "vaft", "seed": 0, "epoch_log": log([0.30, 0.33, 0.36])},
         {"method": "vaft", "seed": 1, "epoch_log": log([0.31, 0.35, 0.38])},
         {"method": "afd", "seed": 0, "epoch_log": log([0.40, 0.45, 0.405])},
-        {"method": "afkd", "seed": 0, "epoch_log": log([0.50, 0.49, 0.40], se=0.01)},
+        {"method": "afkd", "seed": 0, "epoch_log": log([0.50, 0.45, 0.40], se=0.01)},
+        {"method": "arrest", "seed": 0, "epoch_log": log([0.50, 0.56, 0.53])},
     ])
     ch, nz, rise, at = gap_change(df, "vaft")
     assert ch == pytest.approx(0.065) and at == 3 and rise == pytest.approx(0.065)
-    # seed SE of the changes (0.06, 0.07): 0.005; test-sample SE sqrt(2) * 0.005 = 0.00707 is larger
+    # seed SE of the changes (0.06, 0.07): 0.005; jitter: steps (0.03, 0.03) and (0.04, 0.03), SDs 0 and
+    # 0.00707, mean / sqrt(2) = 0.0025; the test-sample SE sqrt(2) * 0.005 = 0.00707 is the largest
     assert nz == pytest.approx(math.sqrt(2) * 0.005)
     ch, nz, rise, at = gap_change(df, "afd")
     assert ch == pytest.approx(0.005) and rise == pytest.approx(0.05) and at == 2
+    assert nz == pytest.approx(float(np.std([0.05, -0.045], ddof=1)))  # one seed: its jitter is the noise
+    # a rise of +0.03 first -> last, 4 test-sample SEs, inside the curve's own jitter (steps +0.06, -0.03)
+    ch, nz, _, _ = gap_change(df, "arrest")
+    assert ch == pytest.approx(0.03) and 2 * math.sqrt(2) * 0.005 < ch <= 2 * nz
     text = "\n".join(_gap_verdicts(df, ["vaft", "afkd", "afd"]))
+    assert "ARREST +0.030" in "\n".join(_gap_verdicts(df, ["arrest"])) and "-> flat within noise" in \
+        "\n".join(_gap_verdicts(df, ["arrest"]))
     assert "vAFT +0.065" in text and "-> grows" in text and "AFKD -0.100" in text and "-> falls" in text
     assert "AFD +0.005" in text and "flat within noise" in text
     assert "grows under vAFT, AFKD: does not hold; it stays flat under AFD: holds." in text

@@ -234,18 +234,27 @@ def gap_change(df: pd.DataFrame, method: str) -> tuple[float, float, float, int]
     """A method's gap change from its first to its last epoch (mean over seeds), the noise of that change, its
     largest rise above the first epoch (mean over seeds of max - first), and the epoch of the mean curve's maximum.
 
-    The noise is the larger of the seed-to-seed SE of the changes and the test-sample SE of one seed's change,
-    sqrt(se_first^2 + se_last^2) from the recorded SEs of the two gaps (averaged over seeds, not divided by their
-    number: every seed is measured on the same test images, so that error does not average out). The two gaps
-    are measured on the same images, which correlates them: taking them as independent over-states the noise."""
+    The noise is the largest of three standard errors of that change:
+      - seeds: the seed-to-seed SE of the changes (std / sqrt(k), k >= 2 seeds);
+      - test images: sqrt(se_first^2 + se_last^2) from the recorded SEs of the two gaps (averaged over seeds, not
+        divided by their number: every seed is measured on the same test images, so that error does not average
+        out; the two gaps are measured on the same images, which correlates them, so taking them as independent
+        over-states it);
+      - training jitter (3 or more epochs): the standard deviation of the epoch-to-epoch differences of one seed's
+        curve, which is the noise of a difference of two epochs' gaps when the trend is slow against the jitter
+        (averaged over seeds, divided by sqrt(k): each seed trains on its own). A gap moves from one epoch to the
+        next by several test-sample SEs (the model changes, not only the sample), so one seed's first and last
+        epochs alone would over-read a trend."""
     t, se = _gap_table(df, method), _gap_table(df, method, "feature_gap_se")
     if not t.size or t.shape[1] < 2 or se.shape != t.shape:
         return None
     ch = t[:, -1] - t[:, 0]
     test = float(np.nanmean(np.sqrt(se[:, 0] ** 2 + se[:, -1] ** 2)))
     seed = float(np.std(ch, ddof=1) / math.sqrt(len(ch))) if len(ch) > 1 else 0.0
+    jitter = float(np.nanmean([np.std(np.diff(row), ddof=1) for row in t]) / math.sqrt(len(t))) if t.shape[1] > 2 else 0.0
     mean = np.nanmean(t, axis=0)
-    return float(np.mean(ch)), max(seed, test), float(np.mean(np.nanmax(t, axis=1) - t[:, 0])), int(np.argmax(mean)) + 1
+    return (float(np.mean(ch)), max(seed, test, jitter), float(np.mean(np.nanmax(t, axis=1) - t[:, 0])),
+            int(np.argmax(mean)) + 1)
 
 
 def _gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
@@ -261,8 +270,9 @@ def _gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
                      f"mean curve's peak at epoch {at}) -> {says[m]}")
     if not parts:
         return []
-    out = ["- Noise rule on the change first -> last (noise: the larger of the seed SE of the changes and the "
-           "test-sample SE of the two gaps, taken as independent): " + "; ".join(parts) + "."]
+    out = ["- Noise rule on the change first -> last (noise: the largest of the seed SE of the changes, the "
+           "test-sample SE of the two gaps taken as independent, and the curves' epoch-to-epoch jitter): "
+           + "; ".join(parts) + "."]
     base = [m for m in ("vaft", "afkd", "arrest") if m in says]
     if "afd" in says and base:
         grows = all(says[m] == "grows" for m in base)
