@@ -401,7 +401,7 @@ def test_claims_from_the_fixture_results():
     assert "Runs: 18 of 21 finished (3 not finished" in text
     assert "| vAFT | 2 | 84.12 ± 0.18 | 51.46 ± 0.08 | 45.56 ± 0.08 | 83.93 / 51.40 / 45.48 |" in text
     assert "- PGD-20: AFD 52.76 vs the best other, vAFT 51.46: difference +1.30, noise 7.06 -> not distinguishable" in text
-    assert "AFD's gap is the flattest" in text and "Grows on every seed: vAFT." in text
+    assert "AFD's gap is the flattest" in text and "Ends above its first epoch on every seed (the sign alone; the noise rule is below): vAFT." in text
     assert "ARREST | no per-epoch gap recorded" in text  # the fixture's ARREST has no per-epoch gaps
     assert "Δ = f1 − f2 40.50 ± 0.71" in text and "-> holds." in text
     assert "AFD / vAFT: 1.24 (means), 1.24 (medians); paper 1.24" in text
