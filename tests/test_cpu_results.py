@@ -81,3 +81,16 @@ def test_every_committed_cpu20_result_is_of_the_current_grid_and_finished():
         assert len(res["epochs"]) == 20 and all("feature_gap" in e and "feature_gap_se" in e for e in res["epochs"])
     assert (CPU20 / "runs" / f"{next(iter(parent))}.json").read_bytes() == \
         (CPU / "runs" / f"{next(iter(parent))}.json").read_bytes()
+
+
+def test_every_run_of_the_cpu20_grid_is_committed_and_its_tables_claims_and_figure_regenerate():
+    """All 10 fine-tuning runs (and the shared parent) are committed, and results/cpu20's tables, claims block
+    and Figure 1a regenerate from them (the tables and claims byte for byte)."""
+    ids = {run_id(cfg) for cfg in expand(get_grid("cpu20"))}
+    committed = {p.stem for p in (CPU20 / "runs").glob("*.json")}
+    assert ids - committed == set(), "runs of the cpu20 grid without a committed result"
+    for fmt, ext in (("markdown", "md"), ("latex", "tex")):
+        assert report("cpu20", CPU20, fmt) == (CPU20 / f"tables.{ext}").read_text(encoding="utf-8")
+    text = claims("cpu20", CPU20)
+    assert "Runs: 11 of 11 finished;" in text and text in (CPU20 / "REPRODUCTION.md").read_text(encoding="utf-8")
+    assert (CPU20 / "figures" / "fig1_cpu20.png").stat().st_size > 0

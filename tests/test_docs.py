@@ -203,6 +203,7 @@ def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves():
     for page in PAGES[1:]:
         assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
     for page in PAGES + [REPO / "results/cpu/README.md", REPO / "results/cpu/REPRODUCTION.md",
+                         REPO / "results/cpu20/README.md", REPO / "results/cpu20/REPRODUCTION.md",
                          REPO / "results/cpu-before-as-run/README.md", REPO / "examples/my_method/README.md"]:
         for target in LINK.findall(page.read_text(encoding="utf-8")):
             if re.match(r"[a-z]+:", target):
