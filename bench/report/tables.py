@@ -324,24 +324,18 @@ TABLES.update({
 # The `cpu20` grid: the fine-tuning rows of the same tables after the paper's 20 fine-tuning epochs, from the cpu
 # grid's natural parent (Figure 1a's methods with 2 seeds, Table 3's ablations with 1).
 _CPU20_SETTING = "SmallCNN, CIFAR-10 (JPEG), the paper's 20 fine-tuning epochs at CPU scale"
+# The same declarations as the cpu grid's, with the cpu20 grid's rows and captions.
+_CPU_TABLES = {t: TABLES[f"cpu_{t}"] for t in ("table1", "table3", "table4", "table5")}
 TABLES.update({
-    "cpu20_table1": Table(f"Table 1's fine-tuning rows at CPU scale: {_CPU20_SETTING} (accuracy, %).",
-                          rows=_cpu_methods("vaft", "afkd", "arrest", "afd"), cols=ACC, select=_CPU, rank=True),
-    "cpu20_table3": Table(f"Table 3 at CPU scale: vAFT with the disentangler (+D), the alignment (+A) and both (AFD); "
-                          f"{_CPU20_SETTING} (accuracy, %).",
-                          rows=(CLEAN, Metric("pgd20", "PGD"), AA), row_header=("",),
-                          cols=_cpu_methods("vaft", "vaft_d", "vaft_a", "afd"), select=_CPU),
-    "cpu20_table4": Table(f"Table 4 at CPU scale after 20 fine-tuning epochs: natural accuracy (%) of AFD's intrinsic "
-                          f"features f1 and confused features f2; Δ = f1 − f2.",
-                          rows=[S(("SmallCNN", "CIFAR-10 (JPEG)"), **_CPU)],
-                          cols=(Metric("f1_clean", "f1"), Metric("f2_clean", "f2"), Metric("f_delta", "Δ")),
-                          row_header=("Model", "Data"), select={"method": "afd", **_AFD_DEFAULT}),
-    "cpu20_table5": Table(f"Table 5 at CPU scale: training time (seconds), {_CPU20_SETTING}: epochs, seconds per "
-                          "epoch, and total (the run's own training plus its parent's).",
-                          rows=_cpu_methods("standard", "vaft", "afkd", "arrest", "afd", "vaft_d", "vaft_a"),
-                          cols=(Metric("epochs", "Epoch", 0), Metric("seconds_per_epoch", "Time one", 1),
-                                Metric("total_seconds", "Time total", 0)),
-                          select=_CPU, device_note=True),
+    "cpu20_table1": replace(_CPU_TABLES["table1"], rows=_cpu_methods("vaft", "afkd", "arrest", "afd"),
+                            caption=f"Table 1's fine-tuning rows at CPU scale: {_CPU20_SETTING} (accuracy, %)."),
+    "cpu20_table3": replace(_CPU_TABLES["table3"], caption=_CPU_TABLES["table3"].caption.replace(
+        _CPU_SETTING, _CPU20_SETTING)),
+    "cpu20_table4": replace(_CPU_TABLES["table4"], caption=_CPU_TABLES["table4"].caption.replace(
+        "Table 4 at CPU scale:", "Table 4 at CPU scale after 20 fine-tuning epochs:")),
+    "cpu20_table5": replace(_CPU_TABLES["table5"], caption=_CPU_TABLES["table5"].caption.replace(
+        _CPU_SETTING, _CPU20_SETTING), rows=_cpu_methods("standard", "vaft", "afkd", "arrest", "afd", "vaft_d",
+                                                         "vaft_a")),
 })
 # Grids whose report is several declared tables, in this order (`bench report --grid cpu`).
 GRID_TABLES: dict[str, tuple[str, ...]] = {
