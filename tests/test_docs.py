@@ -215,3 +215,18 @@ def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves():
             assert dest.exists(), f"{page.relative_to(REPO)}: broken link {target}"
             if anchor and dest.suffix == ".md":
                 assert anchor in anchors(dest), f"{page.relative_to(REPO)}: no heading for {target}"
+
+
+def test_license_and_citation_agree_with_pyproject():
+    """The LICENSE file is the licence pyproject declares, and CITATION.cff cites this version of the package."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    cff = (REPO / "CITATION.cff").read_text()
+    assert re.search(r"^cff-version: 1\.2\.0$", cff, re.M)
+    assert re.search(rf"^version: {re.escape(project['version'])}$", cff, re.M)
+    assert re.search(r"^license: MIT$", cff, re.M)
+    assert "arXiv:2401.14707" in cff  # the AFD paper, the preferred citation
