@@ -170,3 +170,27 @@ def test_threads_0_is_refused_before_anything_runs(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--threads must be >= 1 (got 0)" in err
     assert main(["speed", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_afd_code_is_evaluated_on_its_own_network_and_the_mapping_said(tmp_path, capsys):
+    """A ResNet18 saved as the AFD code saves it (``linear`` classifier, DataParallel's ``module.``) evaluated as
+    ``resnet18_afd`` (unpadded first convolution): the mapping is printed and recorded, and its clean accuracy is
+    the network's own, not that of the padded ``resnet18`` the same file also loads into."""
+    folder = write_tiny_folder(tmp_path / "tiny", n_train=3, n_test=6)
+    torch.manual_seed(0)
+    net = build_model("resnet18_afd", 3, 3)
+    state = {f"module.{k.replace('classifier.', 'linear.')}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "afd.pt")
+    argv = ["eval", "--model", "resnet18_afd", "--checkpoint", str(tmp_path / "afd.pt"), "--dataset",
+            f"folder:{folder}", "--n", "6", "--n-pgd", "0", "--n-aa", "0", "--results", str(tmp_path / "r"),
+            "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint keys mapped: linear.* -> classifier.*" in out
+    res = _result(tmp_path / "r")
+    assert res["key_mapping"] == ["linear.* -> classifier.*"] and res["spec"]["model"] == "resnet18_afd"
+    _, test, _ = load_dataset(f"folder:{folder}", None, None)
+    x, y = test.images[:6].float().div(255), test.labels[:6]
+    with torch.no_grad():
+        expected = (net.eval()(x).argmax(1) == y).float().mean().item()
+    assert res["metrics"]["clean"] == pytest.approx(expected)

@@ -34,7 +34,7 @@ from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
 from bench.data.datasets import load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
-from bench.models.architectures import MODELS, build_model, feature_extractor_and_head
+from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model
 
 
@@ -86,12 +86,12 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
                     dataset=dataset, eval=ev, eps=eps, seed=seed)
 
 
-def build(spec: EvalSpec, num_classes: int, channels: int, rt: Runtime) -> nn.Module:
-    """The model of ``spec`` with its weights loaded (ConfigError / ModelError: one line)."""
-
+def build(spec: EvalSpec, num_classes: int, channels: int, rt: Runtime) -> tuple[nn.Module, list[str]]:
+    """The model of ``spec`` with its weights loaded, and how the checkpoint's keys were mapped onto it (the
+    usual classifier names, a normalisation layer in front: bench/core/checkpoints.py); ConfigError / ModelError
+    in one line."""
     if spec.model.startswith("zoo:"):
-
-        return load_zoo_model(spec.model, spec.dataset, rt)
+        return load_zoo_model(spec.model, spec.dataset, rt), []
     if spec.model in MODELS:
         model = build_model(spec.model, num_classes, channels)
     elif ":" in spec.model:
@@ -99,8 +99,10 @@ def build(spec: EvalSpec, num_classes: int, channels: int, rt: Runtime) -> nn.Mo
     else:
         raise ConfigError(f"unknown model '{spec.model}'; known: {', '.join(MODELS)}, or pkg.module:factory for "
                           "your own architecture")
-    load_into(model, spec.checkpoint)
-    return model
+    meta = load_into(model, spec.checkpoint, allow_normalization=isinstance(model, Classifier))
+    if "normalization" in meta:
+        model = Normalized(model, *meta["normalization"])
+    return model, meta["key_mapping"]
 
 
 def _from_factory(ref: str, num_classes: int) -> nn.Module:
@@ -144,7 +146,9 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
         except json.JSONDecodeError:
             log(f"[{eid}] result {out} is unreadable; evaluating again")
     _, test, info = load_dataset(spec.dataset, rt.data_root, rt.cache_dir)
-    model = build(spec, info.num_classes, info.channels, rt)
+    model, mapping = build(spec, info.num_classes, info.channels, rt)
+    for note in mapping:
+        log(f"[{eid}] checkpoint keys mapped: {note}")
     device = rt.torch_device()
     model = model.to(device).eval()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -153,7 +157,7 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
                    fold_bn=rt.eval_fold_bn)
     metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
                      state_dir=out.with_suffix(".chunks"))
-    result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics,
+    result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics, "key_mapping": mapping,
               "sanity": "violated" if metrics.get("violations") else "ok", "started": started,
               "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - t0, **provenance(device)}
@@ -196,6 +200,8 @@ def render(result: dict) -> str:
             lines.append(f"| {name} | {100 * acc:.2f} | {n} | {secs.get(key, float('nan')):.1f} |")
     if m.get("feature_gap") is not None:
         lines.append(f"\nfeature gap ({m.get('feature_gap_of')}): {m['feature_gap']:.4f}")
+    for note in result.get("key_mapping") or []:
+        lines.append(f"checkpoint keys mapped: {note}")
     lines.append(f"AA <= PGD-20 <= clean: {result['sanity']}" + (f" ({'; '.join(m['violations'])})"
                                                                if m.get("violations") else ""))
     return "\n".join(lines) + "\n"

@@ -17,9 +17,14 @@ Architectures (re-written from the descriptions of the public code, not copied)
 ------------------------------------------------------------------------------
 * ``resnet18`` / ``resnet50``: CIFAR ResNet of yaodongyu/TRADES ``models/resnet.py`` -- 3x3 stem conv with
   stride 1 and padding 1, no max-pool, BasicBlock [2,2,2,2] / Bottleneck [3,4,6,3], feature_dim 512 / 2048.
-  Fidelity note: the AFD repository's ResNet uses padding=0 in the stem conv (non-standard; it shrinks
-  the 32x32 map to 30x30); we use the standard padding=1. Module names (``layer2.1.conv2`` ...) follow the
-  reference so RiFT's module choices resolve; the head is called ``classifier`` instead of ``linear``.
+  Module names (``layer2.1.conv2`` ...) follow the reference so RiFT's module choices resolve; the head is
+  called ``classifier`` instead of ``linear`` (checkpoints with ``linear`` load: bench/core/checkpoints.py).
+* ``resnet18_afd``: the AFD code's ResNet18 (changzhang777/AFD ``models/resnet.py``, ``ResNet18``): the same
+  network except that its stem conv has padding=0, so a 32x32 image becomes a 30x30 map (then 30, 15, 8, 4
+  through the stages; its AdaptiveAvgPool2d makes the head the same). Same parameter names and shapes as
+  ``resnet18``, so a checkpoint of one loads into the other without error and is silently a different
+  network: name the one the checkpoint was trained as. tests/test_models.py pins it against a transcription of
+  the AFD code's definition.
 * ``preact_resnet18``: locuslab/robust_overfitting ``preactresnet.py`` (pre-activation blocks, a final
   BN + ReLU before pooling), feature_dim 512.
 * ``wrn34_10``: yaodongyu/TRADES ``models/wideresnet.py`` -- depth 34, widen factor 10, dropout 0,
@@ -40,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-MODELS: tuple[str, ...] = ("small_cnn", "resnet18", "resnet50", "preact_resnet18", "wrn34_10")
+MODELS: tuple[str, ...] = ("small_cnn", "resnet18", "resnet18_afd", "resnet50", "preact_resnet18", "wrn34_10")
 
 
 class ModelError(Exception):
@@ -165,10 +170,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Classifier):
-    def __init__(self, block, num_blocks, num_classes: int, in_channels: int = 3):
+    def __init__(self, block, num_blocks, num_classes: int, in_channels: int = 3, stem_padding: int = 1):
         super().__init__()
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)  # AFD repo: padding=0
+        # stem_padding 1: the TRADES code's CIFAR ResNet; 0: the AFD code's (``resnet18_afd``)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=stem_padding, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
         self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
@@ -314,6 +320,24 @@ class WideResNet(Classifier):
         return _pool_flatten(self.relu(self.bn1(out)))
 
 
+class Normalized(Classifier):
+    """A classifier with a normalisation layer in front, ``(x - mean) / std``: how some public checkpoints were
+    trained (their network never sees [0, 1] pixels). For evaluating such a checkpoint as it was trained; the
+    threat model stays in [0, 1] pixel space, where the attack works."""
+
+    def __init__(self, inner: Classifier, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.inner = inner
+        self.feature_dim = inner.feature_dim
+        self.classifier = inner.classifier
+        shape = (1, -1, 1, 1)
+        self.register_buffer("mean", mean.detach().float().reshape(shape).clone())
+        self.register_buffer("std", std.detach().float().reshape(shape).clone())
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.inner.features((x - self.mean) / self.std)
+
+
 # --------------------------------------------------------------------------------------------------
 # Factory and feature access
 # --------------------------------------------------------------------------------------------------
@@ -327,6 +351,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> Classifier
         return SmallCNN(num_classes, in_channels)
     if name == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
+    if name == "resnet18_afd":
+        return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, stem_padding=0)
     if name == "resnet50":
         return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
     if name == "preact_resnet18":
