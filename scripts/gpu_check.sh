@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks, in one command, for a machine with an NVIDIA GPU (about 10 minutes on one H200):
+# The GPU checks, in one command, for a machine with an NVIDIA GPU (an estimated 10 minutes on one H200; not yet
+# timed on a GPU):
 #   1. bench doctor --check on the GPU (every method's step in fp32 and bf16, resume = uninterrupted, repeated
 #      evaluations equal, CPU vs GPU flags, export after SyncBatchNorm, a short ResNet18 vAFT/AFD speed),
 #   2. the tests that need a GPU (pytest -m cuda),
