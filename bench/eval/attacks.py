@@ -32,7 +32,7 @@ LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
 
 @contextlib.contextmanager
-def _attack_context(model: Callable, eval_mode: bool) -> Iterator[None]:
+def attack_context(model: Callable, eval_mode: bool) -> Iterator[None]:
     """Eval mode + frozen parameters for the duration of an attack; restores exactly what it found.
 
     Per-module training flags are saved (not just ``model.training``) because models can legitimately mix
@@ -107,7 +107,7 @@ def pgd(
         raise ValueError("labels y are required unless loss='kl'")
 
     x = x.detach()
-    with _attack_context(model, eval_mode):
+    with attack_context(model, eval_mode):
         if loss == "kl":
             # TRADES: the target distribution is f(x) on the clean input, fixed during the attack, computed in
             # the same (eval) mode as the attack itself.
@@ -265,7 +265,7 @@ def autoattack(
     aa_logger = logging.getLogger("auto-attack")
     old_level = aa_logger.level
     try:
-        with _attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
             # _ContiguousGrad guard as a second line of defence for models that permute internally).
             changed = _to_contiguous_format(model) if contiguous_weights else []
