@@ -17,7 +17,7 @@ from bench.core import numerics as P
 from bench.train import precision as TP
 from bench.cli import main
 from bench.core.config import ConfigError, EvalConfig
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.eval.evaluator import Evaluator
 from conftest import tiny_run
 
@@ -167,7 +167,7 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
     fp16, every backward is scaled, the update is unscaled (same size as fp32's), and the scaler is checkpointed."""
     from bench.core.runtime import Runtime
     from bench.perf.speed import _build_method, _synthetic_split
-    from bench.data.datasets import Loader
+    from bench.data import Loader
     from bench.train.loop import execute
     from methods import StepInfo
 

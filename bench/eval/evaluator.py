@@ -61,7 +61,7 @@ from bench.core.config import EvalConfig
 from bench.core.distributed import all_gather_objects
 from bench.core.numerics import exact_fp32
 from bench.core.store import atomic_torch_save, content_digest
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.eval.attacks import autoattack, fgsm, pgd
 from bench.models.architectures import feature_extractor_and_head
 

@@ -36,7 +36,7 @@ from bench.core import determinism, distributed, numerics
 from bench.core.cpu import cpu_info, cpu_native, describe_cpu
 from bench.core.config import EvalConfig, RunConfig
 from bench.core.runtime import Runtime, resolve_device
-from bench.data.datasets import DATASETS, Loader, default_data_root
+from bench.data import DATASETS, Loader, default_data_root
 from bench.eval.evaluator import Evaluator, fold_batchnorm
 from bench.grid.grids import TABLE5_STEP_PAIR
 from bench.grid.runs import make_run
@@ -149,7 +149,7 @@ def check_resume(device: torch.device, policy: str, work: Path) -> str:
 def _model_and_test(device: torch.device, work: Path) -> tuple[nn.Module, object]:
     """The resumed run's exported model and the digits test split (trained by check_resume, else here)."""
     from bench.core.config import run_id
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
 
     cfg = _tiny(2)
     path = work / "whole" / "models" / f"{run_id(cfg)}.pt"

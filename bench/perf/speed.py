@@ -45,7 +45,7 @@ from bench.core import compilation, determinism, numerics
 from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.config import EPS_8, PRECISIONS, ConfigError
 from bench.core.runtime import resolve_device, set_threads
-from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
 from bench.train.ema import EMA
 from bench.train.precision import check_method_precision, make_step

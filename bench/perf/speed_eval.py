@@ -42,7 +42,7 @@ from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.checkpoints import load_into
 from bench.core.config import EPS_8, ConfigError, EvalConfig
 from bench.core.runtime import resolve_device, set_threads
-from bench.data.datasets import DataError, Split, load_dataset
+from bench.data import DataError, Split, load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import MODELS, build_model
