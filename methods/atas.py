@@ -97,7 +97,7 @@ from torch import Tensor
 
 from bench.core.config import TrainConfig
 from bench.core.distributed import merge_latest
-from bench.eval.attacks import _attack_context  # eval mode + frozen weights for the input gradient, restored after
+from bench.eval.attacks import attack_context  # eval mode + frozen weights for the input gradient, restored after
 from methods.base import COUNT, FRACTION, POSITIVE, Method, MethodError, Range, register
 
 PAD = 4  # bench.data.datasets.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
@@ -229,7 +229,7 @@ class ATAS(Method):
         x, y, eps, hp = batch.x, batch.y, self.ctx.eps, self.hp
         idx, chan, (rows, cols) = self._window(batch)
         x0 = torch.clamp(x + self.delta[idx, chan, rows, cols].to(x.dtype), 0.0, 1.0)  # ATAS.py:95-97
-        with _attack_context(self.model, eval_mode=True):  # adv_attack.py:40-45
+        with attack_context(self.model, eval_mode=True):  # adv_attack.py:40-45
             x0.requires_grad_(True)
             (g,) = torch.autograd.grad(F.cross_entropy(self.model(x0), y), [x0])
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests for bench/data/datasets.py: data set loading, the decode cache, and the deterministic device-side loader.
+"""Tests for bench/data/: data set loading, the decode cache, and the deterministic device-side loader.
 
 All tests run on the CPU in seconds, except the one marked ``slow`` that decodes the real CIFAR-10 JPEG archive.
 Every data set except ``digits`` is built here in miniature under ``tmp_path``; nothing touches the network.
@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import bench.data.datasets as data
-from bench.data.datasets import CIFAR10_CLASSES, DATASETS, Batch, DataError, Loader, Split, load_dataset
+import bench.data.cifar as cifar
+from bench.data import DATASETS, Batch, DataError, Loader, Split, load_dataset
+from bench.data.cifar import CIFAR10_CLASSES
+from bench.data.loader import augment_crop_flip
 
-REPO_ROOT = Path(data.__file__).resolve().parent.parent
+REPO_ROOT = Path(cifar.__file__).resolve().parent.parent
 SHARED_CIFAR10_JPEG = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -210,7 +212,7 @@ def test_crop_is_like_torchvision_zero_padding():
     """With dx = dy = 0 and no flip the output is the top-left window of the zero-padded image."""
     img = torch.arange(1, 17, dtype=torch.uint8).view(1, 1, 4, 4)
     z = torch.zeros(1, dtype=torch.int64)
-    out = data.augment_crop_flip(img, z, z, torch.zeros(1, dtype=torch.bool), 2)
+    out = augment_crop_flip(img, z, z, torch.zeros(1, dtype=torch.bool), 2)
     expected = F.pad(img, (2, 2, 2, 2))[:, :, :4, :4]
     assert torch.equal(out, expected)
     assert int(out[0, 0, 0, 0]) == 0 and int(out[0, 0, 2, 2]) == 1
@@ -262,7 +264,7 @@ def test_image_folder_cache_is_used_and_corrupt_cache_rebuilt(tmp_path, monkeypa
     assert torch.equal(train.images, train3.images)
     rebuilt = torch.load(train_cache, weights_only=True)
     # the cache holds the decoded files in folder order; the loader then applies its fixed shuffle
-    assert torch.equal(data.Split(rebuilt["images"], rebuilt["labels"]).shuffled(0).images, train.images)
+    assert torch.equal(Split(rebuilt["images"], rebuilt["labels"]).shuffled(0).images, train.images)
     assert rebuilt["classes"] == ["cat", "dog"]
 
 
@@ -347,7 +349,7 @@ def test_cifar10_jpeg_other_class_names_are_sorted(tmp_path):
 
 
 def test_cifar10_jpeg_missing_everywhere(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "nowhere" / "repo")
+    monkeypatch.setattr(cifar, "_REPO_ROOT", tmp_path / "nowhere" / "repo")
     with pytest.raises(DataError, match="cifar10-jpeg"):
         load_dataset("cifar10-jpeg", data_root=tmp_path, cache_dir=tmp_path / "cache")
 

@@ -12,7 +12,7 @@ import torch
 
 from bench.eval.attacks import _AAModel
 from bench.core.config import ConfigError, EvalConfig
-from bench.data.datasets import load_dataset
+from bench.data import load_dataset
 from bench.eval.evaluator import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
 from bench.models.architectures import MODELS, build_model
 from conftest import SHARED_CIFAR, write_tiny_folder

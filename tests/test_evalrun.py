@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.data.datasets import load_dataset
+from bench.data import load_dataset
 from bench.models.architectures import build_model
 from conftest import REPO, write_tiny_folder
 

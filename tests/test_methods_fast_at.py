@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.core.config import TrainConfig
-from bench.data.datasets import DatasetInfo, Loader, Split, augment_crop_flip
+from bench.data import DatasetInfo, Loader, Split
+from bench.data.loader import augment_crop_flip
 from bench.models.architectures import build_model
 from bench.core.schedules import lr_at
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams

@@ -1,6 +1,7 @@
 """Numerics (bench/core/numerics.py): exact fp32 evaluation, the training precision choice (fp32 | tf32 | bf16 | fp16
-with a gradient scaler), the bf16-not-native warning, `bench speed`'s native default, the CPU's name and ISA, and
---compile. All on the CPU: the TF32 policy is checked through the backend flags, which exist without a GPU."""
+with a gradient scaler), the bf16-not-native warning, `bench speed`'s native default, the CPU's name and ISA
+(bench/core/cpu.py), and --compile. All on the CPU: the TF32 policy is checked through the backend flags, which
+exist without a GPU."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,12 @@ import torch
 from torch import nn
 
 from bench.core import compilation
+from bench.core import cpu as C
 from bench.core import numerics as P
 from bench.train import precision as TP
 from bench.cli import main
 from bench.core.config import ConfigError, EvalConfig
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.eval.evaluator import Evaluator
 from conftest import tiny_run
 
@@ -165,7 +167,7 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
     fp16, every backward is scaled, the update is unscaled (same size as fp32's), and the scaler is checkpointed."""
     from bench.core.runtime import Runtime
     from bench.perf.speed import _build_method, _synthetic_split
-    from bench.data.datasets import Loader
+    from bench.data import Loader
     from bench.train.loop import execute
     from methods import StepInfo
 
@@ -223,8 +225,8 @@ def _speed(capsys, *extra):
 
 
 def test_bf16_warning_and_speed_default_follow_the_detector(capsys, monkeypatch):
-    real = P.cpu_native
-    monkeypatch.setattr(P, "cpu_native", lambda precision: False if precision == "bf16" else real(precision))
+    real = C.cpu_native
+    monkeypatch.setattr(C, "cpu_native", lambda precision: False if precision == "bf16" else real(precision))
     rep, warnings = _speed(capsys)
     assert rep["precision"] == "fp32" and rep["precision_native"] and warnings == []  # default: fastest native
     rep, warnings = _speed(capsys, "--precision", "bf16")
@@ -234,7 +236,7 @@ def test_bf16_warning_and_speed_default_follow_the_detector(capsys, monkeypatch)
     assert "without native bf16" in line and "~100x slower than fp32" in line and "amx_tile or avx512_bf16" in line
     assert rep["cpu"]["name"] in line and " ".join(rep["cpu"]["isa"]) in line
 
-    monkeypatch.setattr(P, "cpu_native", lambda precision: True)
+    monkeypatch.setattr(C, "cpu_native", lambda precision: True)
     rep, warnings = _speed(capsys)
     assert rep["precision"] == "bf16" and warnings == []
     rep, warnings = _speed(capsys, "--precision", "bf16")
@@ -245,7 +247,7 @@ def test_bf16_warning_before_training(tmp_path, tiny_folder, capsys, monkeypatch
     from bench.core.runtime import Runtime
     from bench.train.loop import execute
 
-    monkeypatch.setattr(P, "cpu_native", lambda precision: precision != "bf16")
+    monkeypatch.setattr(C, "cpu_native", lambda precision: precision != "bf16")
     cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=1)
     rt = Runtime(results=tmp_path / "results", data_root=tiny_folder.parent, device="cpu", progress=False)
     lines = []
@@ -260,17 +262,17 @@ def test_bf16_warning_before_training(tmp_path, tiny_folder, capsys, monkeypatch
 
 def test_onednn_max_cpu_isa_is_respected(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert not P.cpu_native("bf16") and not P.cpu_native("fp16") and P.cpu_native("fp32")
+    assert not C.cpu_native("bf16") and not C.cpu_native("fp16") and C.cpu_native("fp32")
     assert "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off them" in P.slow_precision_warning("bf16", CPU)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert P._onednn_allows(P._BIT_BF16) and not P._onednn_allows(P._BIT_AMX)
+    assert C._onednn_allows(C._BIT_BF16) and not C._onednn_allows(C._BIT_AMX)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
-    assert P._onednn_allows(P._BIT_AMX) and P._onednn_allows(P._BIT_BF16)
+    assert C._onednn_allows(C._BIT_AMX) and C._onednn_allows(C._BIT_BF16)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "default")
-    assert P.onednn_max_isa() is None
+    assert C.onednn_max_isa() is None
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    hw = P._torch_cpu_check("amx_tile", "amx_tile") or P._torch_cpu_check("avx512_bf16", "avx512_bf16")
-    assert P.cpu_native("bf16") == hw
+    hw = C._torch_cpu_check("amx_tile", "amx_tile") or C._torch_cpu_check("avx512_bf16", "avx512_bf16")
+    assert C.cpu_native("bf16") == hw
 
 
 # -- the CPU's name and ISA ------------------------------------------------------------------------------------
@@ -279,18 +281,18 @@ def test_cpu_name_and_isa(tmp_path):
 
     from bench.core.provenance import provenance
 
-    name = P.cpu_name()
+    name = C.cpu_name()
     assert name and name not in ("x86_64", "unknown CPU")
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists() and "model name" in cpuinfo.read_text():
-        assert name == P._cpuinfo_field("model name")
-    info = P.cpu_info()
-    assert set(info["isa"]) <= set(P.ISA_FLAGS) and info["name"] == name
-    assert name in P.describe_cpu(info)
+        assert name == C._cpuinfo_field("model name")
+    info = C.cpu_info()
+    assert set(info["isa"]) <= set(C.ISA_FLAGS) and info["name"] == name
+    assert name in C.describe_cpu(info)
     if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():  # x86 Linux: the generation behind the name
-        assert info["model"] == f"family {P._cpuinfo_field('cpu family')} model {P._cpuinfo_field('model')}"
-        assert info["model"] in P.describe_cpu(info)
-    assert P.describe_cpu({**info, "model": None}).startswith(f"{name} (")  # reports from before it was recorded
+        assert info["model"] == f"family {C._cpuinfo_field('cpu family')} model {C._cpuinfo_field('model')}"
+        assert info["model"] in C.describe_cpu(info)
+    assert C.describe_cpu({**info, "model": None}).startswith(f"{name} (")  # reports from before it was recorded
     prov = provenance(CPU)
     assert prov["device_name"] == name and prov["cpu_isa"] == info["isa"] and prov["cpu_model"] == info["model"]
 

@@ -2,7 +2,7 @@
 
 How a run is split (``bench.train.loop`` does it; nothing here knows about methods):
 
-* **Data.** Every rank builds the same epoch order and augmentation (``bench.data.datasets.Loader``: they depend only on
+* **Data.** Every rank builds the same epoch order and augmentation (``bench.data.loader.Loader``: they depend only on
   (seed, epoch)) and takes its contiguous share of each global batch (rank r of k: positions
   ``[r*B/k, (r+1)*B/k)`` of batch B): the global batch is the recipe's, and a run resumed on another number of
   processes sees the same examples in the same batches. ``Batch.offset`` is a shard's first position in its batch.

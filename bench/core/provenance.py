@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from bench.core import determinism, numerics
+from bench.core import determinism
+from bench.core.cpu import cpu_info
 
 
 def _git_state() -> tuple[str | None, bool | None]:
@@ -35,7 +36,7 @@ def provenance(device: torch.device) -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
             pass
-    cpu = numerics.cpu_info()
+    cpu = cpu_info()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["name"]
     return {"git": rev, "git_dirty": dirty, "versions": versions, "device": str(device), "device_name": name,
             "cpu_name": cpu["name"], "cpu_model": cpu["model"], "cpu_isa": cpu["isa"], "host": platform.node(),

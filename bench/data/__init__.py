@@ -1,8 +1,16 @@
-"""Layer 1: data sets as uint8 tensors and the loader that batches and augments them on the training device
-(``bench.data.datasets``). Imports ``bench.core`` only.
+"""Layer 1: data sets as uint8 tensors and the loader that batches and augments them on the training device.
+Imports ``bench.core`` only.
+
+One concern per module: ``split`` (``Split``, ``DatasetInfo``, ``DataError``), ``loader`` (``Loader``, ``Batch``,
+the crop-and-flip augmentation), ``registry`` (``load_dataset`` by name, default folders), and the sources it
+reads: ``digits``, ``cifar`` (torchvision's CIFAR-10/100, ``cifar10-jpeg``), ``tiny_imagenet`` and ``images``
+(image folders, decoding, the decode cache, archive extraction). ``bench.data.datasets`` keeps the names it
+always offered.
 
 The names a method plugin or a test uses are re-exported here: ``from bench.data import Loader, Split``.
 """
-from bench.data.datasets import DATASETS, Batch, DataError, DatasetInfo, Loader, Split, default_data_root, load_dataset
+from bench.data.loader import Batch, Loader
+from bench.data.registry import DATASETS, default_data_root, load_dataset
+from bench.data.split import DataError, DatasetInfo, Split
 
 __all__ = ["DATASETS", "Batch", "DataError", "DatasetInfo", "Loader", "Split", "default_data_root", "load_dataset"]

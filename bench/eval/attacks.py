@@ -32,7 +32,7 @@ LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
 
 @contextlib.contextmanager
-def _attack_context(model: Callable, eval_mode: bool) -> Iterator[None]:
+def attack_context(model: Callable, eval_mode: bool) -> Iterator[None]:
     """Eval mode + frozen parameters for the duration of an attack; restores exactly what it found.
 
     Per-module training flags are saved (not just ``model.training``) because models can legitimately mix
@@ -96,6 +96,23 @@ def pgd(
         eval_mode: put the model in eval mode while attacking (its previous modes are restored).
         generator: optional RNG for the random start (reproducible attacks without touching the global RNG).
     """
+    _check_pgd_args(y, eps=eps, step_size=step_size, steps=steps, loss=loss)
+    x = x.detach()
+    with attack_context(model, eval_mode):
+        x_adv, objective = _start_and_objective(model, x, y, eps=eps, random_start=random_start, loss=loss,
+                                                generator=generator)
+        if clamp_start or steps == 0:
+            x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            value = objective(model(x_adv))
+            (grad,) = torch.autograd.grad(value, [x_adv])
+            x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
+def _check_pgd_args(y: Tensor | None, *, eps: float, step_size: float, steps: int, loss: LossArg) -> None:
+    """:func:`pgd`'s arguments, refused before any model call or random draw."""
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"eps, step_size and steps must be >= 0, got {eps}, {step_size}, {steps}")
     # An unknown loss name must fail, never silently fall back to something else.
@@ -106,46 +123,51 @@ def pgd(
     if loss != "kl" and y is None:
         raise ValueError("labels y are required unless loss='kl'")
 
-    x = x.detach()
-    with _attack_context(model, eval_mode):
-        if loss == "kl":
-            # TRADES: the target distribution is f(x) on the clean input, fixed during the attack, computed in
-            # the same (eval) mode as the attack itself.
-            with torch.no_grad():
-                p_clean = F.softmax(model(x), dim=1)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            # TRADES (trades.py) does not clamp its tiny start: clamp_start=False takes the first gradient there.
-            x_adv = x + 0.001 * noise
 
-            def objective(logits: Tensor) -> Tensor:
-                # KL(p_clean || p_adv) summed over the batch (TRADES uses size_average=False).
-                return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+def _start_and_objective(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor | None,
+    *,
+    eps: float,
+    random_start: bool,
+    loss: LossArg,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """PGD's unclamped start point and the objective it maximizes, inside :func:`pgd`'s attack context (the
+    TRADES target is computed in the attack's own mode). Draws from ``generator`` exactly once: N(0, 1) for
+    ``"kl"``, U(0, 1) for a random start."""
+    if loss == "kl":
+        # TRADES: the target distribution is f(x) on the clean input, fixed during the attack, computed in
+        # the same (eval) mode as the attack itself.
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        # TRADES (trades.py) does not clamp its tiny start: clamp_start=False takes the first gradient there.
+        x_adv = x + 0.001 * noise
 
-        else:
-            if random_start:
-                u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x_adv = x + (2.0 * u - 1.0) * eps
-            else:
-                x_adv = x.clone()
-            if loss == "ce":
+        def objective(logits: Tensor) -> Tensor:
+            # KL(p_clean || p_adv) summed over the batch (TRADES uses size_average=False).
+            return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
 
-                def objective(logits: Tensor) -> Tensor:
-                    # Sum, not mean: only the gradient's sign is used, and a sum avoids vanishing tiny grads.
-                    return F.cross_entropy(logits, y, reduction="sum")
+        return x_adv, objective
+    if random_start:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = x + (2.0 * u - 1.0) * eps
+    else:
+        x_adv = x.clone()
+    if loss == "ce":
 
-            else:
+        def objective(logits: Tensor) -> Tensor:
+            # Sum, not mean: only the gradient's sign is used, and a sum avoids vanishing tiny grads.
+            return F.cross_entropy(logits, y, reduction="sum")
 
-                def objective(logits: Tensor) -> Tensor:
-                    return loss(logits, y)
+    else:
 
-        if clamp_start or steps == 0:
-            x_adv = torch.clamp(x_adv, 0.0, 1.0)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            value = objective(model(x_adv))
-            (grad,) = torch.autograd.grad(value, [x_adv])
-            x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
-    return x_adv.detach()
+        def objective(logits: Tensor) -> Tensor:
+            return loss(logits, y)
+
+    return x_adv, objective
 
 
 def fgsm(
@@ -253,10 +275,7 @@ def autoattack(
         raise ValueError(f"unknown AutoAttack version {version!r}; known: 'standard', 'plus', 'rand'")
     if x.dim() != 4 or len(x) != len(y):
         raise ValueError(f"expected x of shape (N, C, H, W) and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else x.device
-    device = torch.device(device)
+    device = _attack_device(model, x, device)
 
     # Contiguous NCHW input (the pitfall in methods.md); no autograd history from the caller.
     x = x.detach().contiguous()
@@ -265,35 +284,62 @@ def autoattack(
     aa_logger = logging.getLogger("auto-attack")
     old_level = aa_logger.level
     try:
-        with _attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
             # _ContiguousGrad guard as a second line of defence for models that permute internally).
             changed = _to_contiguous_format(model) if contiguous_weights else []
             # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense,
             # zero gradients, Square beating white-box attacks), silence the rest.
             aa_logger.setLevel(logging.WARNING)
-
-            wrapped = _AAModel(model).eval()
-            with torch.no_grad():
-                num_classes = wrapped(x[:1].to(device)).shape[1]
-            adversary = AutoAttack(wrapped, norm="Linf", eps=eps, version=version, device=device, seed=seed)
-            if num_classes < 4:
-                raise ValueError(f"AutoAttack standard needs at least 4 classes (its targeted DLR loss); this model "
-                                 f"has {num_classes}: evaluate without it (n_aa = 0)")
-            if num_classes < 10:
-                adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
-                adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
-            x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-
-            x_adv = x_adv.detach().to(x.device)
-            clean_ok = _predict(wrapped, x, batch_size, device) == y
-            adv_ok = _predict(wrapped, x_adv, batch_size, device) == y
-            bookkeeping_ok = y_adv.to(y.device) == y
+            x_adv, clean_ok, adv_ok, bookkeeping_ok = _run_autoattack(
+                AutoAttack, model, x, y, eps=eps, version=version, batch_size=batch_size, device=device, seed=seed)
     finally:
         aa_logger.setLevel(old_level)
         for p, original in changed:  # give the caller back its (e.g. channels_last) weights, untouched
             p.data = original
 
+    robust = _worst_case(x, x_adv, eps, clean_ok, adv_ok, bookkeeping_ok)
+    return {"robust": robust, "accuracy": robust.float().mean().item(), "x_adv": x_adv}
+
+
+def _attack_device(model: nn.Module, x: Tensor, device) -> torch.device:
+    """``device`` if given, else the model's (its first parameter's), else the input's."""
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else x.device
+    return torch.device(device)
+
+
+def _run_autoattack(
+    attack_cls: type,
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: str, batch_size: int, device: torch.device,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """AutoAttack itself, inside :func:`autoattack`'s contexts: ``(x_adv, clean_ok, adv_ok, bookkeeping_ok)``,
+    the three flags per example (clean prediction, re-prediction of ``x_adv``, AutoAttack's own record).
+    ``attack_cls`` is pyautoattack's ``AutoAttack``, imported by the caller."""
+    wrapped = _AAModel(model).eval()
+    with torch.no_grad():
+        num_classes = wrapped(x[:1].to(device)).shape[1]
+    adversary = attack_cls(wrapped, norm="Linf", eps=eps, version=version, device=device, seed=seed)
+    if num_classes < 4:
+        raise ValueError(f"AutoAttack standard needs at least 4 classes (its targeted DLR loss); this model "
+                         f"has {num_classes}: evaluate without it (n_aa = 0)")
+    if num_classes < 10:
+        adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+        adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
+    x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+
+    x_adv = x_adv.detach().to(x.device)
+    clean_ok = _predict(wrapped, x, batch_size, device) == y
+    adv_ok = _predict(wrapped, x_adv, batch_size, device) == y
+    bookkeeping_ok = y_adv.to(y.device) == y
+    return x_adv, clean_ok, adv_ok, bookkeeping_ok
+
+
+def _worst_case(x: Tensor, x_adv: Tensor, eps: float, clean_ok: Tensor, adv_ok: Tensor,
+                bookkeeping_ok: Tensor) -> Tensor:
+    """Robust only where all three sources agree; ``x_adv`` checked against the threat model, not trusted."""
     robust = clean_ok & adv_ok & bookkeeping_ok
     if (robust != bookkeeping_ok).any():
         # Re-prediction disagrees with AutoAttack's own record: nondeterminism or a model bug; keep worst case.
@@ -305,4 +351,4 @@ def autoattack(
     linf = (x_adv - x).abs().flatten(1).amax(1)
     if (linf > eps + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
         raise RuntimeError(f"AutoAttack returned x_adv outside the threat model (max L-inf {linf.max().item():.6f} > eps {eps})")
-    return {"robust": robust, "accuracy": robust.float().mean().item(), "x_adv": x_adv}
+    return robust

@@ -61,7 +61,7 @@ from bench.core.config import EvalConfig
 from bench.core.distributed import all_gather_objects
 from bench.core.numerics import exact_fp32
 from bench.core.store import atomic_torch_save, content_digest
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.eval.attacks import autoattack, fgsm, pgd
 from bench.models.architectures import feature_extractor_and_head
 
@@ -223,39 +223,10 @@ class Evaluator:
         chunks = _Chunks(state_dir, self._key(model, prepared)) if state_dir is not None else None
         seconds: dict[str, float] = {}
 
-        rank, size = (self.world.rank, self.world.size) if self.world is not None else (0, 1)
-
         def measure(name: str, n: int, fn: Callable[[int], dict[str, Tensor]]) -> dict[str, Tensor]:
-            """fn(k) -> tensors of chunk k; chunks already stored are loaded instead of recomputed. With several
-            ranks, rank r computes the chunks k = r mod size and every rank gathers all of them (a chunk's
-            result depends only on k: the same per-example results as one process)."""
-            mine: dict[int, dict[str, Tensor]] = {}
-            for k in range(-(-min(n, len(self.test)) // cfg.batch_size)):
-                if k % size != rank:
-                    continue
-                got = chunks.load(name, k) if chunks is not None else None
-                if got is None:
-                    t0 = time.perf_counter()
-                    got = fn(k)
-                    got["seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
-                    if chunks is not None:
-                        chunks.save(name, k, got)
-                mine[k] = got
-            if size > 1:
+            return self._measure(name, n, fn, chunks, seconds)
 
-                for part in all_gather_objects({k: {key: v.cpu() for key, v in t.items()} for k, t in mine.items()}):
-                    mine.update(part)
-            parts = [mine[k] for k in sorted(mine)]
-            # seconds: summed over chunks (and ranks): the compute the measurement cost
-            seconds[name] = sum(float(p.pop("seconds")) for p in parts)
-            return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-
-        def clean_chunk(k: int) -> dict[str, Tensor]:
-            x, y = self._chunk(k, cfg.n_clean)
-            with torch.inference_mode():
-                return {"ok": (model(x).argmax(1) == y).cpu()}
-
-        clean = measure("clean", cfg.n_clean, clean_chunk)["ok"]
+        clean = measure("clean", cfg.n_clean, lambda k: self._clean_chunk(model, k))["ok"]
         log(f"clean {clean.float().mean():.4f} on {len(clean)}")
         metrics: dict = {"clean": float(clean.float().mean()), "n_clean": len(clean)}
         per_example = {"clean": _bits(clean)}
@@ -272,16 +243,7 @@ class Evaluator:
             per_example["pgd20"] = _bits(pgd_ok)
             log(f"PGD-{cfg.pgd_steps} {metrics['pgd20']:.4f} on {len(pgd_ok)}")
         if cfg.n_aa:
-            def aa_chunk(k: int) -> dict[str, Tensor]:
-                i = k * cfg.batch_size
-                j = min(i + cfg.batch_size, cfg.n_aa, len(self.test))
-                x = self.test.images[i:j].float().div(255)
-                aa = autoattack(model, x, self.test.labels[i:j], eps=self.eps, version="standard",
-                                batch_size=cfg.batch_size, device=self.device, seed=self.seed,
-                                contiguous_weights=False)  # prepared in self.memory_format; grads made NCHW
-                return {"ok": aa["robust"].cpu()}
-
-            aa_ok = measure("aa", cfg.n_aa, aa_chunk)["ok"]
+            aa_ok = measure("aa", cfg.n_aa, lambda k: self._aa_chunk(model, k))["ok"]
             metrics.update(aa=float(aa_ok.float().mean()), n_aa=len(aa_ok))
             per_example["aa"] = _bits(aa_ok)
             log(f"AutoAttack {metrics['aa']:.4f} on {len(aa_ok)}")
@@ -291,6 +253,50 @@ class Evaluator:
         metrics["eval_layout"] = layout_name(self.memory_format)
         metrics["eval_bn_folded"] = folded
         return metrics
+
+    def _measure(self, name: str, n: int, fn: Callable[[int], dict[str, Tensor]], chunks: "_Chunks | None",
+                 seconds: dict[str, float]) -> dict[str, Tensor]:
+        """fn(k) -> tensors of chunk k, concatenated over the chunks of the first n test images; chunks already
+        stored are loaded instead of recomputed, and ``seconds[name]`` is set to the compute they cost. With
+        several ranks, rank r computes the chunks k = r mod size and every rank gathers all of them (a chunk's
+        result depends only on k: the same per-example results as one process)."""
+        rank, size = (self.world.rank, self.world.size) if self.world is not None else (0, 1)
+        mine: dict[int, dict[str, Tensor]] = {}
+        for k in range(-(-min(n, len(self.test)) // self.cfg.batch_size)):
+            if k % size != rank:
+                continue
+            got = chunks.load(name, k) if chunks is not None else None
+            if got is None:
+                t0 = time.perf_counter()
+                got = fn(k)
+                got["seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
+                if chunks is not None:
+                    chunks.save(name, k, got)
+            mine[k] = got
+        if size > 1:
+            for part in all_gather_objects({k: {key: v.cpu() for key, v in t.items()} for k, t in mine.items()}):
+                mine.update(part)
+        parts = [mine[k] for k in sorted(mine)]
+        # seconds: summed over chunks (and ranks): the compute the measurement cost
+        seconds[name] = sum(float(p.pop("seconds")) for p in parts)
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+    def _clean_chunk(self, model: nn.Module, k: int) -> dict[str, Tensor]:
+        """Clean correctness of chunk k of the first eval.n_clean test images."""
+        x, y = self._chunk(k, self.cfg.n_clean)
+        with torch.inference_mode():
+            return {"ok": (model(x).argmax(1) == y).cpu()}
+
+    def _aa_chunk(self, model: nn.Module, k: int) -> dict[str, Tensor]:
+        """AutoAttack robustness of chunk k of the first eval.n_aa test images (AutoAttack moves them itself)."""
+        cfg = self.cfg
+        i = k * cfg.batch_size
+        j = min(i + cfg.batch_size, cfg.n_aa, len(self.test))
+        x = self.test.images[i:j].float().div(255)
+        aa = autoattack(model, x, self.test.labels[i:j], eps=self.eps, version="standard",
+                        batch_size=cfg.batch_size, device=self.device, seed=self.seed,
+                        contiguous_weights=False)  # prepared in self.memory_format; grads made NCHW
+        return {"ok": aa["robust"].cpu()}
 
     def _key(self, model: nn.Module, features: nn.Module | None) -> str:
         """What a stored chunk is valid for: the evaluated weights (and gap features) and the protocol."""

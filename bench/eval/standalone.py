@@ -32,7 +32,7 @@ from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
-from bench.data.datasets import load_dataset
+from bench.data import load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model

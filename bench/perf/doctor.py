@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from bench.core import determinism, distributed, numerics
+from bench.core.cpu import cpu_info, cpu_native, describe_cpu
 from bench.core.config import EvalConfig, RunConfig
 from bench.core.runtime import Runtime, resolve_device
-from bench.data.datasets import DATASETS, Loader, default_data_root
+from bench.data import DATASETS, Loader, default_data_root
 from bench.eval.evaluator import Evaluator, fold_batchnorm
 from bench.grid.grids import TABLE5_STEP_PAIR
 from bench.grid.runs import make_run
@@ -59,9 +60,9 @@ def _versions() -> list[str]:
 
 
 def _devices() -> list[str]:
-    cpu = numerics.cpu_info()
-    native = [p for p in ("bf16", "fp16") if numerics.cpu_native(p)]
-    out = [f"cpu: {numerics.describe_cpu(cpu)}; {os.cpu_count()} cores; native: fp32"
+    cpu = cpu_info()
+    native = [p for p in ("bf16", "fp16") if cpu_native(p)]
+    out = [f"cpu: {describe_cpu(cpu)}; {os.cpu_count()} cores; native: fp32"
            + "".join(f", {p}" for p in native)]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         dev = torch.device("cuda", i)
@@ -148,7 +149,7 @@ def check_resume(device: torch.device, policy: str, work: Path) -> str:
 def _model_and_test(device: torch.device, work: Path) -> tuple[nn.Module, object]:
     """The resumed run's exported model and the digits test split (trained by check_resume, else here)."""
     from bench.core.config import run_id
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
 
     cfg = _tiny(2)
     path = work / "whole" / "models" / f"{run_id(cfg)}.pt"
@@ -221,7 +222,7 @@ def run_checks(device_name: str, policy: str, log: Callable[[str], None] = print
     """Every check, one line each; the number of failures."""
     device = resolve_device(device_name)
     determinism.apply(policy, device)
-    what = numerics.describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    what = describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name(device)
     log(f"bench doctor --check on {device} ({what}), determinism {policy}")
     failures = 0
     with tempfile.TemporaryDirectory(prefix="bench-doctor-") as tmp:

@@ -42,9 +42,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bench.core import compilation, determinism, numerics
+from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.config import EPS_8, PRECISIONS, ConfigError
 from bench.core.runtime import resolve_device, set_threads
-from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
 from bench.train.ema import EMA
 from bench.train.precision import check_method_precision, make_step
@@ -324,7 +325,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on every OS
         load = None
-    cpu = numerics.cpu_info()
+    cpu = cpu_info()
     return {
         "model": model, "precision": precision, "precision_effective": numerics.effective_precision(precision, dev),
         "precision_native": numerics.native(precision, dev), "compile": compile,
@@ -345,7 +346,7 @@ def render(rep: dict) -> str:
     precision = rep["precision"] + ("" if rep["precision_effective"] == rep["precision"]
                                     else f" (= {rep['precision_effective']} here)")
     precision += "" if rep["precision_native"] else " NOT NATIVE here"
-    device = rep["device_name"] if rep["device"] != "cpu" else numerics.describe_cpu(rep["cpu"])
+    device = rep["device_name"] if rep["device"] != "cpu" else describe_cpu(rep["cpu"])
     head = (f"bench speed: {rep['model']}, {precision}{', compiled' if rep['compile'] else ''}, batch "
             f"{rep['batch_size']}, {rep['steps']} steps after {rep['warmup']} warm-up, {rep['device']}: {device}, "
             f"{rep['threads']} threads, peak matmul {_fmt_flops(rep['peak_flops_per_s'])}FLOP/s"

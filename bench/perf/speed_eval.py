@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.core import numerics
+from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.checkpoints import load_into
 from bench.core.config import EPS_8, ConfigError, EvalConfig
 from bench.core.runtime import resolve_device, set_threads
-from bench.data.datasets import DataError, Split, load_dataset
+from bench.data import DataError, Split, load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import MODELS, build_model
@@ -210,7 +211,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover
         load = None
-    cpu = numerics.cpu_info()
+    cpu = cpu_info()
     return {"model": what, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load, "rows": rows}
@@ -222,7 +223,7 @@ def _rate(v: float | None) -> str:
 
 
 def render_eval(rep: dict) -> str:
-    device = rep["device_name"] if rep["device"] != "cpu" else numerics.describe_cpu(rep["cpu"])
+    device = rep["device_name"] if rep["device"] != "cpu" else describe_cpu(rep["cpu"])
     head = (f"bench speed --eval: {rep['model']}, first {rep['n']} test images, fp32, median of {rep['reps']} "
             f"interleaved rounds, {rep['device']}: {device}, {rep['threads']} threads"
             + (f", load average {rep['loadavg'][0]:.1f}" if rep.get("loadavg") else ""))
