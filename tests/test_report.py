@@ -21,7 +21,8 @@ from make_report_fixtures import HERE, RESULTS, cfg, fig4_runs, table_runs  # no
 
 from bench.core.config import run_id  # noqa: E402
 from bench.grid.runs import expand  # noqa: E402
-from bench.report.tables import TABLES, load, load_paper, report  # noqa: E402
+from bench.report import load, load_paper, report  # noqa: E402
+from bench.report.declarations import TABLES  # noqa: E402
 
 EXT = {"markdown": "md", "latex": "tex", "csv": "csv"}
 NAMES = ["table1", "table2", "table3", "table4", "table5", "generic"]
@@ -166,7 +167,7 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     runs = [cfg(m, seed=s) for m in ("vaft", "arrest", "afd") for s in (0, 1) if not (m == "arrest" and s)]
     df = load(runs, RESULTS)
@@ -196,7 +197,7 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
 
 def _flat_gap_df(se: float = 0.05, of: str | None = None):
     """The fixture's vAFT and AFD runs with nearly flat per-epoch gaps, each with a recorded test-sample SE."""
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load([cfg(m, seed=s) for m in ("vaft", "afd") for s in (0, 1)], RESULTS)
     logs = []
@@ -263,7 +264,7 @@ def test_fig4_two_curves_per_hparam(tmp_path):
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)
@@ -287,7 +288,7 @@ def test_fig4_error_bars_are_the_binomial_error_and_the_axes_span_it():
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)

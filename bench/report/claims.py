@@ -30,17 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report.build import _paper_value, load_paper
+from bench.report.frame import load
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label, n_runs, runs_per_device
 from bench.report.plots import at_defaults, hparam_sweeps
-from bench.report.tables import (
-    DATASET_LABELS,
-    MODEL_LABELS,
-    _paper_value,
-    load,
-    load_paper,
-    method_label,
-    n_runs,
-    runs_per_device,
-)
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")

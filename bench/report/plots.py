@@ -49,7 +49,8 @@ from bench.data.datasets import load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import PENULTIMATE
 from bench.models.architectures import build_model, feature_extractor_and_head
-from bench.report.tables import DATASET_LABELS, MODEL_LABELS, load, method_label  # noqa: E402
+from bench.report.frame import load
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label
 from methods import resolve_hparams
 
 NO_GAP_NOTE = "no per-epoch feature gap recorded"
