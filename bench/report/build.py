@@ -92,7 +92,7 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                         cell.flag = SANITY
                     cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
                 if paper is not None:
-                    cell.paper, cell.paper_note = _paper_value(paper, where, metric.key)
+                    cell.paper, cell.paper_note = paper_value(paper, where, metric.key)
                 line.append(cell)
         cells.append(line)
     if table.rank:
@@ -168,7 +168,10 @@ def load_paper(name: str, paper_dir: str | Path | None = None) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
-def _paper_value(paper: pd.DataFrame, where: dict[str, Any], key: str) -> tuple[float, str]:
+def paper_value(paper: pd.DataFrame, where: dict[str, Any], key: str) -> tuple[float, str]:
+    """The paper's number for a metric (``key``) of the runs ``where`` selects (by method, model and data set), and
+    "†" when the paper excerpted it from another paper (its own number is preferred where it has both); NaN and ""
+    where it has none."""
     if key not in paper:
         return math.nan, ""
     sub = paper[_match(paper, {k: v for k, v in where.items() if k in ("method", "model", "dataset")})]

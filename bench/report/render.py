@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -48,12 +48,25 @@ def _text(c: Cell, kind: str, pm: str, minus: str = "−") -> str:
     return ("+" if d >= 0 else minus) + _num(abs(d), c.digits)
 
 
+def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]], *,
+                   pad_empty: bool = True) -> list[str]:
+    """The lines of a Markdown table: the header, the alignment row (``align``: "l" or "r" per column) and one line
+    per row, every cell as given (escape text that may hold Markdown first). An empty cell is two spaces between its
+    bars, or one with ``pad_empty=False``: the claims' tables have always written it so, and they regenerate byte for
+    byte."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "|".join(f" {c} " if c or pad_empty else " " for c in cells) + "|"
+
+    rule = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
+    return [line(header), rule, *(line(r) for r in rows)]
+
+
 def render_markdown(b: Built) -> str:
     head = list(b.row_header) + (["" ] if b.compare else [])
     spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
     head += [f"{g} {c}".strip() for g, c in zip(spans, b.col_labels)]
-    lines = ["| " + " | ".join(_md_escape(h) for h in head) + " |",
-             "|" + "|".join([":---"] * (len(b.row_header) + b.compare) + ["---:"] * len(b.col_labels)) + "|"]
+    rows = []
     for lab, sub, cells in _lines(b):
         texts = []
         for c, kind in cells:
@@ -63,7 +76,9 @@ def render_markdown(b: Built) -> str:
             elif kind == "ours" and c.mark == "second":
                 t = f"<u>{t}</u>"
             texts.append(t)
-        lines.append("| " + " | ".join([_md_escape(x) for x in lab] + ([sub] if b.compare else []) + texts) + " |")
+        rows.append([_md_escape(x) for x in lab] + ([sub] if b.compare else []) + texts)
+    align = "l" * (len(b.row_header) + b.compare) + "r" * len(b.col_labels)
+    lines = markdown_table([_md_escape(h) for h in head], align, rows)
     out = "\n".join(lines) + "\n\n" + _md_escape(b.caption) + "\n"
     if b.notes:
         # Notes as a list; a run's line (starting with a tab) nests under the count it belongs to.
