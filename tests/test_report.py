@@ -415,7 +415,7 @@ def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
     import numpy as np
     import pandas as pd
 
-    from bench.report.claims import _gap_verdicts, gap_change
+    from bench.report.claims import gap_change, gap_verdicts
 
     def log(gaps, se=0.005):
         return [{"epoch": i + 1, "feature_gap": g, "feature_gap_se": se} for i, g in enumerate(gaps)]
@@ -438,16 +438,16 @@ def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
     # a rise of +0.03 first -> last, 4 test-sample SEs, inside the curve's own jitter (steps +0.06, -0.03)
     ch, nz, _, _ = gap_change(df, "arrest")
     assert ch == pytest.approx(0.03) and 2 * math.sqrt(2) * 0.005 < ch <= 2 * nz
-    text = "\n".join(_gap_verdicts(df, ["vaft", "afkd", "afd"]))
-    assert "ARREST +0.030" in "\n".join(_gap_verdicts(df, ["arrest"])) and "-> flat within noise" in \
-        "\n".join(_gap_verdicts(df, ["arrest"]))
+    text = "\n".join(gap_verdicts(df, ["vaft", "afkd", "afd"]))
+    assert "ARREST +0.030" in "\n".join(gap_verdicts(df, ["arrest"])) and "-> flat within noise" in \
+        "\n".join(gap_verdicts(df, ["arrest"]))
     assert "vAFT +0.065" in text and "-> grows" in text and "AFKD -0.100" in text and "-> falls" in text
     assert "AFD +0.005" in text and "flat within noise" in text
     assert "grows under vAFT, AFKD: does not hold; it stays flat under AFD: holds." in text
     # no recorded SE (results written before it was): no verdict line rather than one without noise
     bare = pd.DataFrame([{"method": "vaft", "seed": 0, "epoch_log": [{"epoch": 1, "feature_gap": 0.3},
                                                                     {"epoch": 2, "feature_gap": 0.4}]}])
-    assert gap_change(bare, "vaft") is None and _gap_verdicts(bare, ["vaft"]) == []
+    assert gap_change(bare, "vaft") is None and gap_verdicts(bare, ["vaft"]) == []
 
 
 def test_claims_of_a_grid_without_rift_a_sweep_or_the_ablations_say_so(tmp_path):

@@ -225,7 +225,7 @@ def _claim2(df: pd.DataFrame, everything: pd.DataFrame) -> list[str]:
         levels = {m: float(np.nanmean(_gap_table(df, m)[:, -1])) for m in changes}
         out.append("- Final-epoch gap level: " + ", ".join(f"{method_label(m)} {v:.3f}" for m, v in levels.items())
                    + ".")
-    out += _gap_verdicts(df, [m for m in GAP_METHODS if m in changes])
+    out += gap_verdicts(df, [m for m in GAP_METHODS if m in changes])
     out.append("")
     return out
 
@@ -257,7 +257,7 @@ def gap_change(df: pd.DataFrame, method: str) -> tuple[float, float, float, int]
             int(np.argmax(mean)) + 1)
 
 
-def _gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
+def gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
     """The noise rule on each method's change first -> last: grows, falls, or flat within noise."""
     parts, says = [], {}
     for m in methods:
