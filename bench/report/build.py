@@ -22,6 +22,7 @@ PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 
 @dataclass
 class Cell:
+    """One cell's numbers, as every renderer shows them (and the paper's beside them under ``compare="paper"``)."""
     mean: float = math.nan
     std: float = math.nan
     n: int = 0  # finished runs averaged
@@ -35,6 +36,7 @@ class Cell:
 
 @dataclass
 class Built:
+    """A table ready to render: labels, cells, the rules between row blocks and the notes under it."""
     caption: str
     row_header: tuple[str, ...]
     row_labels: list[tuple[str, ...]]
@@ -60,6 +62,8 @@ def _label(lab: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
+    """The cells of a declared table from the runs' DataFrame (``load``), with its notes; ``compare="paper"`` adds
+    the paper's numbers where the table names them."""
     rows = [r for r in table.rows]
     rules, kept = [], []
     for r in rows:
@@ -99,15 +103,7 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
         _rank(cells, [c if isinstance(c, Metric) else None for g in groups for c in table.cols])
     notes = _notes(selected, cells)
     if table.device_note:
-        done = [r for r in selected.values() if r.status == "done"]
-        notes.insert(0, "Measured on " + (runs_per_device(r.device_name or "unknown device" for r in done)
-                                          if done else "— (no finished run)") + ".")
-        ev = eval_time_note([r for r in selected.values() if r.status == "done"])
-        if ev:
-            notes.insert(1, ev)
-        mem = peak_memory_note(done)
-        if mem:
-            notes.insert(2 if ev else 1, mem)
+        notes = _device_notes([r for r in selected.values() if r.status == "done"]) + notes
     if paper is not None:
         if any(c.paper_note for line in cells for c in line):
             notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10.")
@@ -117,6 +113,14 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                  row_labels=[_label(r.label) for r in kept], col_labels=col_labels,
                  groups=[(_label(g.label)[0], len(table.cols)) for g in groups] if table.groups else [],
                  cells=cells, rules=rules, notes=notes, compare=paper is not None)
+
+
+def _device_notes(done: list[pd.Series]) -> list[str]:
+    """A timing table's first notes: the devices its finished runs were measured on, then (where recorded) what
+    their evaluation took and their peak memory."""
+    measured = "Measured on " + (runs_per_device(r.device_name or "unknown device" for r in done)
+                                 if done else "— (no finished run)") + "."
+    return [n for n in (measured, eval_time_note(done), peak_memory_note(done)) if n]
 
 
 def _rank(cells: list[list[Cell]], metrics: list[Metric | None]) -> None:
