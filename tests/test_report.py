@@ -21,7 +21,8 @@ from make_report_fixtures import HERE, RESULTS, cfg, fig4_runs, table_runs  # no
 
 from bench.core.config import run_id  # noqa: E402
 from bench.grid.runs import expand  # noqa: E402
-from bench.report.tables import TABLES, load, load_paper, report  # noqa: E402
+from bench.report import load, load_paper, report  # noqa: E402
+from bench.report.declarations import TABLES  # noqa: E402
 
 EXT = {"markdown": "md", "latex": "tex", "csv": "csv"}
 NAMES = ["table1", "table2", "table3", "table4", "table5", "generic"]
@@ -166,7 +167,7 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     runs = [cfg(m, seed=s) for m in ("vaft", "arrest", "afd") for s in (0, 1) if not (m == "arrest" and s)]
     df = load(runs, RESULTS)
@@ -196,7 +197,7 @@ def test_fig1_one_curve_per_method_and_says_when_no_gap(tmp_path):
 
 def _flat_gap_df(se: float = 0.05, of: str | None = None):
     """The fixture's vAFT and AFD runs with nearly flat per-epoch gaps, each with a recorded test-sample SE."""
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load([cfg(m, seed=s) for m in ("vaft", "afd") for s in (0, 1)], RESULTS)
     logs = []
@@ -263,7 +264,7 @@ def test_fig4_two_curves_per_hparam(tmp_path):
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)
@@ -287,7 +288,7 @@ def test_fig4_error_bars_are_the_binomial_error_and_the_axes_span_it():
     import matplotlib.pyplot as plt
 
     from bench.report import plots
-    from bench.report.tables import load
+    from bench.report.frame import load
 
     df = load(fig4_runs() + [cfg("afd")], RESULTS)
     sweeps = plots.hparam_sweeps(df)
@@ -414,7 +415,7 @@ def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
     import numpy as np
     import pandas as pd
 
-    from bench.report.claims import _gap_verdicts, gap_change
+    from bench.report.claims import gap_change, gap_verdicts
 
     def log(gaps, se=0.005):
         return [{"epoch": i + 1, "feature_gap": g, "feature_gap_se": se} for i, g in enumerate(gaps)]
@@ -437,16 +438,16 @@ def test_the_gap_claim_applies_the_noise_rule_to_each_methods_change():
     # a rise of +0.03 first -> last, 4 test-sample SEs, inside the curve's own jitter (steps +0.06, -0.03)
     ch, nz, _, _ = gap_change(df, "arrest")
     assert ch == pytest.approx(0.03) and 2 * math.sqrt(2) * 0.005 < ch <= 2 * nz
-    text = "\n".join(_gap_verdicts(df, ["vaft", "afkd", "afd"]))
-    assert "ARREST +0.030" in "\n".join(_gap_verdicts(df, ["arrest"])) and "-> flat within noise" in \
-        "\n".join(_gap_verdicts(df, ["arrest"]))
+    text = "\n".join(gap_verdicts(df, ["vaft", "afkd", "afd"]))
+    assert "ARREST +0.030" in "\n".join(gap_verdicts(df, ["arrest"])) and "-> flat within noise" in \
+        "\n".join(gap_verdicts(df, ["arrest"]))
     assert "vAFT +0.065" in text and "-> grows" in text and "AFKD -0.100" in text and "-> falls" in text
     assert "AFD +0.005" in text and "flat within noise" in text
     assert "grows under vAFT, AFKD: does not hold; it stays flat under AFD: holds." in text
     # no recorded SE (results written before it was): no verdict line rather than one without noise
     bare = pd.DataFrame([{"method": "vaft", "seed": 0, "epoch_log": [{"epoch": 1, "feature_gap": 0.3},
                                                                     {"epoch": 2, "feature_gap": 0.4}]}])
-    assert gap_change(bare, "vaft") is None and _gap_verdicts(bare, ["vaft"]) == []
+    assert gap_change(bare, "vaft") is None and gap_verdicts(bare, ["vaft"]) == []
 
 
 def test_claims_of_a_grid_without_rift_a_sweep_or_the_ablations_say_so(tmp_path):

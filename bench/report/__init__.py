@@ -1,9 +1,15 @@
 """Layer 6: the paper's tables (``tables``), figures (``plots``) and claims (``claims``) from a results folder.
 Imports ``bench.grid`` and everything below it.
 
+A table is read (``frame``: the results as one DataFrame), declared (``declarations``: the paper's tables), built
+(``build``: runs aggregated into cells, the paper's numbers beside them) and rendered (``render``: Markdown, LaTeX,
+CSV); ``tables.report`` does all four for a grid. Labels and marks the three share are in ``labels``.
+
 ``bench.report.load(grid, results)`` (one row per run, a pandas DataFrame) and ``bench.report.report`` are the
 Python entry points.
 """
-from bench.report.tables import load, load_paper, report
+from bench.report.build import load_paper
+from bench.report.frame import load
+from bench.report.tables import report
 
 __all__ = ["load", "load_paper", "report"]

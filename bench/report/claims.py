@@ -30,17 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report.build import load_paper, paper_value
+from bench.report.frame import load
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label, n_runs, runs_per_device
 from bench.report.plots import at_defaults, hparam_sweeps
-from bench.report.tables import (
-    DATASET_LABELS,
-    MODEL_LABELS,
-    _paper_value,
-    load,
-    load_paper,
-    method_label,
-    n_runs,
-    runs_per_device,
-)
+from bench.report.render import markdown_table
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")
@@ -87,7 +81,7 @@ def _paper(name: str, method: str, key: str) -> float:
         paper = load_paper(name)
     except FileNotFoundError:
         return math.nan
-    return _paper_value(paper, {"method": method, "model": "resnet18", "dataset": "cifar10"}, key)[0]
+    return paper_value(paper, {"method": method, "model": "resnet18", "dataset": "cifar10"}, key)[0]
 
 
 def claims(grid: str | list, results: str | Path) -> str:
@@ -155,14 +149,8 @@ def _by(df: pd.DataFrame, method: str) -> pd.DataFrame:
 
 
 def _claim1(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
-    out = ["### 1. AFD's robust accuracy above the other fine-tuning methods (Table 1)", "",
-           "| Method | seeds | Clean | PGD-20 | AA | paper Clean / PGD-20 / AA (RN18, CIFAR-10) |",
-           "|:---|---:|---:|---:|---:|:---|"]
-    for m in (m for m in FINETUNE if m in in_grid):
-        g = _by(df, m)
-        paper = " / ".join(_f(_paper("table1", m, k)) for k in ("clean", "pgd20", "aa"))
-        out.append(f"| {method_label(m)} | {len(g)} | {_ms(g.clean)} | {_ms(g.pgd20)} | {_ms(g.aa)} | {paper} |")
-    out.append("")
+    out = ["### 1. AFD's robust accuracy above the other fine-tuning methods (Table 1)", ""]
+    out += _accuracy_table(df, [m for m in FINETUNE if m in in_grid], "table1") + [""]
     afd = _by(df, "afd")
     for key, label in (("pgd20", "PGD-20"), ("aa", "AA")):
         others = [m for m in FINETUNE if m != "afd" and len(_by(df, m))]
@@ -179,6 +167,17 @@ def _claim1(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
     return out
 
 
+def _accuracy_table(df: pd.DataFrame, methods: list[str], paper_table: str) -> list[str]:
+    """Clean, PGD-20 and AA of each method (mean ± std over its seeds) beside the paper's (RN18, CIFAR-10)."""
+    rows = []
+    for m in methods:
+        g = _by(df, m)
+        paper = " / ".join(_f(_paper(paper_table, m, k)) for k in ("clean", "pgd20", "aa"))
+        rows.append([method_label(m), str(len(g)), _ms(g.clean), _ms(g.pgd20), _ms(g.aa), paper])
+    return markdown_table(["Method", "seeds", "Clean", "PGD-20", "AA", "paper Clean / PGD-20 / AA (RN18, CIFAR-10)"],
+                          "lrrrrl", rows, pad_empty=False)
+
+
 def _gap_table(df: pd.DataFrame, method: str, key: str = "feature_gap") -> np.ndarray:
     """Seeds x epochs of the per-epoch feature gap (``key="feature_gap_se"``: its test-sample SE; NaN where
     missing)."""
@@ -193,25 +192,25 @@ def _claim2(df: pd.DataFrame, everything: pd.DataFrame) -> list[str]:
     out = ["### 2. The feature gap grows under vAFT / AFKD / ARREST and stays flat under AFD (Figure 1a)", "",
            "Mean L-inf distance between the features each method classifies from (f1 = D1 g for AFD, the last "
            "hidden layer otherwise; on the evaluated model) of clean and PGD-20 test images, after each epoch (per "
-           "seed), and the change from the first to the last epoch.", "",
-           "| Method | gap per epoch (each seed) | change first -> last (mean over seeds) |", "|:---|:---|---:|"]
-    changes = {}
+           "seed), and the change from the first to the last epoch.", ""]
+    rows, changes = [], {}
     for m in GAP_METHODS:
         t = _gap_table(df, m)
         if not t.size:
-            out.append(f"| {method_label(m)} | no per-epoch gap recorded | — |")
+            rows.append([method_label(m), "no per-epoch gap recorded", "—"])
             continue
         seeds = "; ".join(" -> ".join(_f(v, 3) for v in row) if len(row) <= 5 else
                           f"{_f(row[0], 3)} -> ... -> {_f(row[-1], 3)} ({len(row)} epochs, max {_f(np.nanmax(row), 3)})"
                           for row in t)
         ch = t[:, -1] - t[:, 0]
         changes[m] = ch
-        out.append(f"| {method_label(m)} | {seeds} | {np.nanmean(ch):+.3f} |")
+        rows.append([method_label(m), seeds, f"{np.nanmean(ch):+.3f}"])
     parents = everything[everything.run_id.isin(set(df[df.method.isin(GAP_METHODS)].parent_id.dropna()))]
     for _, p in parents.iterrows():
-        out.append(f"| (parent: {method_label(p.method)}, final evaluation) | {_f(p.feature_gap, 3)} on "
-                   f"{p.eval_sizes[1]} images | |")
-    out.append("")
+        rows.append([f"(parent: {method_label(p.method)}, final evaluation)",
+                     f"{_f(p.feature_gap, 3)} on {p.eval_sizes[1]} images", ""])
+    out += markdown_table(["Method", "gap per epoch (each seed)", "change first -> last (mean over seeds)"], "llr",
+                          rows, pad_empty=False) + [""]
     grows = [m for m in ("vaft", "afkd", "arrest") if m in changes and np.all(changes[m] > 0)]
     shrinks = [m for m in ("vaft", "afkd", "arrest") if m in changes and not np.all(changes[m] > 0)]
     out.append(f"- Ends above its first epoch on every seed (the sign alone; the noise rule is below): "
@@ -226,7 +225,7 @@ def _claim2(df: pd.DataFrame, everything: pd.DataFrame) -> list[str]:
         levels = {m: float(np.nanmean(_gap_table(df, m)[:, -1])) for m in changes}
         out.append("- Final-epoch gap level: " + ", ".join(f"{method_label(m)} {v:.3f}" for m, v in levels.items())
                    + ".")
-    out += _gap_verdicts(df, [m for m in GAP_METHODS if m in changes])
+    out += gap_verdicts(df, [m for m in GAP_METHODS if m in changes])
     out.append("")
     return out
 
@@ -258,7 +257,7 @@ def gap_change(df: pd.DataFrame, method: str) -> tuple[float, float, float, int]
             int(np.argmax(mean)) + 1)
 
 
-def _gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
+def gap_verdicts(df: pd.DataFrame, methods: list[str]) -> list[str]:
     """The noise rule on each method's change first -> last: grows, falls, or flat within noise."""
     parts, says = [], {}
     for m in methods:
@@ -324,22 +323,22 @@ def _claim4(df: pd.DataFrame) -> list[str]:
 def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str]:
     out = ["### 5. AFD insensitive to alpha, beta, gamma (Figure 4)", "",
            "Each hyperparameter at values from the paper's range with the other two at their defaults; the "
-           "default point is the mean of the default AFD runs (all seeds).", "",
-           "| Swept | values | Clean | PGD-20 | range Clean | range PGD-20 |", "|:---|:---|:---|:---|---:|---:|"]
+           "default point is the mean of the default AFD runs (all seeds).", ""]
     base = _by(defaults, "afd")
     if not len(done[~at_defaults(done) & (done.method == "afd")]):
         return out[:2] + ["- not in this grid (no run varies alpha, beta or gamma).", ""]
-    ranges = {}
+    rows, ranges = [], {}
     for name, tab in hparam_sweeps(done, "afd", SWEEP).items():  # Figure 4's own selection and means
         if len(tab) < 2:
-            out.append(f"| {name} | — | — | — | — | — |")
+            rows.append([name, "—", "—", "—", "—", "—"])
             continue
         clean, pgd = tab[("clean", "mean")], tab[("pgd20", "mean")]
         rc, rp = float(clean.max() - clean.min()), float(pgd.max() - pgd.min())
         ranges[name] = (rc, rp)
-        out.append(f"| {name} | {', '.join(f'{v:g}' for v in tab.index)} | {', '.join(f'{v:.1f}' for v in clean)} | "
-                   f"{', '.join(f'{v:.1f}' for v in pgd)} | {rc:.2f} | {rp:.2f} |")
-    out.append("")
+        rows.append([name, ", ".join(f"{v:g}" for v in tab.index), ", ".join(f"{v:.1f}" for v in clean),
+                     ", ".join(f"{v:.1f}" for v in pgd), f"{rc:.2f}", f"{rp:.2f}"])
+    out += markdown_table(["Swept", "values", "Clean", "PGD-20", "range Clean", "range PGD-20"], "llllrr", rows,
+                          pad_empty=False) + [""]
     if ranges and len(base) > 1:
         sc, sp = float(base.clean.std(ddof=1)), float(base.pgd20.std(ddof=1))
         bc = binomial_noise(base.clean.mean(), base.clean.mean(), sizes.get("clean", 1))
@@ -359,13 +358,7 @@ def _claim6(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
     out = ["### 6. Both parts needed: AFD above vAFT+D and vAFT+A (Table 3)", ""]
     if not {"vaft_d", "vaft_a"} & in_grid:
         return out + ["- not in this grid (no vAFT+D or vAFT+A runs).", ""]
-    out += ["| Method | seeds | Clean | PGD-20 | AA | paper Clean / PGD-20 / AA (RN18, CIFAR-10) |",
-            "|:---|---:|---:|---:|---:|:---|"]
-    for m in ABLATION:
-        g = _by(df, m)
-        paper = " / ".join(_f(_paper("table3", m, k)) for k in ("clean", "pgd20", "aa"))
-        out.append(f"| {method_label(m)} | {len(g)} | {_ms(g.clean)} | {_ms(g.pgd20)} | {_ms(g.aa)} | {paper} |")
-    out.append("")
+    out += _accuracy_table(df, list(ABLATION), "table3") + [""]
     afd = _by(df, "afd")
     for part in ("vaft_d", "vaft_a"):
         g = _by(df, part)

@@ -49,7 +49,8 @@ from bench.data.datasets import load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import PENULTIMATE
 from bench.models.architectures import build_model, feature_extractor_and_head
-from bench.report.tables import DATASET_LABELS, MODEL_LABELS, load, method_label  # noqa: E402
+from bench.report.frame import load
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label
 from methods import resolve_hparams
 
 NO_GAP_NOTE = "no per-epoch feature gap recorded"
@@ -218,60 +219,18 @@ def _fraction(values: pd.Series) -> str:
 
 
 def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FIG1_METHODS) -> plt.Figure:
+    """Figure 1a: each method's feature gap after every epoch (or its final gap alone), a red note on what is
+    missing, and a caption on what was measured and what the bars are."""
     data = gap_curves(df, methods)
     fig, ax = plt.subplots(figsize=(7.6, 3.9))
-    all_v, all_e, no_se, seed_only = [], [], [], []
-    for method, d in data.items():
-        label = method_label(method)
-        if d["curves"]:
-            epochs = sorted({e for c in d["curves"] for e, _ in c})
-            table = np.full((len(d["curves"]), len(epochs)), np.nan)
-            ses = np.full_like(table, np.nan)
-            for i, (c, s) in enumerate(zip(d["curves"], d["ses"])):
-                for (e, v), (_, se) in zip(c, s):
-                    table[i, epochs.index(e)] = v
-                    ses[i, epochs.index(e)] = np.nan if se is None else se
-            mean, err, known = _mean_and_se(table, ses)
-            if known and np.isnan(ses).all():
-                seed_only.append(label)
-            k = len(d["curves"])
-            name = label + (f" ({k} seeds)" if k > 1 else " (1 seed)")
-            if known:
-                cont = ax.errorbar(epochs, mean, yerr=err, marker="o", ms=3, capsize=3, label=name)
-                ax.fill_between(epochs, mean - err, mean + err, color=cont.lines[0].get_color(), alpha=0.15, lw=0)
-                all_e += list(err)
-            else:
-                ax.plot(epochs, mean, marker="o", ms=3, label=name + ", no SE recorded")
-                no_se.append(label)
-                all_e += [0.0] * len(mean)
-            all_v += list(mean)
-        elif d["final"]:
-            v = float(np.mean(d["final"]))
-            se = [s for s in d["final_se"] if _num(s)]
-            err = max(seed_se(d["final"]), float(np.mean(se)) if se else 0.0)
-            known = len(d["final"]) > 1 or bool(se)
-            ax.errorbar([max(d["epochs"])], [v], yerr=[err] if known else None, marker="x", ms=9, capsize=3,
-                        linestyle="none", label=f"{label} (final epoch only)")
-            if not known:
-                no_se.append(label)
-            all_v.append(v)
-            all_e.append(err)
-        else:
-            ax.plot([], [], linestyle="none", label=f"{label} (no finished run)")
+    all_v, all_e, no_se, seed_only = _draw_gaps(ax, data)
     if all_v:
         set_ylim_with_noise(ax, all_v, all_e, bounds=(0.0, math.inf))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("feature gap (mean L∞, clean vs PGD-20)")
     ax.set_title(title or f"Figure 1a: feature gap during fine-tuning ({_where(df)})", fontsize=9)
-    no_gap, no_run = _gapless(data)
-    notes = ([f"{NO_GAP_NOTE} for: {', '.join(no_gap)}\n(train with --set eval.feature_gap_every_epoch=true)"]
-             if no_gap else []) + ([f"{NO_RUN_NOTE} for: {', '.join(no_run)} (bench run --grid ...)"] if no_run else [])
-
-    not_f1 = [method_label(m) for m, d in data.items() if m in ("afd", "vaft_d")
-              and d["of"] & {PENULTIMATE, UNRECORDED_GAP_OF}]
-    if not_f1:
-        notes.append(f"{', '.join(not_f1)}: gap measured on g, not on f1 = D1 g as in the paper (rerun the runs)")
+    notes = _fig1_notes(data)
     if notes:  # beside the plot, under the legend: never over the curves
         import textwrap
 
@@ -282,6 +241,92 @@ def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FI
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title=f"mean, {SE_NOTE}",
               title_fontsize=8)
     ax.grid(alpha=0.3)
+    _caption(fig, _fig1_caption(df, data, no_se, seed_only), width=125)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_gaps(ax: plt.Axes, data: dict[str, dict[str, Any]]) -> tuple[list[float], list[float], list[str], list[str]]:
+    """Each method of ``gap_curves`` on the axes, in its order (the legend's): its per-epoch curve, else its final
+    gap, else a legend entry saying it has no finished run. Returns every value drawn and its error (for the
+    y-limits), the methods whose bars have no SE at all and those whose bars are the seed-to-seed SE alone."""
+    all_v, all_e, no_se, seed_only = [], [], [], []
+    for method, d in data.items():
+        label = method_label(method)
+        if d["curves"]:
+            mean, err, known, seeds_alone = _draw_curve(ax, label, d)
+            if seeds_alone:
+                seed_only.append(label)
+            if not known:
+                no_se.append(label)
+            all_e += list(err) if known else [0.0] * len(mean)
+            all_v += list(mean)
+        elif d["final"]:
+            v, err, known = _draw_final(ax, label, d)
+            if not known:
+                no_se.append(label)
+            all_v.append(v)
+            all_e.append(err)
+        else:
+            ax.plot([], [], linestyle="none", label=f"{label} (no finished run)")
+    return all_v, all_e, no_se, seed_only
+
+
+def _seeds_by_epochs(d: dict[str, Any]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """A method's per-epoch gaps and their test-sample SEs as seeds x epochs arrays (NaN where none)."""
+    epochs = sorted({e for c in d["curves"] for e, _ in c})
+    table = np.full((len(d["curves"]), len(epochs)), np.nan)
+    ses = np.full_like(table, np.nan)
+    for i, (c, s) in enumerate(zip(d["curves"], d["ses"])):
+        for (e, v), (_, se) in zip(c, s):
+            table[i, epochs.index(e)] = v
+            ses[i, epochs.index(e)] = np.nan if se is None else se
+    return epochs, table, ses
+
+
+def _draw_curve(ax: plt.Axes, label: str, d: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """One method's mean gap per epoch, with SE bars and band where an SE is known. Returns the means, the SEs,
+    whether any SE is known, and whether it is the seed-to-seed SE alone (no test-sample SE recorded)."""
+    epochs, table, ses = _seeds_by_epochs(d)
+    mean, err, known = _mean_and_se(table, ses)
+    k = len(d["curves"])
+    name = label + (f" ({k} seeds)" if k > 1 else " (1 seed)")
+    if known:
+        cont = ax.errorbar(epochs, mean, yerr=err, marker="o", ms=3, capsize=3, label=name)
+        ax.fill_between(epochs, mean - err, mean + err, color=cont.lines[0].get_color(), alpha=0.15, lw=0)
+    else:
+        ax.plot(epochs, mean, marker="o", ms=3, label=name + ", no SE recorded")
+    return mean, err, known, known and bool(np.isnan(ses).all())
+
+
+def _draw_final(ax: plt.Axes, label: str, d: dict[str, Any]) -> tuple[float, float, bool]:
+    """A method without per-epoch gaps: its final gap (mean over seeds) as one marker at its last epoch. Returns
+    the gap, its SE and whether that SE is known."""
+    v = float(np.mean(d["final"]))
+    se = [s for s in d["final_se"] if _num(s)]
+    err = max(seed_se(d["final"]), float(np.mean(se)) if se else 0.0)
+    known = len(d["final"]) > 1 or bool(se)
+    ax.errorbar([max(d["epochs"])], [v], yerr=[err] if known else None, marker="x", ms=9, capsize=3,
+                linestyle="none", label=f"{label} (final epoch only)")
+    return v, err, known
+
+
+def _fig1_notes(data: dict[str, dict[str, Any]]) -> list[str]:
+    """The red notes: methods without per-epoch gaps or without a finished run, and AFD-like runs whose gap was
+    measured on g rather than on f1 = D1 g."""
+    no_gap, no_run = _gapless(data)
+    notes = ([f"{NO_GAP_NOTE} for: {', '.join(no_gap)}\n(train with --set eval.feature_gap_every_epoch=true)"]
+             if no_gap else []) + ([f"{NO_RUN_NOTE} for: {', '.join(no_run)} (bench run --grid ...)"] if no_run else [])
+
+    not_f1 = [method_label(m) for m, d in data.items() if m in ("afd", "vaft_d")
+              and d["of"] & {PENULTIMATE, UNRECORDED_GAP_OF}]
+    if not_f1:
+        notes.append(f"{', '.join(not_f1)}: gap measured on g, not on f1 = D1 g as in the paper (rerun the runs)")
+    return notes
+
+
+def _fig1_caption(df: pd.DataFrame, data: dict[str, dict[str, Any]], no_se: list[str], seed_only: list[str]) -> str:
+    """What the gap is, on which images and attack, what each method's runs measured, and what the bars are."""
     by_what: dict[str, list[str]] = {}
     for m, d in data.items():
         for w in sorted(d["of"]):
@@ -291,18 +336,15 @@ def fig1(df: pd.DataFrame, title: str = "", methods: tuple[str, ...] | None = FI
     over = f"the first {'/'.join(str(n) for n in sizes)} test images" if sizes else "the first eval.n_gap test images"
     ft = df[df.method.isin(list(data))] if data else df
     attack = f"eps {_fraction(ft.eps)}, step {_fraction(ft.pgd_step_size)}" if "eps" in ft and len(ft) else "eps, step"
-    _caption(fig, f"Feature gap = ||f(x) − f(x')||∞ per test image, averaged over {over} after each epoch, x' = "
-                  f"PGD-20 ({attack}, random start) against the evaluated model (the exported model; the EMA for "
-                  "methods that keep one), f = the features the method classifies from (f1 = D1 g for AFD, the "
-                  "penultimate layer otherwise). Measured here: " + (what or "—") + ". "
-                  f"Curve: mean over seeds; bars and band: {SE_NOTE}, the larger of the seed-to-seed SE (std/√k over "
-                  "k seeds) and the test-sample SE of the mean gap"
-             + (f" (none known for {', '.join(no_se)}: one seed and no SE recorded)" if no_se else "") + "."
-             + (f" No test-sample SE recorded for {', '.join(seed_only)} (runs from before it was): their bars are the "
-                "seed-to-seed SE alone and understate the noise." if seed_only else ""),
-             width=125)
-    fig.tight_layout()
-    return fig
+    return (f"Feature gap = ||f(x) − f(x')||∞ per test image, averaged over {over} after each epoch, x' = "
+            f"PGD-20 ({attack}, random start) against the evaluated model (the exported model; the EMA for "
+            "methods that keep one), f = the features the method classifies from (f1 = D1 g for AFD, the "
+            "penultimate layer otherwise). Measured here: " + (what or "—") + ". "
+            f"Curve: mean over seeds; bars and band: {SE_NOTE}, the larger of the seed-to-seed SE (std/√k over "
+            "k seeds) and the test-sample SE of the mean gap"
+            + (f" (none known for {', '.join(no_se)}: one seed and no SE recorded)" if no_se else "") + "."
+            + (f" No test-sample SE recorded for {', '.join(seed_only)} (runs from before it was): their bars are the "
+               "seed-to-seed SE alone and understate the noise." if seed_only else ""))
 
 
 # -- Figure 4 --------------------------------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Reading a grid's results into one DataFrame, and the notes the tables draw from it.
+
+``load(grid)`` is public for researchers' own analyses: one row per run of the grid (parents included), with
+its status, metrics (accuracies as percentages) and config fields. Missing, failed and corrupt runs are rows
+too, so a table can show them as "—" and count them, never silently drop them.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.core.config import RunConfig, run_id
+from bench.core.store import CorruptFile, Store
+from bench.grid.grids import get_grid
+from bench.grid.runs import expand
+
+EVAL_MEASURES = ("clean", "pgd20", "aa")  # the keys of a result's metrics.seconds
+# Columns every DataFrame has, whatever its results recorded (a grid of missing runs still has them, as NaN / None).
+FLOAT_COLUMNS = ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
+                 "train_seconds", "wall_seconds", "wall_processes", "probe_seconds", "peak_train_bytes",
+                 "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES))
+OBJECT_COLUMNS = ("reason", "device_name", "violations", "epoch_log", "feature_gap_of", "peak_train_of",
+                  "peak_eval_of")
+
+
+def device_label(res: dict) -> str | None:
+    """The device a result ran on, for the notes that say where times were measured: a CPU with its family and
+    model where recorded ("AMD EPYC, family 25 model 17"), since a virtual machine names every generation alike."""
+    name = res.get("device_name")
+    if name and res.get("cpu_model") and str(res.get("device", "cpu")).startswith("cpu"):
+        return f"{name}, {res['cpu_model']}"
+    return name
+
+
+def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: int = 1) -> pd.DataFrame:
+    """Every run of a grid (parents included) as one row: ids, config fields (``hp.<name>`` for
+    hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
+    percent; feature_gap as measured), timings (train_seconds, seconds_per_epoch, total_seconds = own +
+    ancestors' training time, as the paper's Table 5 counts it), device_name, and the per-epoch log."""
+    runs = expand(get_grid(grid, seeds) if isinstance(grid, str) else grid)
+    store = Store(results)
+    df = pd.DataFrame([{**_config_fields(cfg), **_result_fields(store, run_id(cfg))} for cfg in runs])
+    for k in FLOAT_COLUMNS:
+        if k not in df:
+            df[k] = math.nan
+        df[k] = df[k].astype(float)
+    for k in OBJECT_COLUMNS:
+        if k not in df:
+            df[k] = None
+    # Derived per run, before any averaging over seeds (the paper's Avg is the mean of the three accuracies).
+    df["avg"] = df[["clean", "pgd20", "aa"]].mean(axis=1, skipna=False)
+    df["f_delta"] = df["f1_clean"] - df["f2_clean"]
+    df["total_seconds"] = _total_seconds(df)
+    df["eval_seconds"] = df[[f"eval_s_{k}" for k in EVAL_MEASURES]].sum(axis=1, min_count=1)
+    return df
+
+
+def _config_fields(cfg: RunConfig) -> dict[str, Any]:
+    """A run's identity and the config fields the tables select by."""
+    return {"run_id": run_id(cfg), "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
+            "seed": cfg.seed, "epochs": cfg.train.epochs,
+            "parent_id": run_id(cfg.parent) if cfg.parent is not None else None,
+            "eval_sizes": (cfg.eval.n_clean, cfg.eval.n_pgd, cfg.eval.n_aa),
+            "eps": cfg.eps, "pgd_step_size": cfg.eval.pgd_step_size,
+            **{f"hp.{k}": v for k, v in cfg.hparams}}
+
+
+def _result_fields(store: Store, rid: str) -> dict[str, Any]:
+    """What a run's result file says: status and reason, metrics, timings, device, peak memory, per-epoch log (only
+    status and reason for a missing or corrupt file)."""
+    try:
+        res = store.read(rid)
+    except CorruptFile as e:
+        # The file's name, not its absolute path: reports are compared and shared across machines.
+        why = str(e).replace(str(e.path), f"runs/{e.path.name}")
+        return {"status": "corrupt", "reason": f"corrupt result file {why}"}
+    if res is None:
+        return {"status": "missing", "reason": "no result file"}
+    row: dict[str, Any] = {"status": res.get("status"), "reason": res.get("reason")}
+    m = res.get("metrics") or {}
+    for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean"):
+        if _is_num(m.get(k)):
+            row[k] = 100.0 * m[k]
+    if _is_num(m.get("feature_gap")):
+        row["feature_gap"] = float(m["feature_gap"])
+    if _is_num(m.get("feature_gap_se")):
+        row["feature_gap_se"] = float(m["feature_gap_se"])
+    row["feature_gap_of"] = m.get("feature_gap_of")
+    row["violations"] = "; ".join(m.get("violations") or [])
+    for k in ("seconds_per_epoch", "train_seconds", "wall_seconds", "wall_processes"):
+        row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
+    secs = m.get("seconds") or {}  # the final evaluation's seconds per measurement (bench/eval/evaluator.py)
+    for k in EVAL_MEASURES:
+        row[f"eval_s_{k}"] = float(secs[k]) if _is_num(secs.get(k)) else math.nan
+    # per-epoch probes (Figure 1a's feature gap, single-step methods' FGSM/PGD check), timed in train.py
+    row["probe_seconds"] = float(sum(e.get("probe_seconds", 0.0) for e in res.get("epochs") or []))
+    row["device_name"] = device_label(res)
+    row["epoch_log"] = res.get("epochs") or []
+    peaks = res.get("peak_memory") or {}  # bench/core/memory.py: per phase, where recorded
+    for phase in ("train", "eval"):
+        b = (peaks.get(phase) or {}).get("bytes")
+        row[f"peak_{phase}_bytes"] = float(b) if _is_num(b) else math.nan
+        row[f"peak_{phase}_of"] = (peaks.get(phase) or {}).get("of")
+    return row
+
+
+def eval_time_note(rows: list) -> str | None:
+    """One line on what the table's runs spent evaluating (not in the table's training times): median seconds
+    per run of the final evaluation and its parts, from each result's recorded per-measurement seconds."""
+    if not rows:
+        return None
+    df = pd.DataFrame([{k: getattr(r, k, math.nan) for k in ("eval_seconds", "probe_seconds",
+                                                             *(f"eval_s_{m}" for m in EVAL_MEASURES))} for r in rows])
+    if df["eval_seconds"].isna().all():
+        return None
+    med = df.median(numeric_only=True)
+    parts = ", ".join(f"{label} {med[f'eval_s_{k}']:.0f} s" for k, label in
+                      zip(EVAL_MEASURES, ("clean", "PGD-20 with the feature gap", "AutoAttack"))
+                      if not math.isnan(med[f"eval_s_{k}"]))
+    line = f"Not in the times above: the final evaluation took a median of {med['eval_seconds']:.0f} s per run ({parts})"
+    if med.get("probe_seconds", 0) > 0:
+        line += f", and the per-epoch probes (feature gap, FGSM/PGD check) {med['probe_seconds']:.0f} s"
+    return line + "."
+
+
+def peak_memory_note(rows: list) -> str | None:
+    """One line on the peak memory of the table's runs (median over runs, training and evaluation), where their
+    results record it (bench/core/memory.py: CUDA's max allocated on GPUs, the process's peak RSS on CPUs)."""
+    parts = []
+    for phase, label in (("train", "training"), ("eval", "evaluation")):
+        vals = [getattr(r, f"peak_{phase}_bytes", math.nan) for r in rows]
+        vals = [v for v in vals if _is_num(v)]
+        if vals:
+            # rows of results written before the peak was recorded carry NaN here (a float, and truthy)
+            what = next((w for r in rows if isinstance(w := getattr(r, f"peak_{phase}_of", None), str) and w), "")
+            parts.append(f"{label} {statistics.median(vals) / 2**20:.0f} MiB" + (f" ({what})" if what else ""))
+    return f"Peak memory, median per run: {', '.join(parts)}." if parts else None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _total_seconds(df: pd.DataFrame) -> list[float]:
+    """Own training time plus every ancestor's (Table 5: vAFT 1330 s = 20 x 37 s + 590 s of pre-training)."""
+    own = dict(zip(df.run_id, df.train_seconds.where(df.status == "done")))
+    parent = dict(zip(df.run_id, df.parent_id))
+
+    def total(rid: str) -> float:
+        t = own.get(rid, math.nan)
+        p = parent.get(rid)
+        return t + total(p) if isinstance(p, str) else t
+
+    return [total(r) for r in df.run_id]

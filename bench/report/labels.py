@@ -1,0 +1,32 @@
+"""How the tables, figures and claims name methods, models, data sets, devices and counts of runs, and the marks
+they share (a dash for no value, a double dagger for a run that failed its sanity check)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from methods import REGISTRY
+
+DASH = "—"
+SANITY = "‡"  # marks a value from a run whose evaluation violated clean >= PGD-20 >= AA (footnote lists them)
+
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny-ImageNet",
+                  "cifar10-jpeg": "CIFAR-10 (JPEG)", "digits": "Digits"}
+MODEL_LABELS = {"resnet18": "RN18", "resnet50": "RN50", "wrn34_10": "WRN-34-10", "preact_resnet18": "PreAct-RN18",
+                "small_cnn": "SmallCNN"}
+
+
+def method_label(m: str) -> str:
+    """A method's name in tables and figures: its declared ``label`` (a result of a method no longer registered
+    keeps its name)."""
+    return REGISTRY[m].display_label() if m in REGISTRY else m
+
+
+def n_runs(n: int) -> str:
+    """"1 run", "2 runs"."""
+    return f"{n} run{'s' * (n != 1)}"
+
+
+def runs_per_device(names) -> str:
+    """"AMD EPYC (27 runs); AMD EPYC, family 25 model 17 (1 run)": where a set of runs was measured, most first."""
+    counts = pd.Series(list(names), dtype=object).value_counts()
+    return "; ".join(f"{d} ({n_runs(n)})" for d, n in counts.items())
