@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from bench.core.config import TrainConfig
 from bench.data.datasets import Batch, DatasetInfo, Split
 from bench.eval.attacks import pgd
-from bench.eval.evaluator import FeatureMap  # noqa: F401  (also the base of methods' gap_features overrides)
+from bench.eval.evaluator import Evaluator, FeatureMap  # noqa: F401  (FeatureMap: also for methods' overrides)
 from methods.declarations import Declarations
 # The registry, re-exported: methods and plugins write ``from methods.base import register, MethodError``.
 from methods.registry import (PARENT_KINDS, REGISTRY, MethodError, check_ranges, get_method,  # noqa: F401
@@ -110,11 +110,12 @@ class Method(Declarations):
         gap); the evaluator works on a private fp32 eval-mode copy of it, so sharing ``net``'s modules is fine."""
         return FeatureMap(self.export(net))
 
-    def finalize(self, net: nn.ModuleDict, evaluate: Callable[..., dict]) -> dict[str, Any]:
-        """Post-training stage (RiFT's interpolation). May change ``net`` in place; returns result fields."""
+    def finalize(self, net: nn.ModuleDict, evaluator: Evaluator) -> dict[str, Any]:
+        """Post-training stage (RiFT's interpolation). May change ``net`` in place; returns result fields.
+        ``evaluator`` is the run's (its device, eval config and seed: RiFT builds its held-out one from them)."""
         return {}
 
-    def extra_metrics(self, net: nn.ModuleDict, test: Split, evaluator: Any) -> dict[str, float]:
+    def extra_metrics(self, net: nn.ModuleDict, test: Split, evaluator: Evaluator) -> dict[str, float]:
         """Method-specific test metrics recorded in the result (AFD: natural accuracy of f1 and f2)."""
         return {}
 

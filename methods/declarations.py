@@ -59,7 +59,7 @@ class Declarations:
         """Why this method cannot train in fp16 with a gradient scaler (one line), or None. Default: fine exactly
         when the method does not override ``train_step`` (the loop then runs loss -> scaled backward ->
         scaler.step -> update). A method with its own ``train_step`` that returns None here promises that it
-        scales every backward with ``self.grad_scaler`` (``bench.train.loop.precision.backward``), steps every
+        scales every backward with ``self.grad_scaler`` (``bench.core.numerics.backward``), steps every
         optimizer through it and calls ``update()`` once per weight update."""
         if keeps_the_base_train_step(cls):
             return None
