@@ -34,6 +34,7 @@ from bench.core.config import TrainConfig
 from bench.data.datasets import Batch, DatasetInfo, Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator, FeatureMap  # noqa: F401  (FeatureMap: also for methods' overrides)
+from methods import registry
 from methods.declarations import Declarations
 # The registry, re-exported: methods and plugins write ``from methods.base import register, MethodError``.
 from methods.registry import (PARENT_KINDS, REGISTRY, MethodError, check_ranges, get_method,  # noqa: F401
@@ -57,7 +58,7 @@ class Method(Declarations):
         raise NotImplementedError(f"method '{self.name}' implements neither loss() nor train_step()")
 
     # -- optional: override what does not fit ---------------------------------------------------------------
-    summary: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for `bench list`
     # The valid values of each hyperparameter (a Range or a OneOf per name), checked by resolve_hparams before
     # anything runs: `--set afd.gamma=-1` is refused in one line instead of training with the term reversed.
     # Every numeric and choice hyperparameter of a built-in method has one (tests/test_methods.py).
@@ -217,7 +218,5 @@ def __getattr__(attr: str) -> Any:
     # PLUGIN_LOAD_ERROR is set on methods.registry after import (methods/__init__.py); a re-exported copy would stay
     # None, so ``methods.base.PLUGIN_LOAD_ERROR`` (read by the CLI) is looked up there each time.
     if attr == "PLUGIN_LOAD_ERROR":
-        from methods import registry
-
         return registry.PLUGIN_LOAD_ERROR
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
