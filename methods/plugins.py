@@ -19,7 +19,7 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from methods.base import REGISTRY, MethodError
+from methods.registry import REGISTRY, MethodError
 
 ENTRY_POINT_GROUP = "afd_bench.methods"
 ENV = "BENCH_PLUGINS"

@@ -450,10 +450,10 @@ class RiFT(Method):
         self._set_module(state["module"], state.get("module_source") or "checkpoint")
 
     # -- stage (c) --------------------------------------------------------------------------------------------
-    def finalize(self, net, evaluate):
+    def finalize(self, net, evaluator):
         hp = self.hp
         model = net["model"]
-        ev = self._heldout_evaluator(evaluate.device, evaluate.cfg.batch_size, evaluate.seed)
+        ev = self._heldout_evaluator(evaluator.device, evaluator.cfg.batch_size, evaluator.seed)
         n = len(ev.test)
         if hp.ft_epoch == "best":
             self._record_epoch(model, ev)  # the last epoch

@@ -157,7 +157,7 @@ def test_fp32_runs_are_fp32_outside_the_steps_too(tmp_path, monkeypatch):
         def on_epoch_start(self, epoch):
             seen.append(("epoch_start", torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
 
-        def finalize(self, net, evaluate):
+        def finalize(self, net, evaluator):
             seen.append(("finalize", torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
             return {}
 
