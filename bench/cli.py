@@ -1,4 +1,5 @@
-"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed} ...`` (also installed as ``bench``).
+"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed,speed-eval,doctor} ...`` (also
+installed as ``bench``).
 
 Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
 saying what is wrong and how to fix it, and exits with code 2, before anything is written.
@@ -11,7 +12,7 @@ import dataclasses
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from bench.core.config import (
     PRECISIONS,
@@ -299,31 +300,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_speed(args) -> int:
+def _speed_setup(args) -> Callable[[str], None]:
+    """What both timings do first (--threads checked, the determinism policy applied); returns their progress log:
+    stderr, or nothing with --json, whose stdout is the JSON alone."""
     from bench.core import determinism
     from bench.core.runtime import resolve_device
-    from bench.perf.speed import measure, render, to_json
 
     _check_threads(args)
     determinism.apply(args.determinism, resolve_device(args.device))
+    return (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
 
-    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly
-        from bench.perf.speed_eval import measure_eval, render_eval
 
-        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-            raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-        if args.save_model is not None and args.checkpoint is not None:
-            raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
-        if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
-            raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
-        rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
-                           train_steps=args.train_steps, device=args.device, threads=args.threads,
-                           contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
-                           save_model=args.save_model, log=log)
-        sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
-        return 0
+def cmd_speed(args) -> int:
+    from bench.perf.speed import measure, render, to_json
 
+    log = _speed_setup(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UsageError("--methods is empty: give a comma-separated list, e.g. --methods vaft,afd")
@@ -333,6 +324,26 @@ def cmd_speed(args) -> int:
                   compile=args.compile,
                   log=log)
     sys.stdout.write(to_json(rep) + "\n" if args.json else render(rep))
+    return 0
+
+
+def cmd_speed_eval(args) -> int:
+    """The evaluation (clean, PGD-20, AutoAttack) timed: ours against pyautoattack called directly."""
+    from bench.perf.speed import to_json
+    from bench.perf.speed_eval import measure_eval, render_eval
+
+    log = _speed_setup(args)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.save_model is not None and args.checkpoint is not None:
+        raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
+    if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
+        raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
+    rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
+                       train_steps=args.train_steps, device=args.device, threads=args.threads,
+                       contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
+                       save_model=args.save_model, log=log)
+    sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
     return 0
 
 
@@ -406,6 +417,10 @@ def _add_runtime(sp, threads: bool = True, trains: bool = False, evaluates: bool
         g.add_argument("--no-eval-fold-bn", dest="eval_fold_bn", action="store_false",
                        help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
                             "conv (a runtime option: same ids; folding is faster)")
+
+
+def _add_json(sp) -> None:
+    sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
 
 
 def _add_evaluation(sp) -> None:
@@ -494,20 +509,41 @@ def _speed_parser(sub) -> None:
     sp.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
     sp.add_argument("--matmul-size", type=int, default=None, help="side of the peak-FLOP/s matmul (default 2048 "
                     "on CPU, 8192 on CUDA)")
-    sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
-    sp.add_argument("--eval", action="store_true", help="time the evaluation instead (clean, PGD-20, AutoAttack): "
-                    "ours (channels_last and NCHW) against pyautoattack called directly on the NCHW model")
-    sp.add_argument("--checkpoint", default=None, help="--eval: evaluate this checkpoint of --model (default: make "
-                    "one partly robust here with --train-steps FGSM-RS steps)")
-    sp.add_argument("--n-images", type=int, default=200, help="--eval: first N test images (<= 500; default 200)")
-    sp.add_argument("--reps", type=int, default=2, help="--eval: interleaved rounds, median reported (default 2)")
-    sp.add_argument("--train-steps", type=int, default=100, help="--eval: FGSM-RS steps of the model made here")
-    sp.add_argument("--contenders", default="ours,ours_plain,direct",
-                    help="--eval: which evaluations to time (ours and direct required; default all three)")
-    sp.add_argument("--save-model", default=None, help="--eval: save the model made here, for --checkpoint later")
+    _add_json(sp)
+    sp.add_argument("--eval", action=_MovedToSpeedEval)
     _add_runtime(sp)
     _add_plugin(sp)
     sp.set_defaults(func=cmd_speed)
+
+
+def _speed_eval_parser(sub) -> None:
+    sp = sub.add_parser("speed-eval", help="time the evaluation (clean, PGD-20, AutoAttack): ours (channels_last "
+                        "and NCHW) against pyautoattack called directly on the NCHW model")
+    sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
+    sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint of --model (default: make one "
+                    "partly robust here with --train-steps FGSM-RS steps)")
+    sp.add_argument("--n-images", type=int, default=200, help="first N test images (<= 500; default 200)")
+    sp.add_argument("--reps", type=int, default=2, help="interleaved rounds, median reported (default 2)")
+    sp.add_argument("--train-steps", type=int, default=100, help="FGSM-RS steps of the model made here")
+    sp.add_argument("--contenders", default="ours,ours_plain,direct",
+                    help="which evaluations to time (ours and direct required; default all three)")
+    sp.add_argument("--save-model", default=None, help="save the model made here, for --checkpoint later")
+    _add_json(sp)
+    _add_runtime(sp)
+    sp.set_defaults(func=cmd_speed_eval)
+
+
+class _MovedToSpeedEval(argparse.Action):
+    """`bench speed --eval` was the evaluation's timing behind a flag; it is `bench speed-eval` now. The old
+    spelling gets one line naming the new command (exit 2), at the flag, before argparse complains about the
+    evaluation options that `bench speed` no longer has."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(2, "bench: error: `bench speed --eval` is now its own command: bench speed-eval "
+                       "(the same options without --eval; see bench speed-eval --help)\n")
 
 
 def _doctor_parser(sub) -> None:
@@ -538,8 +574,8 @@ def _eval_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_run_parser, _report_parser, _plot_parser, _status_and_plan_parsers, _speed_parser, _doctor_parser,
-                _eval_parser):
+    for add in (_run_parser, _report_parser, _plot_parser, _status_and_plan_parsers, _speed_parser,
+                _speed_eval_parser, _doctor_parser, _eval_parser):
         add(sub)
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
     _add_plugin(sp)
