@@ -360,8 +360,9 @@ def cmd_doctor(args) -> int:
 # -- the parser --------------------------------------------------------------------------------------------
 # An option that several commands take is defined once, by the function of its family below, and shows up in each
 # command's --help under that family's title. Where a command gives an option its own meaning (plot's --data-root
-# is for fig3 only, eval's results are evals/<eval_id>.json), the command passes its help text.
-DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N"
+# is for fig3 only, eval's results are evals/<eval_id>.json), the command passes its help text. Combinations that
+# exclude each other (--procs-per-run and --gpus-per-run, --checkpoint and --save-model, ...) stay checked in the
+# commands: argparse's mutually exclusive groups would answer with its usage block, not with our one line.
 DATA_ROOT_HELP = "data folder (default: $BENCH_DATA_ROOT or ./data)"
 RESULTS_HELP = "results folder (default: results)"
 
@@ -372,22 +373,22 @@ def _add_plugin(g) -> None:
                         "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
 
 
-def _add_grid(sp, results: str | None = RESULTS_HELP, data_root: str | None = None) -> None:
-    """The grid a command works on (and the plugins that define its methods), with the folders it reads."""
+def _add_grid(sp, data_root: str | None = None) -> None:
+    """The grid a command works on (and the plugins that define its methods), with its results folder and, where
+    ``data_root`` gives its help text, the data folder."""
     g = sp.add_argument_group("grid")
     _add_plugin(g)
     g.add_argument("--grid", required=True, help="grid name (see `bench list`)")
     g.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
-    _add_folders(sp, results=results, data_root=data_root)
+    _add_folders(sp, results=RESULTS_HELP, data_root=data_root)
 
 
-def _add_folders(sp, results: str | None = RESULTS_HELP, data_root: str | None = None) -> None:
-    """--results and --data-root, each where its help text is given."""
+def _add_folders(sp, results: str, data_root: str | None = None) -> None:
+    """--results, and --data-root where its help text is given."""
     g = sp.add_argument_group("folders")
-    if results is not None:
-        g.add_argument("--results", default="results", help=results)
+    g.add_argument("--results", default="results", help=results)
     if data_root is not None:
         g.add_argument("--data-root", default=None, help=data_root)
 
@@ -396,7 +397,7 @@ def _add_runtime(sp, threads: bool = True, trains: bool = False, evaluates: bool
     """Where and how a command runs (bench.core.runtime.Runtime), never what it computes: same run ids.
     ``trains``: compilation and processes per run; ``evaluates``: the evaluated copy's kernel choices."""
     g = sp.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     if threads:
         g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--determinism", default="strict", choices=["strict", "fast"],

@@ -160,6 +160,15 @@ def test_list_shows_methods_with_parents(capsys):
     assert "demo" in out and "small_cnn" in out and "digits" in out
 
 
+@pytest.mark.parametrize("argv,option", [(["speed", "--n-images", "5"], "--n-images"),
+                                         (["speed-eval", "--methods", "vaft"], "--methods"),
+                                         (["speed-eval", "--precision", "bf16"], "--precision")])
+def test_speed_and_speed_eval_take_only_their_own_options(capsys, argv, option):
+    """The training step's options are not the evaluation's, and the other way round: refused, never ignored."""
+    assert main(argv) == 2
+    assert f"unrecognized arguments: {option}" in capsys.readouterr().err
+
+
 def test_console_script_and_module_agree():
     out = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "nope"], capture_output=True, text=True,
                          cwd=REPO)
