@@ -1,4 +1,5 @@
-"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed} ...`` (also installed as ``bench``).
+"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed,speed-eval,doctor} ...`` (also
+installed as ``bench``).
 
 Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
 saying what is wrong and how to fix it, and exits with code 2, before anything is written.
@@ -11,7 +12,7 @@ import dataclasses
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from bench.core.config import (
     PRECISIONS,
@@ -125,14 +126,12 @@ def _runtime(args) -> "Runtime":
 
     _check_threads(args)
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
-                   device=args.device, threads=args.threads, compile=getattr(args, "compile", False),
-                   eval_layout=getattr(args, "eval_layout", "channels_last"),
-                   eval_fold_bn=getattr(args, "eval_fold_bn", True), procs=_procs(args),
-                   determinism=getattr(args, "determinism", "strict"))
+                   device=args.device, threads=args.threads, compile=args.compile, eval_layout=args.eval_layout,
+                   eval_fold_bn=args.eval_fold_bn, procs=_procs(args), determinism=args.determinism)
 
 
 def _check_threads(args) -> None:
-    threads = getattr(args, "threads", None)
+    threads = args.threads
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads}); leave it out for torch's default "
                          "($SLURM_CPUS_PER_TASK under SLURM)")
@@ -140,7 +139,7 @@ def _check_threads(args) -> None:
 
 def _procs(args) -> int:
     """--procs-per-run (CPU processes, gloo) or --gpus-per-run (one process per GPU, NCCL): one run, k processes."""
-    procs, gpus = getattr(args, "procs_per_run", None), getattr(args, "gpus_per_run", None)
+    procs, gpus = args.procs_per_run, args.gpus_per_run
     if procs is not None and gpus is not None:
         raise UsageError("give --procs-per-run (CPU) or --gpus-per-run (CUDA), not both")
     k = gpus if gpus is not None else procs if procs is not None else 1
@@ -301,31 +300,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_speed(args) -> int:
+def _speed_setup(args) -> Callable[[str], None]:
+    """What both timings do first (--threads checked, the determinism policy applied); returns their progress log:
+    stderr, or nothing with --json, whose stdout is the JSON alone."""
     from bench.core import determinism
     from bench.core.runtime import resolve_device
-    from bench.perf.speed import measure, render, to_json
 
     _check_threads(args)
     determinism.apply(args.determinism, resolve_device(args.device))
+    return (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
 
-    log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    if args.eval:  # the evaluation (clean, PGD-20, AutoAttack): ours against pyautoattack called directly
-        from bench.perf.speed_eval import measure_eval, render_eval
 
-        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-            raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-        if args.save_model is not None and args.checkpoint is not None:
-            raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
-        if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
-            raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
-        rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
-                           train_steps=args.train_steps, device=args.device, threads=args.threads,
-                           contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
-                           save_model=args.save_model, log=log)
-        sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
-        return 0
+def cmd_speed(args) -> int:
+    from bench.perf.speed import measure, render, to_json
 
+    log = _speed_setup(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UsageError("--methods is empty: give a comma-separated list, e.g. --methods vaft,afd")
@@ -335,6 +324,26 @@ def cmd_speed(args) -> int:
                   compile=args.compile,
                   log=log)
     sys.stdout.write(to_json(rep) + "\n" if args.json else render(rep))
+    return 0
+
+
+def cmd_speed_eval(args) -> int:
+    """The evaluation (clean, PGD-20, AutoAttack) timed: ours against pyautoattack called directly."""
+    from bench.perf.speed import to_json
+    from bench.perf.speed_eval import measure_eval, render_eval
+
+    log = _speed_setup(args)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.save_model is not None and args.checkpoint is not None:
+        raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
+    if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
+        raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
+    rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
+                       train_steps=args.train_steps, device=args.device, threads=args.threads,
+                       contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
+                       save_model=args.save_model, log=log)
+    sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
     return 0
 
 
@@ -348,65 +357,106 @@ def cmd_doctor(args) -> int:
     return 1 if run_checks(args.device, args.determinism, log=lambda s: print(s, flush=True)) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
-    sub = p.add_subparsers(dest="command", required=True)
+# -- the parser --------------------------------------------------------------------------------------------
+# An option that several commands take is defined once, by the function of its family below, and shows up in each
+# command's --help under that family's title. Where a command gives an option its own meaning (plot's --data-root
+# is for fig3 only, eval's results are evals/<eval_id>.json), the command passes its help text. Combinations that
+# exclude each other (--procs-per-run and --gpus-per-run, --checkpoint and --save-model, ...) stay checked in the
+# commands: argparse's mutually exclusive groups would answer with its usage block, not with our one line.
+DATA_ROOT_HELP = "data folder (default: $BENCH_DATA_ROOT or ./data)"
+RESULTS_HELP = "results folder (default: results)"
 
-    def plugin_arg(sp):
-        sp.add_argument("--plugin", action="append", metavar="MODULE", default=[],
-                        help="import this module first: the methods it @register's join the registry "
-                             "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
 
-    def layout_arg(sp):
-        sp.add_argument("--eval-layout", default="channels_last", choices=["channels_last", "nchw"],
-                        help="weight layout of the evaluated fp32 copy (a runtime option: same ids; "
-                             "channels_last is faster, nchw is the contiguous format)")
-        sp.add_argument("--no-eval-fold-bn", dest="eval_fold_bn", action="store_false",
-                        help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
-                             "conv (a runtime option: same ids; folding is faster)")
+def _add_plugin(g) -> None:
+    g.add_argument("--plugin", action="append", metavar="MODULE", default=[],
+                   help="import this module first: the methods it @register's join the registry "
+                        "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
 
-    def determinism_arg(sp):
-        sp.add_argument("--determinism", default="strict", choices=["strict", "fast"],
-                        help="strict (default): deterministic cuDNN and kernels, no cuDNN benchmarking, what "
-                             "bit-identical resume rests on on GPUs; fast: cuDNN may benchmark and use atomics "
-                             "(a runtime option: same run ids; recorded in every result)")
 
-    def grid_args(sp):
-        plugin_arg(sp)
-        sp.add_argument("--grid", required=True, help="grid name (see `bench list`)")
-        sp.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
-        sp.add_argument("--results", default="results", help="results folder (default: results)")
+def _add_grid(sp, data_root: str | None = None) -> None:
+    """The grid a command works on (and the plugins that define its methods), with its results folder and, where
+    ``data_root`` gives its help text, the data folder."""
+    g = sp.add_argument_group("grid")
+    _add_plugin(g)
+    g.add_argument("--grid", required=True, help="grid name (see `bench list`)")
+    g.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
+    _add_folders(sp, results=RESULTS_HELP, data_root=data_root)
 
+
+def _add_folders(sp, results: str, data_root: str | None = None) -> None:
+    """--results, and --data-root where its help text is given."""
+    g = sp.add_argument_group("folders")
+    g.add_argument("--results", default="results", help=results)
+    if data_root is not None:
+        g.add_argument("--data-root", default=None, help=data_root)
+
+
+def _add_runtime(sp, threads: bool = True, trains: bool = False, evaluates: bool = False) -> None:
+    """Where and how a command runs (bench.core.runtime.Runtime), never what it computes: same run ids.
+    ``trains``: compilation and processes per run; ``evaluates``: the evaluated copy's kernel choices."""
+    g = sp.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    if threads:
+        g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--determinism", default="strict", choices=["strict", "fast"],
+                   help="strict (default): deterministic cuDNN and kernels, no cuDNN benchmarking, what "
+                        "bit-identical resume rests on on GPUs; fast: cuDNN may benchmark and use atomics "
+                        "(a runtime option: same run ids; recorded in every result)")
+    if trains:
+        g.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
+                       "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
+        g.add_argument("--procs-per-run", type=int, default=None, metavar="K",
+                       help="train and evaluate each run on K local CPU processes (torch.distributed, gloo)")
+        g.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
+                       help="train and evaluate each run on K local GPUs (torch.distributed, NCCL, SyncBatchNorm)")
+    if evaluates:
+        g.add_argument("--eval-layout", default="channels_last", choices=["channels_last", "nchw"],
+                       help="weight layout of the evaluated fp32 copy (a runtime option: same ids; "
+                            "channels_last is faster, nchw is the contiguous format)")
+        g.add_argument("--no-eval-fold-bn", dest="eval_fold_bn", action="store_false",
+                       help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
+                            "conv (a runtime option: same ids; folding is faster)")
+
+
+def _add_json(sp) -> None:
+    sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
+
+
+def _add_evaluation(sp) -> None:
+    """How much of the paper's evaluation `bench eval` runs, and with which radius and seed."""
+    g = sp.add_argument_group("evaluation")
+    g.add_argument("--n", type=int, default=10_000, help="test images for clean accuracy (default 10000)")
+    g.add_argument("--n-pgd", type=int, default=None, help="test images for PGD-20 (default: --n; 0 skips it)")
+    g.add_argument("--n-aa", type=int, default=None, help="test images for AutoAttack (default: --n-pgd; 0 skips it)")
+    g.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
+    g.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+
+
+def _run_parser(sub) -> None:
     sp = sub.add_parser("run", help="train and evaluate a grid (resumes; skips finished runs)")
-    grid_args(sp)
-    sp.add_argument("--data-root", default=None, help="data folder (default: $BENCH_DATA_ROOT or ./data)")
-    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sp.add_argument("--executor", default="local", choices=["local", "slurm"],
-                    help="local: in order on this machine; slurm: job arrays through submitit")
-    sp.add_argument("--profile", default=None,
-                    help="SLURM resource profile in slurm/profiles.toml (default: $BENCH_SLURM_PROFILE or gpu)")
-    sp.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then print the table")
-    sp.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
-    sp.add_argument("--compile", action="store_true", help="torch.compile the model for training and the final "
-                    "evaluation (a runtime option: same run ids; tens of seconds of warm-up per run on a CPU)")
-    layout_arg(sp)
-    determinism_arg(sp)
-    sp.add_argument("--procs-per-run", type=int, default=None, metavar="K",
-                    help="train and evaluate each run on K local CPU processes (torch.distributed, gloo)")
-    sp.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
-                    help="train and evaluate each run on K local GPUs (torch.distributed, NCCL, SyncBatchNorm)")
-    sp.add_argument("--gpus", default=None, metavar="LIST",
-                    help="one worker per GPU (e.g. 0,1,2,3): independent runs train at once, parents first; a run "
-                    "held by another runner is skipped for the next, a dead worker's run resumes on the others")
-    sp.add_argument("--workers", type=int, default=None, metavar="K",
-                    help="the same with K workers on the CPU (each with --threads threads)")
+    _add_grid(sp, data_root=DATA_ROOT_HELP)
+    _add_runtime(sp, trains=True, evaluates=True)
+    g = sp.add_argument_group("scheduling")
+    g.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: in order on this machine; slurm: job arrays through submitit")
+    g.add_argument("--profile", default=None,
+                   help="SLURM resource profile in slurm/profiles.toml (default: $BENCH_SLURM_PROFILE or gpu)")
+    g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then print the table")
+    g.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
+    g.add_argument("--gpus", default=None, metavar="LIST",
+                   help="one worker per GPU (e.g. 0,1,2,3): independent runs train at once, parents first; a run "
+                   "held by another runner is skipped for the next, a dead worker's run resumes on the others")
+    g.add_argument("--workers", type=int, default=None, metavar="K",
+                   help="the same with K workers on the CPU (each with --threads threads)")
     sp.set_defaults(func=cmd_run)
 
+
+def _report_parser(sub) -> None:
     sp = sub.add_parser("report", help="render a grid's table from the result files")
-    grid_args(sp)
+    _add_grid(sp)
     sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     sp.add_argument("--out", default=None, help="write to this file instead of stdout")
     sp.add_argument("--compare", default=None, choices=["paper"],
@@ -417,28 +467,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "against the results, with seed spread and a verdict (Markdown)")
     sp.set_defaults(func=cmd_report)
 
+
+def _plot_parser(sub) -> None:
     sp = sub.add_parser("plot", help="draw a paper figure (PNG and PDF) from a grid's results")
-    grid_args(sp)
+    _add_grid(sp, data_root="fig3: data folder (default: $BENCH_DATA_ROOT or ./data)")
     sp.add_argument("--figure", required=True, choices=["fig1", "fig3", "fig4"],
                     help="fig1: feature gap per epoch; fig3: t-SNE before/after disentanglement; fig4: hparams")
     sp.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
     sp.add_argument("--run", default=None, help="fig3: the AFD run id (default: the grid's first finished AFD run)")
     sp.add_argument("--n", type=int, default=1000, help="fig3: test images to embed (default 1000)")
-    sp.add_argument("--data-root", default=None, help="fig3: data folder (default: $BENCH_DATA_ROOT or ./data)")
     sp.add_argument("--methods", default=None, help="fig1: comma-separated fine-tuning methods to draw, or 'all' "
                     "(default: the paper's Figure 1a: vaft,afkd,arrest,afd)")
     sp.set_defaults(func=cmd_plot)
 
-    sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")
-    grid_args(sp)
-    sp.set_defaults(func=cmd_status)
 
+def _status_and_plan_parsers(sub) -> None:
+    sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")
+    _add_grid(sp)
+    sp.set_defaults(func=cmd_status)
     sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")
-    grid_args(sp)
+    _add_grid(sp)
     sp.add_argument("--gpus-per-run", type=int, default=4, metavar="K",
                     help="also show the critical path's wall time with K GPUs per run (default 4)")
     sp.set_defaults(func=cmd_plan)
 
+
+def _speed_parser(sub) -> None:
     sp = sub.add_parser("speed", help="images/s of each method's full training step, data share, FLOP/s, baseline")
     sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
     sp.add_argument("--methods", default=",".join(TABLE5_STEP_PAIR),
@@ -456,54 +510,76 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
     sp.add_argument("--matmul-size", type=int, default=None, help="side of the peak-FLOP/s matmul (default 2048 "
                     "on CPU, 8192 on CUDA)")
-    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sp.add_argument("--json", action="store_true", help="print every field as JSON instead of the table")
-    sp.add_argument("--eval", action="store_true", help="time the evaluation instead (clean, PGD-20, AutoAttack): "
-                    "ours (channels_last and NCHW) against pyautoattack called directly on the NCHW model")
-    sp.add_argument("--checkpoint", default=None, help="--eval: evaluate this checkpoint of --model (default: make "
-                    "one partly robust here with --train-steps FGSM-RS steps)")
-    sp.add_argument("--n-images", type=int, default=200, help="--eval: first N test images (<= 500; default 200)")
-    sp.add_argument("--reps", type=int, default=2, help="--eval: interleaved rounds, median reported (default 2)")
-    sp.add_argument("--train-steps", type=int, default=100, help="--eval: FGSM-RS steps of the model made here")
-    sp.add_argument("--contenders", default="ours,ours_plain,direct",
-                    help="--eval: which evaluations to time (ours and direct required; default all three)")
-    sp.add_argument("--save-model", default=None, help="--eval: save the model made here, for --checkpoint later")
-    determinism_arg(sp)
-    plugin_arg(sp)
+    _add_json(sp)
+    sp.add_argument("--eval", action=_MovedToSpeedEval)
+    _add_runtime(sp)
+    _add_plugin(sp)
     sp.set_defaults(func=cmd_speed)
 
+
+def _speed_eval_parser(sub) -> None:
+    sp = sub.add_parser("speed-eval", help="time the evaluation (clean, PGD-20, AutoAttack): ours (channels_last "
+                        "and NCHW) against pyautoattack called directly on the NCHW model")
+    sp.add_argument("--model", default="small_cnn", help="model (default small_cnn)")
+    sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint of --model (default: make one "
+                    "partly robust here with --train-steps FGSM-RS steps)")
+    sp.add_argument("--n-images", type=int, default=200, help="first N test images (<= 500; default 200)")
+    sp.add_argument("--reps", type=int, default=2, help="interleaved rounds, median reported (default 2)")
+    sp.add_argument("--train-steps", type=int, default=100, help="FGSM-RS steps of the model made here")
+    sp.add_argument("--contenders", default="ours,ours_plain,direct",
+                    help="which evaluations to time (ours and direct required; default all three)")
+    sp.add_argument("--save-model", default=None, help="save the model made here, for --checkpoint later")
+    _add_json(sp)
+    _add_runtime(sp)
+    sp.set_defaults(func=cmd_speed_eval)
+
+
+class _MovedToSpeedEval(argparse.Action):
+    """`bench speed --eval` was the evaluation's timing behind a flag; it is `bench speed-eval` now. The old
+    spelling gets one line naming the new command (exit 2), at the flag, before argparse complains about the
+    evaluation options that `bench speed` no longer has."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(2, "bench: error: `bench speed --eval` is now its own command: bench speed-eval "
+                       "(the same options without --eval; see bench speed-eval --help)\n")
+
+
+def _doctor_parser(sub) -> None:
     sp = sub.add_parser("doctor", help="versions, devices, native precisions, determinism, data roots; --check: "
                         "the suite's promises on this machine (a few minutes)")
     sp.add_argument("--check", action="store_true", help="run the checks: every method's step in fp32 and bf16, "
                     "resume equals uninterrupted, evaluations agree, CPU vs GPU, export after SyncBatchNorm, speed")
-    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    determinism_arg(sp)
+    _add_runtime(sp, threads=False)
     sp.set_defaults(func=cmd_doctor)
 
+
+def _eval_parser(sub) -> None:
     sp = sub.add_parser("eval", help="the paper's evaluation (clean, PGD-20, AutoAttack) of any checkpoint; resumes")
     sp.add_argument("--model", default=None, help="one of ours (bench list), or pkg.module:factory for your own")
     sp.add_argument("--checkpoint", default=None, help="weights: a state dict or a {'state_dict'|'model'|'net': ...} "
                     "wrapper, DataParallel prefixes fine, or one of our exported models")
     sp.add_argument("--zoo", default=None, help="a RobustBench model name instead of --model/--checkpoint")
     sp.add_argument("--dataset", required=True, help="test set (bench list)")
-    sp.add_argument("--n", type=int, default=10_000, help="test images for clean accuracy (default 10000)")
-    sp.add_argument("--n-pgd", type=int, default=None, help="test images for PGD-20 (default: --n; 0 skips it)")
-    sp.add_argument("--n-aa", type=int, default=None, help="test images for AutoAttack (default: --n-pgd; 0 skips it)")
-    sp.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
-    sp.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
-    sp.add_argument("--results", default="results", help="results folder: evals/<eval_id>.json (default: results)")
-    sp.add_argument("--data-root", default=None, help="data folder (default: $BENCH_DATA_ROOT or ./data)")
-    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    plugin_arg(sp)
-    layout_arg(sp)
-    determinism_arg(sp)
-    sp.set_defaults(func=cmd_eval)
+    _add_plugin(sp)
+    _add_evaluation(sp)
+    _add_folders(sp, results="results folder: evals/<eval_id>.json (default: results)", data_root=DATA_ROOT_HELP)
+    _add_runtime(sp, evaluates=True)
+    # An evaluation is neither compiled nor spread over processes: the runtime that `bench run` configures with
+    # --compile and --procs-per-run/--gpus-per-run gets their off values here.
+    sp.set_defaults(func=cmd_eval, compile=False, procs_per_run=None, gpus_per_run=None)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_run_parser, _report_parser, _plot_parser, _status_and_plan_parsers, _speed_parser,
+                _speed_eval_parser, _doctor_parser, _eval_parser):
+        add(sub)
     sp = sub.add_parser("list", help="methods, models, data sets and grids")
-    plugin_arg(sp)
+    _add_plugin(sp)
     sp.set_defaults(func=cmd_list)
     return p
 

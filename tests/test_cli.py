@@ -59,10 +59,11 @@ BAD = [
     (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:resnet18:3}"], "is a resnet18 with 3"),
     (["run", "--grid", "demo", "--set", "dataset=folder:{tiny}", "{parent:small_cnn:10}"], "with 10 classes"),
     (["plot", "--figure", "fig1", "--grid", "demo", "--methods", "vaft,afdx"], "unknown method 'afdx'"),
-    (["speed", "--eval", "--contenders", "ours,plain"], "--contenders ours,plain: choose from"),
-    (["speed", "--eval", "--contenders", "ours_plain,direct"], "with ours and direct"),
-    (["speed", "--eval", "--save-model", "{file}/m.pt"], "its folder does not exist"),
-    (["speed", "--eval", "--n-images", "501"], "--n-images must be <= 500"),
+    (["speed-eval", "--contenders", "ours,plain"], "--contenders ours,plain: choose from"),
+    (["speed-eval", "--contenders", "ours_plain,direct"], "with ours and direct"),
+    (["speed-eval", "--save-model", "{file}/m.pt"], "its folder does not exist"),
+    (["speed-eval", "--n-images", "501"], "--n-images must be <= 500"),
+    (["speed", "--eval", "--n-images", "200"], "bench speed-eval"),
 ]
 
 
@@ -123,7 +124,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys
     argv = _bad_setup(tmp_path, argv, results)
     before = _snapshot(results)
     blocker = (tmp_path / "file").read_text()
-    takes_results = "--results" not in argv and argv[0] != "speed"  # speed writes no results
+    takes_results = "--results" not in argv and argv[0] not in ("speed", "speed-eval")  # these write no results
     code = main([*argv, *(["--results", str(results)] if takes_results else [])])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -157,6 +158,15 @@ def test_list_shows_methods_with_parents(capsys):
     out = capsys.readouterr().out
     assert "afd" in out and "parent=natural" in out and "standard" in out and "parent=scratch" in out
     assert "demo" in out and "small_cnn" in out and "digits" in out
+
+
+@pytest.mark.parametrize("argv,option", [(["speed", "--n-images", "5"], "--n-images"),
+                                         (["speed-eval", "--methods", "vaft"], "--methods"),
+                                         (["speed-eval", "--precision", "bf16"], "--precision")])
+def test_speed_and_speed_eval_take_only_their_own_options(capsys, argv, option):
+    """The training step's options are not the evaluation's, and the other way round: refused, never ignored."""
+    assert main(argv) == 2
+    assert f"unrecognized arguments: {option}" in capsys.readouterr().err
 
 
 def test_console_script_and_module_agree():

@@ -179,7 +179,7 @@ def test_feature_map_folds_the_model_inside_it():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"{SHARED_CIFAR} not present")
 def test_speed_eval_against_pyautoattack_direct_on_cifar():
-    """`bench speed --eval` on a partly robust small CNN (real CIFAR-10-JPEG test images): our NCHW evaluation
+    """`bench speed-eval` on a partly robust small CNN (real CIFAR-10-JPEG test images): our NCHW evaluation
     equals pyautoattack called directly flag by flag; the channels_last one too (flips counted)."""
     from bench.perf.speed_eval import measure_eval, render_eval
 

@@ -26,7 +26,7 @@ fp32 convolutions on GPUs and on these CPUs: PGD-20 of the small CNN 1.3x, ResNe
 inputs stay NCHW (the first convolution converts them), so the attacks' random starts, projections and every
 tensor they compare are the same as in an NCHW evaluation. What changes is the order in which the convolution
 kernels sum, so a gradient sign or a logit comparison that sits on a float tie can come out the other way: rare
-per-example flips, counted by ``tests/test_eval_layout.py`` and ``bench speed --eval`` (``flips``), never hidden.
+per-example flips, counted by ``tests/test_eval_layout.py`` and ``bench speed-eval`` (``flips``), never hidden.
 AutoAttack gets NCHW-contiguous input gradients through ``bench.eval.attacks.autoattack``'s guard (pyautoattack
 crashes on non-contiguous ones). ``memory_format=torch.contiguous_format`` (``bench run --eval-nchw``) evaluates as
 before. The layout is recorded in the result (``eval_layout``) and is part of the key of stored chunks.

@@ -1,4 +1,4 @@
-"""`bench speed --eval`: how fast the paper's evaluation runs through our evaluator, against the public way.
+"""`bench speed-eval`: how fast the paper's evaluation runs through our evaluator, against the public way.
 
 Three contenders evaluate the same fp32 model on the same first ``n`` test images, interleaved round-robin
 (``reps`` rounds; the median round is reported) so that a busy machine slows them alike:
@@ -148,33 +148,11 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     """``contenders``: a subset of CONTENDERS holding ``ours`` and ``direct`` (``ours_plain`` is a diagnosis and
     can be left out where a round is expensive, e.g. ResNet18 AutoAttack on a CPU); ``save_model``: write the
     model made here (``torch.save`` of its state dict) so that later runs can pass it as ``--checkpoint``."""
-    if model not in MODELS:
-        raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown or "ours" not in contenders or "direct" not in contenders:
-        raise ConfigError(f"--contenders {','.join(contenders)}: choose from {', '.join(CONTENDERS)}, with ours "
-                          f"and direct (the speed-up is their ratio)")
-    contenders = tuple(c for c in CONTENDERS if c in contenders)
-    if n < 1 or reps < 1 or train_steps < 0:
-        raise ConfigError(f"need --n-images >= 1, --reps >= 1, --train-steps >= 0 (got {n}, {reps}, {train_steps})")
-    if n > 500:  # checked before a model is made here
-        raise ConfigError("--n-images must be <= 500 (one evaluation chunk, so AutoAttack's seeds line up)")
+    contenders = _checked(model, contenders, n, reps, train_steps)
     dev = resolve_device(device)
     set_threads(threads)
     train, test, data = _data(max(128, 10_000), n, seed)
-    if checkpoint is not None:
-
-        net = build_model(model, 10, 3)
-        load_into(net, checkpoint)
-        net = net.to(dev).eval()
-        what = f"{model} from {checkpoint}"
-    else:
-        log(f"making {model} partly robust: {train_steps} FGSM-RS steps on {data}")
-        net = partly_robust_model(model, train_steps, train, dev, seed, log)
-        what = f"{model} after {train_steps} FGSM-RS steps on {data}"
-        if save_model is not None:
-            torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, save_model)
-            log(f"saved the model to {save_model} (pass it as --checkpoint)")
+    net, what = _model_to_evaluate(model, checkpoint, train_steps, train, data, dev, seed, save_model, log)
     # One chunk (batch = n, at most 500): AutoAttack then sees the same batch and seed in every contender.
     cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=n)
     runs = {
@@ -182,16 +160,71 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
         "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),
         "direct": lambda: _direct(net, test, cfg, dev, seed),
     }
-    secs: dict[str, list[dict]] = {c: [] for c in contenders}
+    secs, flags = _rounds({c: runs[c] for c in contenders}, reps, log)
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        load = None
+    cpu = cpu_info()
+    return {"model": what, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
+            "rows": _rows(secs, flags, n)}
+
+
+def _checked(model: str, contenders: Sequence[str], n: int, reps: int, train_steps: int) -> tuple[str, ...]:
+    """The arguments checked before a model is made here; returns the contenders in CONTENDERS' order."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
+    unknown = [c for c in contenders if c not in CONTENDERS]
+    if unknown or "ours" not in contenders or "direct" not in contenders:
+        raise ConfigError(f"--contenders {','.join(contenders)}: choose from {', '.join(CONTENDERS)}, with ours "
+                          f"and direct (the speed-up is their ratio)")
+    if n < 1 or reps < 1 or train_steps < 0:
+        raise ConfigError(f"need --n-images >= 1, --reps >= 1, --train-steps >= 0 (got {n}, {reps}, {train_steps})")
+    if n > 500:
+        raise ConfigError("--n-images must be <= 500 (one evaluation chunk, so AutoAttack's seeds line up)")
+    return tuple(c for c in CONTENDERS if c in contenders)
+
+
+def _model_to_evaluate(model: str, checkpoint: str | None, train_steps: int, train: Split, data: str,
+                       dev: torch.device, seed: int, save_model: str | None,
+                       log: Callable[[str], None]) -> tuple[nn.Module, str]:
+    """The checkpoint's model, or one made partly robust here (and saved where asked); with what the report says
+    was measured."""
+    if checkpoint is not None:
+        net = build_model(model, 10, 3)
+        load_into(net, checkpoint)
+        return net.to(dev).eval(), f"{model} from {checkpoint}"
+    log(f"making {model} partly robust: {train_steps} FGSM-RS steps on {data}")
+    net = partly_robust_model(model, train_steps, train, dev, seed, log)
+    if save_model is not None:
+        torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, save_model)
+        log(f"saved the model to {save_model} (pass it as --checkpoint)")
+    return net, f"{model} after {train_steps} FGSM-RS steps on {data}"
+
+
+def _rounds(runs: dict[str, Callable[[], tuple[dict, dict]]], reps: int,
+            log: Callable[[str], None]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """``reps`` rounds, each contender once per round (interleaved, so a busy machine slows them alike): the seconds
+    of every round, and the per-example flags, which must not change from one round to the next."""
+    secs: dict[str, list[dict]] = {c: [] for c in runs}
     flags: dict[str, dict] = {}
     for r in range(reps):
-        for c in contenders:
-            f, s = runs[c]()
+        for c, run in runs.items():
+            f, s = run()
             secs[c].append(s)
             if c in flags and any(not torch.equal(flags[c][k], f[k]) for k in MEASURES):
                 raise RuntimeError(f"{c}: two evaluations of the same model disagree (nondeterminism)")
             flags[c] = f
             log(f"round {r + 1}/{reps} {c}: " + ", ".join(f"{k} {s[k]:.1f}s" for k in MEASURES))
+    return secs, flags
+
+
+def _rows(secs: dict[str, list[dict]], flags: dict[str, dict], n: int) -> list[dict]:
+    """Per measurement and for PGD-20 + AA: median seconds and images/s of each contender, the speed-ups over
+    ``direct``, accuracy and the flips against ``direct``."""
+    contenders = tuple(secs)
     med = {c: {k: statistics.median(s[k] for s in secs[c]) for k in MEASURES} for c in contenders}
     plain = "ours_plain" in contenders
     rows = []
@@ -207,14 +240,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
             row["flips"] = int((flags["ours"][k] != flags["direct"][k]).sum())
             row["flips_plain"] = int((flags["ours_plain"][k] != flags["direct"][k]).sum()) if plain else None
         rows.append(row)
-    try:
-        load = list(os.getloadavg())
-    except OSError:  # pragma: no cover
-        load = None
-    cpu = cpu_info()
-    return {"model": what, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load, "rows": rows}
+    return rows
 
 
 def _rate(v: float | None) -> str:
@@ -224,7 +250,7 @@ def _rate(v: float | None) -> str:
 
 def render_eval(rep: dict) -> str:
     device = rep["device_name"] if rep["device"] != "cpu" else describe_cpu(rep["cpu"])
-    head = (f"bench speed --eval: {rep['model']}, first {rep['n']} test images, fp32, median of {rep['reps']} "
+    head = (f"bench speed-eval: {rep['model']}, first {rep['n']} test images, fp32, median of {rep['reps']} "
             f"interleaved rounds, {rep['device']}: {device}, {rep['threads']} threads"
             + (f", load average {rep['loadavg'][0]:.1f}" if rep.get("loadavg") else ""))
     cols = ["measure", "ours img/s", "ours plain img/s", "direct img/s", "speedup", "speedup plain", "accuracy",
