@@ -46,7 +46,7 @@ from bench.core.config import ConfigError, EvalConfig, RunConfig, TrainConfig, c
 from bench.data.datasets import DATASETS
 from bench.grid.runs import make_run
 from bench.models.architectures import MODELS
-from bench.train.precision import check_run
+from bench.train.validation import validate_run
 from methods import REGISTRY, get_method, parent_method, plugins, resolve_hparams
 
 TOP_KEYS = ("name", "plugins", "methods", "models", "datasets", "seeds", "epochs", "eps", "train", "eval",
@@ -245,7 +245,7 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
                         runs.append(run)
     for r in runs:
         try:
-            check_run(r)
+            validate_run(r)
         except ConfigError as e:
             chk.fail("values", str(e))
     return GridFile(path=path, name=str(data.get("name") or path.stem), runs=runs, plugins=tuple(mods), table=table)

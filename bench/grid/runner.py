@@ -17,13 +17,13 @@ from bench.grid.runs import expand
 from bench.models.architectures import MODELS, ModelError
 from bench.train.loop import _result, execute
 from bench.train.parents import load_parent_file, read_parent_file
-from bench.train.precision import check_run
+from bench.train.validation import validate_run
 
 
 def preflight(runs: list[RunConfig], rt: Runtime) -> None:
     """Every check that can fail on bad input, before anything is written: names, values, data, results."""
     for cfg in runs:
-        check_run(cfg, procs=rt.procs)
+        validate_run(cfg, procs=rt.procs)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
     infos = {}

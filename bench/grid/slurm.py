@@ -51,7 +51,7 @@ from bench.grid.runner import parents_needing_model
 from bench.grid.runs import expand
 from bench.models.architectures import MODELS, ModelError
 from bench.train.loop import _result, execute
-from bench.train.precision import check_run
+from bench.train.validation import validate_run
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES_FILE = REPO / "slurm" / "profiles.toml"
@@ -579,11 +579,10 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
             + (f", afterok {','.join(deps)}" if deps else ""))
 
 
-def preflight(runs: list[RunConfig]) -> None:
+def preflight(runs: list[RunConfig], procs: int = 1) -> None:
     """Checks that need no data and no device (those are the job's): names and values."""
-
     for cfg in runs:
-        check_run(cfg)
+        validate_run(cfg, procs=procs)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
 
@@ -593,7 +592,7 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
     """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it."""
     name, prof = get_profile(profile)
     ordered = expand(runs)
-    preflight(ordered)
+    preflight(ordered, rt.procs)
     if dry_run:
         try:
             statuses = grid_status(runs, rt.results)

@@ -47,7 +47,8 @@ from bench.core.runtime import resolve_device, set_threads
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
 from bench.train.ema import EMA
-from bench.train.precision import check_method_precision, make_step
+from bench.train.precision import make_step
+from bench.train.validation import check_method_precision
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 
 CIFAR10_TRAIN = 50_000

@@ -39,9 +39,10 @@ from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.models.architectures import build_model
 from bench.train.ema import EMA
 from bench.train.parents import load_parent, save_model
-from bench.train.precision import check_run, make_step
+from bench.train.precision import make_step
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
 from bench.train.tblog import EpochWriter
+from bench.train.validation import validate_run
 from methods import Context, StepInfo, get_method, make_hparams
 
 
@@ -100,7 +101,7 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     determinism.apply(rt.determinism, rt.torch_device())  # before any CUDA work (cuBLAS reads its workspace then)
     world = distributed.from_env()
     distributed.check_launch(rt.procs)
-    check_run(cfg, procs=max(rt.procs, world.size))
+    validate_run(cfg, procs=max(rt.procs, world.size))  # the fp16 refusal on several processes included
     if rt.procs > 1 and not world.active:
         distributed.spawn(_rank_main, (cfg, rt, stop_after_epoch, need_model), rt.procs)
         store = Store(rt.results)
@@ -122,9 +123,6 @@ def _rank_main(cfg: RunConfig, rt: Runtime, stop_after_epoch: int | None, need_m
 
 def _execute_rank(cfg: RunConfig, rt: Runtime, world: "distributed.World", log, stop_after_epoch, need_model) -> dict:
     device = _device(rt, world)
-    if cfg.train.precision == "fp16":
-        raise ConfigError("fp16 with several processes per run is not supported (the gradient scaler's skip "
-                          "decision is per rank): use bf16 or fp32")
     distributed.init(world, device)
     try:
         return _execute_one(cfg, rt, world, log, stop_after_epoch, need_model)
