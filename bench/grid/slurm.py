@@ -43,14 +43,13 @@ from typing import Any, Callable
 import submitit
 
 from bench.core.config import ConfigError, RunConfig, from_dict, run_id, to_dict
-from bench.core.distributed import from_env
 from bench.core.runtime import Runtime
 from bench.core.store import CorruptFile, Store, atomic_write_bytes
 from bench.data.datasets import default_data_root, load_dataset
 from bench.grid.runner import parents_needing_model
 from bench.grid.runs import expand
 from bench.models.architectures import MODELS, ModelError
-from bench.train.loop import _result, execute
+from bench.train.attempt import execute_recording_crash, record_crash
 from bench.train.validation import validate_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -378,25 +377,14 @@ class RunJob(submitit.helpers.Checkpointable):
         log(f"[{rid}] slurm job {os.environ.get('SLURM_JOB_ID')} (array {os.environ.get('SLURM_ARRAY_JOB_ID')}_"
             f"{os.environ.get('SLURM_ARRAY_TASK_ID')}, restart {os.environ.get('SLURM_RESTART_COUNT', 0)}) "
             f"on {os.environ.get('SLURMD_NODENAME')}, code {os.getcwd()}")
-        store = Store(rt.results)
         try:
             # submitted although done only when a child needs its missing model file (grid_status)
-            result = execute(cfg, rt, log=log, need_model=True)
-        except Exception as e:
-            # record why, unless another process finished the run meanwhile; then fail the job so that
-            # `afterok` children are cancelled instead of starting without their parent (rank 0 writes)
-
-            if not from_env().main:
-                raise
-            with store.lock(rid, blocking=False) as got:
-                if got and store.status(rid) != "done":
-                    failed = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed",
-                                     reason=f"{type(e).__name__}: {e}")
-                    import traceback
-
-                    failed["traceback"] = traceback.format_exc()
-                    store.write(rid, failed)
+            result = execute_recording_crash(cfg, rt, log=log, need_model=True)
+        except ConfigError as e:  # bad input found in the job: recorded too, for `bench status`
+            record_crash(cfg, rt, e, log)
             raise
+        # a run that is not done fails the job, so that `afterok` children are cancelled instead of starting
+        # without their parent
         if result.get("status") != "done":
             raise RuntimeError(f"run {rid} ({cfg.method}) {result.get('status')}: {result.get('reason')}")
         return {"run_id": rid, "status": "done", "metrics": result.get("metrics", {})}

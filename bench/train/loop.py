@@ -31,8 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.core import compilation, determinism, distributed, memory, numerics, schedules
-from bench.core.config import ConfigError, RunConfig, run_id, to_dict
-from bench.core.provenance import provenance
+from bench.core.config import ConfigError, RunConfig, run_id
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import CorruptFile, Store, content_digest
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split, load_dataset
@@ -41,6 +40,7 @@ from bench.models.architectures import build_model
 from bench.train.ema import EMA
 from bench.train.parents import load_parent, save_model
 from bench.train.precision import make_step
+from bench.train.result import run_result
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
 from bench.train.tblog import EpochWriter
 from bench.train.validation import validate_run
@@ -285,8 +285,8 @@ class Run:
 
     def result(self, status: str, **kw: Any) -> dict:
         p = self.progress
-        return _result(self.cfg, self.rid, self.device, self.started, (p.wall0, p.wall_processes), p.train_seconds,
-                       p.epoch_log, status=status, thread_counts=p.thread_counts, **kw)
+        return run_result(self.cfg, self.rid, self.device, self.started, (p.wall0, p.wall_processes),
+                          p.train_seconds, p.epoch_log, status=status, thread_counts=p.thread_counts, **kw)
 
     @classmethod
     def prepare(cls, cfg: RunConfig, rt: Runtime, world: distributed.World, device: torch.device,
@@ -582,21 +582,3 @@ def _train_epoch(cfg: RunConfig, method: Method, loader: Loader, ema: EMA | None
     if bad:
         raise RunFailed(f"non-finite {', '.join(bad)} in epoch {epoch + 1}", epoch + 1)
     return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **means}
-
-
-def _result(cfg: RunConfig, rid: str, device, started: str, wall: tuple[float, int] | None, train_seconds: float,
-            epoch_log: list, *, status: str, reason: str | None = None, metrics: dict | None = None,
-            extra: dict | None = None, thread_counts: list[int] | None = None) -> dict:
-    """A run's result file. ``wall`` is (perf_counter origin, processes so far), or None for a run that never
-    started (its parent failed, or it crashed before training: the runner records it as failed)."""
-    wall_seconds, processes = (time.perf_counter() - wall[0], wall[1]) if wall is not None else (0.0, 0)
-    return {
-        "run_id": rid, "status": status, "reason": reason, "config": to_dict(cfg), "metrics": metrics or {},
-        "extra": extra or {}, "epochs": epoch_log, "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(1, len(epoch_log)),
-        "precision_effective": numerics.effective_precision(cfg.train.precision, torch.device(device)),
-        # wall_seconds over every process that ran it (wall_processes: 1 = never interrupted)
-        "wall_seconds": wall_seconds, "wall_processes": processes, "started": started,
-        "thread_counts": thread_counts or [],  # torch threads of each process that trained it; `threads`: this one's
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **provenance(device),
-    }
