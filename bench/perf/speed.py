@@ -41,15 +41,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bench.core import compilation, determinism, numerics
+from bench.core import determinism, numerics
 from bench.core.config import EPS_8, PRECISIONS, ConfigError
 from bench.core.runtime import resolve_device, set_threads
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
 from bench.train.ema import EMA
+from bench.train.compiling import compile_unless_declared
 from bench.train.precision import make_step
 from bench.train.validation import check_method_precision
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
+from methods import Context, StepInfo, build_method, get_method, make_hparams, resolve_hparams
 
 CIFAR10_TRAIN = 50_000
 IMAGE_SIZE = 32
@@ -112,9 +113,7 @@ def _build_method(name: str, model_name: str, split: Split, batch_size: int, pre
     model = model.to(device).to(memory_format=memory_format)
     ctx = Context(info=info, eps=EPS_8, device=device, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                   seed=seed, train=split, parent_model=parent, train_cfg=train_cfg)
-    method = cls(model, hp, ctx)
-    method.net.to(device)
-    method.optimizers = method.configure_optimizers(train_cfg)
+    method = build_method(cls, model, hp, ctx, train_cfg, device)
     for opt in method.optimizers:
         for group in opt.param_groups:
             group["lr"] = train_cfg.lr * group.get("lr_scale", 1.0)
@@ -276,11 +275,9 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     flops = {r.name: count_step_flops(r) for r in runners}  # on the eager model: compiled kernels are not counted
     compiled = {}
     for r in runners:  # the suite's steps only: the baseline is the public code's eager fp32 setup
-        why = type(r.method).compile_problem(r.method.hp) if compile else "not asked"
+        why = compile_unless_declared(r.method) if compile else "not asked"
         compiled[r.name] = why is None
-        if why is None:
-            compilation.compile_model(r.method.model)
-        elif compile:
+        if why is not None and compile:
             log(f"{r.name}: not compiled: {why}")
     everyone = runners + baselines
     for _ in range(warmup):

@@ -37,6 +37,7 @@ from bench.core.store import CorruptFile, Store, content_digest
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split, load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.models.architectures import build_model
+from bench.train.compiling import compile_unless_declared
 from bench.train.ema import EMA
 from bench.train.parents import load_parent, save_model
 from bench.train.precision import make_step
@@ -44,7 +45,7 @@ from bench.train.result import run_result
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
 from bench.train.tblog import EpochWriter
 from bench.train.validation import validate_run
-from methods import Context, StepInfo, get_method, make_hparams
+from methods import Context, StepInfo, build_method, get_method, make_hparams
 from methods.base import Method
 
 
@@ -320,19 +321,15 @@ class Run:
                         seed=cfg.seed, drop_last=method_cls.drop_last, rank=world.rank, world_size=world.size)
         ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
                       seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
-        method = method_cls(model, hp, ctx)
-        method.net.to(device)
-        method.optimizers = method.configure_optimizers(cfg.train)
+        method = build_method(method_cls, model, hp, ctx, cfg.train, device)
         if world.active:  # gradients averaged over the ranks before every optimizer step, whoever calls it
             distributed.average_gradients_before_steps(method.optimizers)
         ema = EMA(method.net) if cfg.train.ema else None  # before compiling: the EMA copy stays an eager module
         # fp16: refused here or given a scaler; cuDNN benchmarks only under the "fast" determinism policy
         step_fn = make_step(method, cfg.train.precision, device, benchmark=determinism.cudnn_benchmark())
         if rt.compile:  # a runtime option: a method whose step cannot be compiled trains eagerly (same numbers)
-            why = method_cls.compile_problem(hp)
-            if why is None:
-                compilation.compile_model(method.model)
-            else:
+            why = compile_unless_declared(method)
+            if why is not None:
                 opts.log(f"[{rid}] {cfg.method}: training not compiled: {why}")
         evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed,
                               memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world)
