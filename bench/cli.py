@@ -113,10 +113,10 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
         if not hit:
             raise UsageError(f"--set {key}: no run of this grid has that hyperparameter")
         runs = out
-    from bench.train.precision import check_run
+    from bench.train.validation import validate_run
 
     for cfg in runs:
-        check_run(cfg)
+        validate_run(cfg)
     return runs
 
 
@@ -169,10 +169,10 @@ def cmd_run(args) -> int:
     runs = _grid_runs(args)
     rt = _runtime(args)
     if rt.procs > 1:  # what a method cannot do on several processes is refused before anything runs
-        from bench.train.precision import check_run
+        from bench.train.validation import validate_run
 
         for cfg in runs:
-            check_run(cfg, procs=rt.procs)
+            validate_run(cfg, procs=rt.procs)
     if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
         raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
     if args.executor == "slurm":

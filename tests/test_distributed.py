@@ -86,6 +86,27 @@ def test_slurm_profile_tasks_follow_the_gpus():
         resources_for("p", {"nodes": 0}, "resnet18", "cifar10")
 
 
+def test_the_spawning_process_claims_the_run_held_or_done_without_spawning(tmp_path, monkeypatch):
+    """With several processes and no world yet, the process that would spawn the ranks takes the run's lock and
+    decides: a run another runner holds is "held" at once (``if_free``, as the pool asks), a done run is returned
+    as stored; neither starts a process."""
+    from bench.core.config import run_id
+    from bench.core.store import Store
+    from bench.train.loop import execute
+
+    def no_spawn(*a, **k):
+        raise AssertionError("spawned")
+
+    monkeypatch.setattr(distributed, "spawn", no_spawn)
+    cfg = tiny_run("standard", "digits")
+    rt, rid = _rt(tmp_path / "r", 2), run_id(cfg)
+    store = Store(rt.results)
+    with store.lock(rid):
+        assert execute(cfg, rt, log=lambda s: None, if_free=True) == {"run_id": rid, "status": "held"}
+    store.write(rid, {"run_id": rid, "status": "done", "metrics": {"clean": 0.5}})
+    assert execute(cfg, rt, log=lambda s: None)["metrics"] == {"clean": 0.5}
+
+
 def test_plan_shows_the_critical_path_with_one_and_k_gpus(tmp_path, capsys):
     from bench.cli import main
     from bench.grid.plan import speedup

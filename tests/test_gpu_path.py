@@ -100,15 +100,15 @@ def test_the_export_of_a_synced_model_is_plain_batchnorm_and_folds():
 
 def test_what_methods_refuse_is_one_line(tmp_path, capsys):
     from bench.cli import main
-    from bench.train.precision import check_run
+    from bench.train.validation import validate_run
 
     atas = tiny_run("atas", "digits")
     with pytest.raises(ConfigError, match="method atas does not support fp16"):
-        check_run(dataclasses.replace(atas, train=dataclasses.replace(atas.train, precision="fp16")))
+        validate_run(dataclasses.replace(atas, train=dataclasses.replace(atas.train, precision="fp16")))
     afa = tiny_run("afa", "digits")
-    check_run(afa)
+    validate_run(afa)
     with pytest.raises(ConfigError, match="method afa cannot train one run on 2 processes"):
-        check_run(afa, procs=2)
+        validate_run(afa, procs=2)
     assert main(["run", "--grid", "afa", "--results", str(tmp_path), "--procs-per-run", "2", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot train one run on 2 processes" in err

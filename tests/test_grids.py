@@ -80,7 +80,8 @@ def test_unknown_profile_and_unreachable_scheduler(capsys, tmp_path, monkeypatch
 
 def test_unknown_partition(monkeypatch):
     from bench.grid import slurm
-    monkeypatch.setattr(slurm, "partitions", lambda: ["debug"])
+    from bench.grid.slurm import scheduler
+    monkeypatch.setattr(scheduler, "partitions", lambda: ["debug"])
     with pytest.raises(slurm.SchedulerError, match="unknown SLURM partition 'gpu'"):
         slurm.check_partitions([slurm.Resources(partition="gpu")])
 

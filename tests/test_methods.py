@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from bench.core.config import TrainConfig
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import build_model
-from methods import REGISTRY, Context, StepInfo, get_method, make_hparams, resolve_hparams
+from methods import build_method, REGISTRY, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.afd import AFD, confused_label
 from methods.base import MethodError
 
@@ -41,8 +41,7 @@ def build(name: str, hp_overrides=None, seed=0):
     loader = Loader(split, 8, device="cpu", shuffle=True, augment=True, seed=0)
     ctx = Context(info=info, eps=8 / 255, device=torch.device("cpu"), epochs=2, steps_per_epoch=len(loader),
                   seed=0, train=split, parent_model=parent, train_cfg=train)
-    m = cls(model, make_hparams(name, resolve_hparams(name, hp_overrides)), ctx)
-    m.optimizers = m.configure_optimizers(train)
+    m = build_method(cls, model, make_hparams(name, resolve_hparams(name, hp_overrides)), ctx, train)
     return m, loader
 
 

@@ -15,7 +15,7 @@ from bench.core.config import EvalConfig, TrainConfig
 from bench.data.datasets import DatasetInfo, Loader, Split
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import build_model
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
+from methods import build_method, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.base import MethodError
 from methods.afa import supcon_loss
 from methods.arrest import use_noisy_replay
@@ -44,8 +44,7 @@ def build(name, hp=None, epochs=2):
     loader = Loader(split, 8, device="cpu", shuffle=True, augment=False, seed=0)
     ctx = Context(info=info, eps=EPS, device=torch.device("cpu"), epochs=epochs, steps_per_epoch=len(loader),
                   seed=0, train=split, parent_model=parent, train_cfg=train)
-    m = cls(model, make_hparams(name, resolve_hparams(name, hp)), ctx)
-    m.optimizers = m.configure_optimizers(train)
+    m = build_method(cls, model, make_hparams(name, resolve_hparams(name, hp)), ctx, train)
     return m, loader
 
 

@@ -15,7 +15,7 @@ from bench.data import DatasetInfo, Loader, Split
 from bench.data.loader import augment_crop_flip
 from bench.models.architectures import build_model
 from bench.core.schedules import lr_at
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
+from methods import build_method, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.base import MethodError
 from methods.atas import PAD, crop_index, scaled_resets, scaled_warmup, step_sizes
 from methods.fgsm_ga import grad_align_penalty
@@ -35,8 +35,7 @@ def make(name, *, model=None, epochs=2, hp=None, train=None, classes=C, seed=0):
     loader = Loader(split, 8, device="cpu", shuffle=True, augment=True, seed=0)
     ctx = Context(info=info, eps=EPS, device=torch.device("cpu"), epochs=epochs, steps_per_epoch=len(loader),
                   seed=0, train=split, train_cfg=train)
-    m = get_method(name)(model, make_hparams(name, resolve_hparams(name, hp)), ctx)
-    m.optimizers = m.configure_optimizers(train)
+    m = build_method(name, model, make_hparams(name, resolve_hparams(name, hp)), ctx, train)
     m.net.train()
     return m, loader
 

@@ -15,6 +15,7 @@ from bench.core import compilation
 from bench.core import cpu as C
 from bench.core import numerics as P
 from bench.train import precision as TP
+from bench.train.validation import check_method_precision
 from bench.cli import main
 from bench.core.config import ConfigError, EvalConfig
 from bench.data import Split
@@ -132,10 +133,10 @@ def test_fp16_is_refused_for_a_method_with_its_own_step(capsys):
     for name in ("free_at", "fgsm_ga", "pgd_at", "afd"):
         cls = get_method(name)
         with pytest.raises(ConfigError, match=f"method {name} does not support fp16"):
-            TP.check_method_precision(cls, cls.Hparams(), "fp16")
+            check_method_precision(cls, cls.Hparams(), "fp16")
     for name in ("standard", "vaft", "trades", "afkd", "arrest", "rift"):
         cls = get_method(name)  # base train_step: loss -> scaled backward -> scaler.step
-        TP.check_method_precision(cls, cls.Hparams(), "fp16")
+        check_method_precision(cls, cls.Hparams(), "fp16")
     # the same runs are fine in bf16
     assert main(["run", "--grid", "demo", "--set", "train.precision=bf16", "--dry-run"]) == 0
 
@@ -159,7 +160,7 @@ def test_grad_scaler_support_can_be_declared():
 
     assert Declared.grad_scaler_problem("joint") is None and Declared.grad_scaler_problem("as_run")
     with pytest.raises(ConfigError, match="scales only the joint update"):
-        TP.check_method_precision(Declared, "as_run", "fp16")
+        check_method_precision(Declared, "as_run", "fp16")
 
 
 def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folder):

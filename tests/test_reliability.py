@@ -325,18 +325,18 @@ def test_diverging_run_fails_with_epoch_and_the_grid_goes_on(tmp_path, tiny_fold
 def test_crashing_run_is_recorded_failed_and_its_child_skipped_with_the_reason(tmp_path, tiny_folder, monkeypatch):
     """A run that crashes with an unexpected exception (a bug, a dead device) is written as failed with its reason
     and traceback, its child as failed because of it, and the grid goes on (an independent run still finishes)."""
-    import bench.grid.runner
+    import bench.train.attempt
 
     child = tiny_run("vaft", f"folder:{tiny_folder}")
     other = tiny_run("standard", f"folder:{tiny_folder}", epochs=2)
-    real = bench.grid.runner.execute
+    real = bench.train.attempt.execute
 
     def execute_or_crash(cfg, *a, **k):
         if run_id(cfg) == run_id(child.parent):
             raise RuntimeError("device lost")
         return real(cfg, *a, **k)
 
-    monkeypatch.setattr(bench.grid.runner, "execute", execute_or_crash)
+    monkeypatch.setattr(bench.train.attempt, "execute", execute_or_crash)
     res = run_local([child, other], _rt(tmp_path / "r", tiny_folder), log=lambda s: None)
     store = Store(tmp_path / "r")
     parent, kid, ok = (store.read(run_id(c)) for c in (child.parent, child, other))

@@ -46,7 +46,7 @@ from bench.core.config import ConfigError, EvalConfig, RunConfig, TrainConfig, c
 from bench.data.datasets import DATASETS
 from bench.grid.runs import make_run
 from bench.models.architectures import MODELS
-from bench.train.precision import check_run
+from bench.train.validation import validate_run
 from methods import REGISTRY, get_method, parent_method, plugins, resolve_hparams
 
 TOP_KEYS = ("name", "plugins", "methods", "models", "datasets", "seeds", "epochs", "eps", "train", "eval",
@@ -116,17 +116,10 @@ class _Checker:
 
 def load(path: str | Path, seeds: int | None = None) -> GridFile:
     """Read, validate and expand a grid file. ``seeds`` (the command line's --seeds, when given > 1) overrides
-    the file's ``seeds``."""
+    the file's ``seeds``. The keys are checked in the order they are read below: the first bad one is reported."""
     path = Path(path)
     chk = _Checker(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist (a grid is a name from `bench list` or a .toml file)")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"grid file {path}: not valid TOML ({e})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"grid file {path}: not a UTF-8 text file") from None
+    data = _read(path)
     chk.table(data, "", TOP_KEYS)
 
     mods = chk.names(data, "plugins", None, required=False)
@@ -135,9 +128,49 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
     methods = chk.names(data, "methods", tuple(sorted(REGISTRY)))
     models = chk.names(data, "models", MODELS)
     datasets = chk.names(data, "datasets", DATASETS, prefix_ok=("folder:",))
+    seed_list = _seeds(chk, data.get("seeds", 1), seeds)
+    epochs = data.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        chk.fail("epochs", f"expected a whole number >= 1, got {epochs!r}")
+    eps = _eps(chk, data.get("eps"))
+    train_over = chk.dataclass_overrides(data.get("train", {}), "train", TrainConfig)
+    eval_over = chk.dataclass_overrides(data.get("eval", {}), "eval", EvalConfig)
+    sweeps = _sweeps(chk, chk.table(data.get("hparams", {}), "hparams", tuple(methods)), methods)
+    parent = _parent(chk, data.get("parent", {}), models)
+    parent_file = None
+    if "file" in parent:
+        parent_file = (path.parent / parent["file"]).resolve()
+        if not parent_file.is_file():
+            chk.fail("parent.file", f"{parent_file} does not exist")
+        if "model" in parent:
+            models = [parent["model"]]
+    table = _table(chk, data.get("table", {}))
 
-    seed_list: list[int]
-    raw = data.get("seeds", 1)
+    runs = [run for seed in seed_list for model in models for dataset in datasets for m in methods
+            for run in _runs(m, sweeps[m], model=model, dataset=dataset, seed=seed, epochs=epochs, eps=eps,
+                             train_over=train_over, eval_over=eval_over, parent=parent, parent_file=parent_file)]
+    for r in runs:
+        try:
+            validate_run(r)
+        except ConfigError as e:
+            chk.fail("values", str(e))
+    return GridFile(path=path, name=str(data.get("name") or path.stem), runs=runs, plugins=tuple(mods), table=table)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's TOML (ConfigError in one line when it is missing, not TOML, or not UTF-8)."""
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} does not exist (a grid is a name from `bench list` or a .toml file)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"grid file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"grid file {path}: not a UTF-8 text file") from None
+
+
+def _seeds(chk: _Checker, raw: Any, seeds: int | None) -> list[int]:
+    """``seeds``: a count (seeds 0..n-1) or a list of seeds; the command line's --seeds > 1 wins."""
     if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, list) and raw and all(
             isinstance(s, int) and not isinstance(s, bool) for s in raw))):
         chk.fail("seeds", f"expected a number of seeds (>= 1) or a list of seeds, got {raw!r}")
@@ -151,25 +184,28 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
         seed_list = list(dict.fromkeys(raw))
     if seeds is not None and seeds > 1:
         seed_list = list(range(seeds))
+    return seed_list
 
-    epochs = data.get("epochs")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        chk.fail("epochs", f"expected a whole number >= 1, got {epochs!r}")
-    eps = data.get("eps")
-    if eps is not None:
-        if isinstance(eps, str):
-            from fractions import Fraction
 
-            try:
-                eps = float(Fraction(eps))
-            except (ValueError, ZeroDivisionError):
-                chk.fail("eps", f"expected a number or a fraction like \"8/255\", got {eps!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-            chk.fail("eps", f"must be in (0, 1] (pixels are in [0, 1]: write \"8/255\"), got {data['eps']!r}")
-    train_over = chk.dataclass_overrides(data.get("train", {}), "train", TrainConfig)
-    eval_over = chk.dataclass_overrides(data.get("eval", {}), "eval", EvalConfig)
+def _eps(chk: _Checker, raw: Any) -> float | None:
+    """``eps``: a number or a fraction like "8/255", in (0, 1]."""
+    if raw is None:
+        return None
+    eps = raw
+    if isinstance(eps, str):
+        from fractions import Fraction
 
-    hp_table = chk.table(data.get("hparams", {}), "hparams", tuple(methods))
+        try:
+            eps = float(Fraction(eps))
+        except (ValueError, ZeroDivisionError):
+            chk.fail("eps", f"expected a number or a fraction like \"8/255\", got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        chk.fail("eps", f"must be in (0, 1] (pixels are in [0, 1]: write \"8/255\"), got {raw!r}")
+    return float(eps)
+
+
+def _sweeps(chk: _Checker, hp_table: dict, methods: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per method, the hyperparameter combinations to run: the product of the values listed (one each if none)."""
     sweeps: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         over = hp_table.get(m, {})
@@ -187,8 +223,12 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
             except ConfigError as e:
                 chk.fail(f"hparams.{m}", str(e))
         sweeps[m] = combos
+    return sweeps
 
-    parent = chk.table(data.get("parent", {}), "parent", PARENT_KEYS)
+
+def _parent(chk: _Checker, raw: Any, models: list[str]) -> dict[str, Any]:
+    """``[parent]``: one of method, zoo, file (with the file's model), and the parent's epochs."""
+    parent = chk.table(raw, "parent", PARENT_KEYS)
     chosen = [k for k in ("method", "zoo", "file") if k in parent]
     if len(chosen) > 1:
         chk.fail("parent", f"give one of method, zoo, file (got {', '.join(chosen)})")
@@ -205,50 +245,44 @@ def load(path: str | Path, seeds: int | None = None) -> GridFile:
     if "model" in parent and parent["model"] not in models:
         chk.fail("parent.model", f"'{parent['model']}' is not among the grid's models {models}: a parent file is "
                                  "fine-tuned in its own architecture")
-    parent_file = None
-    if "file" in parent:
-        parent_file = (path.parent / parent["file"]).resolve()
-        if not parent_file.is_file():
-            chk.fail("parent.file", f"{parent_file} does not exist")
-        if "model" in parent:
-            models = [parent["model"]]
+    return parent
 
-    table = chk.table(data.get("table", {}), "table", TABLE_KEYS)
+
+def _table(chk: _Checker, raw: Any) -> dict[str, Any]:
+    """``[table]``: the layout of the grid's table (caption, metrics)."""
+    table = chk.table(raw, "table", TABLE_KEYS)
     if "caption" in table and not isinstance(table["caption"], str):
         chk.fail("table.caption", f"expected a string, got {table['caption']!r}")
     if "metrics" in table:
         chk.names(table, "metrics", METRICS)
+    return table
 
-    runs: list[RunConfig] = []
-    for seed in seed_list:
-        for model in models:
-            for dataset in datasets:
-                for m in methods:
-                    cls = get_method(m)
-                    for hp in sweeps[m]:
-                        train = dataclasses.replace(cls.recipe, **({"epochs": epochs} if epochs else {}))
-                        train = dataclasses.replace(train, **train_over)
-                        ev = dataclasses.replace(EvalConfig(), **eval_over)
-                        parent_run = None
-                        if cls.parent is not None and "method" in parent:
-                            parent_run = make_run(parent["method"], model=model, dataset=dataset, eval=ev,
-                                                  epochs=p_epochs, **_parent_train(train_over))
-                        run = make_run(m, model=model, dataset=dataset, train=train, hparams=hp, eval=ev, seed=seed,
-                                       parent=parent_run, parent_epochs=p_epochs,
-                                       parent_train=_scaled_parent_train(cls, train_over))
-                        if eps is not None:
-                            run = _with_eps(run, float(eps))
-                        if cls.parent is not None and "zoo" in parent:
-                            run = dataclasses.replace(run, parent=None, parent_zoo=f"zoo:{parent['zoo']}")
-                        if cls.parent is not None and parent_file is not None:
-                            run = with_parent_file(run, str(parent_file))
-                        runs.append(run)
-    for r in runs:
-        try:
-            check_run(r)
-        except ConfigError as e:
-            chk.fail("values", str(e))
-    return GridFile(path=path, name=str(data.get("name") or path.stem), runs=runs, plugins=tuple(mods), table=table)
+
+def _runs(m: str, sweep: list[dict[str, Any]], *, model: str, dataset: str, seed: int, epochs: int | None,
+          eps: float | None, train_over: dict[str, Any], eval_over: dict[str, Any], parent: dict[str, Any],
+          parent_file: Path | None) -> list[RunConfig]:
+    """The runs of method ``m`` in one cell (model, data set, seed): one per hyperparameter combination."""
+    cls = get_method(m)
+    out = []
+    for hp in sweep:
+        train = dataclasses.replace(cls.recipe, **({"epochs": epochs} if epochs else {}))
+        train = dataclasses.replace(train, **train_over)
+        ev = dataclasses.replace(EvalConfig(), **eval_over)
+        p_epochs = parent.get("epochs")
+        parent_run = None
+        if cls.parent is not None and "method" in parent:
+            parent_run = make_run(parent["method"], model=model, dataset=dataset, eval=ev,
+                                  epochs=p_epochs, **_parent_train(train_over))
+        run = make_run(m, model=model, dataset=dataset, train=train, hparams=hp, eval=ev, seed=seed,
+                       parent=parent_run, parent_epochs=p_epochs, parent_train=_scaled_parent_train(cls, train_over))
+        if eps is not None:
+            run = _with_eps(run, eps)
+        if cls.parent is not None and "zoo" in parent:
+            run = dataclasses.replace(run, parent=None, parent_zoo=f"zoo:{parent['zoo']}")
+        if cls.parent is not None and parent_file is not None:
+            run = with_parent_file(run, str(parent_file))
+        out.append(run)
+    return out
 
 
 def _parent_train(train_over: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import dataclasses
 import datetime as dt
 import multiprocessing
 import time
-import traceback
 from typing import Callable
 
 from bench.core.config import ConfigError, RunConfig, from_dict, run_id, to_dict
@@ -29,7 +28,8 @@ from bench.core.runtime import Runtime
 from bench.core.store import CorruptFile, Store
 from bench.grid.runner import parents_needing_model, preflight
 from bench.grid.runs import expand
-from bench.train.loop import _result, execute
+from bench.train.attempt import execute_recording_crash
+from bench.train.result import failed_result
 
 POLL_SECONDS = 2.0  # a worker with nothing runnable looks again after this long
 
@@ -71,23 +71,15 @@ def work(ordered: list[RunConfig], rt: Runtime, since: str, name: str, log: Call
             pid = run_id(cfg.parent) if cfg.parent is not None else None
             if pid is not None and pid in ids and status[pid] == "failed":
                 reason = f"parent {pid} ({cfg.parent.method}) did not finish"
-                store.write(rid, _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed",
-                                         reason=reason))
+                store.write(rid, failed_result(cfg, reason, rt.torch_device()))
                 log(f"[{name}] {rid} {cfg.method}: skipped, {reason}")
                 started = True
                 break
             if pid is not None and pid in ids and (status[pid] != "done" or not store.model_path(pid).exists()):
                 continue  # its parent is still to train (here or on another worker)
-            try:
-                res = execute(cfg, rt, log=lambda s: log(f"[{name}] {s}"), need_model=rid in needed, if_free=True)
-            except ConfigError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a crash in one run must not stop the worker
-                reason = f"{type(e).__name__}: {e}"
-                res = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
-                res["traceback"] = traceback.format_exc()
-                store.write(rid, res)
-                log(f"[{name}] {rid} {cfg.method} FAILED: {reason}")
+            # a crash in one run is recorded and does not stop the worker
+            res = execute_recording_crash(cfg, rt, log=lambda s: log(f"[{name}] {s}"), need_model=rid in needed,
+                                          if_free=True)
             if res.get("status") == "held":
                 continue  # another runner trains it: the next runnable one
             started = True

@@ -6,24 +6,24 @@ with that reason, and the rest of the grid goes on.
 """
 from __future__ import annotations
 
-import traceback
 from typing import Callable
 
-from bench.core.config import ConfigError, RunConfig, run_id
+from bench.core.config import RunConfig, run_id
 from bench.core.runtime import Runtime
 from bench.core.store import CorruptFile, Store
 from bench.data.datasets import load_dataset
 from bench.grid.runs import expand
 from bench.models.architectures import MODELS, ModelError
-from bench.train.loop import _result, execute
+from bench.train.attempt import execute_recording_crash
 from bench.train.parents import load_parent_file, read_parent_file
-from bench.train.precision import check_run
+from bench.train.result import failed_result
+from bench.train.validation import validate_run
 
 
 def preflight(runs: list[RunConfig], rt: Runtime) -> None:
     """Every check that can fail on bad input, before anything is written: names, values, data, results."""
     for cfg in runs:
-        check_run(cfg, procs=rt.procs)
+        validate_run(cfg, procs=rt.procs)
         if cfg.model not in MODELS:
             raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
     infos = {}
@@ -69,7 +69,7 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
         pid = run_id(cfg.parent) if cfg.parent is not None else None
         if pid is not None and results.get(pid, {}).get("status") != "done":
             reason = f"parent {pid} ({cfg.parent.method}) did not finish"
-            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
+            results[rid] = failed_result(cfg, reason, rt.torch_device())
             store.write(rid, results[rid])
             log(f"[{i}/{len(ordered)}] {rid} {cfg.method}: skipped, {reason}")
             continue
@@ -80,14 +80,6 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
         redo = status == "done" and rid in needed
         log(f"[{i}/{len(ordered)}] {rid} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: "
             + ("done, skipped" if status == "done" and not redo else "training"))
-        try:
-            results[rid] = execute(cfg, rt, log=log, need_model=rid in needed)
-        except ConfigError:
-            raise  # bad input: stop the whole grid with one line
-        except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid
-            reason = f"{type(e).__name__}: {e}"
-            results[rid] = _result(cfg, rid, rt.torch_device(), "", None, 0.0, [], status="failed", reason=reason)
-            results[rid]["traceback"] = traceback.format_exc()
-            store.write(rid, results[rid])
-            log(f"[{rid}] {cfg.method} FAILED: {reason}")
+        # bad input stops the whole grid with one line; a crash is recorded and the grid goes on
+        results[rid] = execute_recording_crash(cfg, rt, log=log, need_model=rid in needed)
     return results

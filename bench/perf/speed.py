@@ -41,15 +41,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bench.core import compilation, determinism, numerics
+from bench.core import determinism, numerics
 from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.config import EPS_8, PRECISIONS, ConfigError
 from bench.core.runtime import resolve_device, set_threads
 from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
 from bench.train.ema import EMA
-from bench.train.precision import check_method_precision, make_step
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
+from bench.train.compiling import compile_unless_declared
+from bench.train.precision import make_step
+from bench.train.validation import check_method_precision
+from methods import Context, StepInfo, build_method, get_method, make_hparams, resolve_hparams
 
 CIFAR10_TRAIN = 50_000
 IMAGE_SIZE = 32
@@ -112,9 +114,7 @@ def _build_method(name: str, model_name: str, split: Split, batch_size: int, pre
     model = model.to(device).to(memory_format=memory_format)
     ctx = Context(info=info, eps=EPS_8, device=device, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                   seed=seed, train=split, parent_model=parent, train_cfg=train_cfg)
-    method = cls(model, hp, ctx)
-    method.net.to(device)
-    method.optimizers = method.configure_optimizers(train_cfg)
+    method = build_method(cls, model, hp, ctx, train_cfg, device)
     for opt in method.optimizers:
         for group in opt.param_groups:
             group["lr"] = train_cfg.lr * group.get("lr_scale", 1.0)
@@ -233,15 +233,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
             seed: int = 0, compile: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
     """Measure every method side by side; return the JSON-able report (see the module docstring). ``precision``
     None: the fastest the device runs natively (``bench.core.numerics.fastest_native``)."""
-    if model not in MODELS:
-        raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
-    if steps < 1 or warmup < 0 or batch_size < 1:
-        raise ConfigError(f"need steps >= 1, warmup >= 0, batch size >= 1 (got {steps}, {warmup}, {batch_size})")
-    methods = list(dict.fromkeys(methods))
-    for m in methods:
-        get_method(m)  # unknown names fail here, with the list of known ones
+    methods = _checked(model, methods, precision, steps, warmup, batch_size)
     dev = resolve_device(device)
     precision = precision or numerics.fastest_native(dev)
     warmup = max(warmup, 1) if compile else warmup  # the first step compiles: never timed
@@ -274,49 +266,14 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     peak_before = peak_matmul_flops(dev, precision, size)
     log(f"counting FLOPs and warming up ({warmup} steps per method{', compiling' if compile else ''})")
     flops = {r.name: count_step_flops(r) for r in runners}  # on the eager model: compiled kernels are not counted
-    compiled = {}
-    for r in runners:  # the suite's steps only: the baseline is the public code's eager fp32 setup
-        why = type(r.method).compile_problem(r.method.hp) if compile else "not asked"
-        compiled[r.name] = why is None
-        if why is None:
-            compilation.compile_model(r.method.model)
-        elif compile:
-            log(f"{r.name}: not compiled: {why}")
-    everyone = runners + baselines
-    for _ in range(warmup):
-        for r in everyone:
-            _timed_step(r, dev)
-    times: dict[str, list[tuple[float, float]]] = {r.name: [] for r in runners}
-    base_times: dict[str, list[float]] = {r.name: [] for r in baselines}
-    for i in range(steps):
-        # Round-robin, baselines included: whatever else runs on the machine slows every contender alike.
-        for r in runners:
-            times[r.name].append(_timed_step(r, dev))
-        for r in baselines:
-            base_times[r.name].append(_timed_step(r, dev)[1])
-        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {t[-1][1]:.3f}s" for n, t in times.items())
-            + "".join(f", baseline {n} {t[-1]:.3f}s" for n, t in base_times.items()))
-    del baselines, everyone
+    compiled = _compile(runners, compile, log)
+    times, base_times = _time_steps(runners, baselines, warmup, steps, dev, log)
+    del baselines
 
     # Before and after the steps, the best kept: on a shared machine one measurement can land in a busy moment.
     peak = max(peak_before, peak_matmul_flops(dev, precision, size))
-    rows = []
-    for r in runners:
-        step_s = statistics.median(t for _, t in times[r.name])
-        batch_s = statistics.median(b for b, _ in times[r.name])
-        row = {
-            "method": r.name, "step_s": step_s, "step_s_min": min(t for _, t in times[r.name]),
-            "step_s_all": [t for _, t in times[r.name]], "images_per_s": batch_size / step_s,
-            "epoch_s": CIFAR10_TRAIN / (batch_size / step_s), "batch_s": batch_s, "batch_share": batch_s / step_s,
-            "compiled": compiled[r.name], "flops_per_step": flops[r.name], "flops_per_s": flops[r.name] / step_s,
-            "mfu": flops[r.name] / step_s / peak,
-            "baseline_step_s": None, "baseline_images_per_s": None, "baseline_epoch_s": None, "speedup": None,
-        }
-        if r.name in base_times:
-            b = statistics.median(base_times[r.name])
-            row.update(baseline_step_s=b, baseline_images_per_s=batch_size / b,
-                       baseline_epoch_s=CIFAR10_TRAIN / (batch_size / b), speedup=b / step_s)
-        rows.append(row)
+    rows = [_row(r.name, times[r.name], base_times.get(r.name), batch_size, compiled[r.name], flops[r.name], peak)
+            for r in runners]
     by = {row["method"]: row for row in rows}
     # each method's step time relative to the first one listed (`bench speed`'s default: AFD / vAFT, Table 5)
     ref = rows[0]["method"] if rows else None
@@ -336,6 +293,73 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
         "baseline": baseline, "baseline_workers": baseline_workers if baseline else None,
         "peak_flops_per_s": peak, "reference": ref, "step_ratios": ratios, "methods": rows,
     }
+
+
+def _checked(model: str, methods: Sequence[str], precision: str | None, steps: int, warmup: int,
+             batch_size: int) -> list[str]:
+    """The arguments' own checks (ConfigError in one line); the methods without repeats."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model '{model}'; known: {', '.join(MODELS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ConfigError(f"need steps >= 1, warmup >= 0, batch size >= 1 (got {steps}, {warmup}, {batch_size})")
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        get_method(m)  # unknown names fail here, with the list of known ones
+    return methods
+
+
+def _compile(runners: list[_Runner], compile: bool, log: Callable[[str], None]) -> dict[str, bool]:
+    """Each method's model compiled, when asked and the method declares no problem; whether it was, by name.
+    The suite's steps only: the baseline is the public code's eager fp32 setup."""
+    compiled = {}
+    for r in runners:
+        why = compile_unless_declared(r.method) if compile else "not asked"
+        compiled[r.name] = why is None
+        if why is not None and compile:
+            log(f"{r.name}: not compiled: {why}")
+    return compiled
+
+
+def _time_steps(runners: list[_Runner], baselines: list[_Runner], warmup: int, steps: int, dev: torch.device,
+                log: Callable[[str], None]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[float]]]:
+    """The warm-up, then ``steps`` timed steps of every contender: (batch, step) seconds of each method's step,
+    step seconds of each baseline's."""
+    for _ in range(warmup):
+        for r in runners + baselines:
+            _timed_step(r, dev)
+    times: dict[str, list[tuple[float, float]]] = {r.name: [] for r in runners}
+    base_times: dict[str, list[float]] = {r.name: [] for r in baselines}
+    for i in range(steps):
+        # Round-robin, baselines included: whatever else runs on the machine slows every contender alike.
+        for r in runners:
+            times[r.name].append(_timed_step(r, dev))
+        for r in baselines:
+            base_times[r.name].append(_timed_step(r, dev)[1])
+        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {t[-1][1]:.3f}s" for n, t in times.items())
+            + "".join(f", baseline {n} {t[-1]:.3f}s" for n, t in base_times.items()))
+    return times, base_times
+
+
+def _row(name: str, times: list[tuple[float, float]], base_times: list[float] | None, batch_size: int,
+         compiled: bool, flops: float, peak: float) -> dict:
+    """One method's row of the report: medians of its timed steps, throughput, MFU, and its baseline's."""
+    step_s = statistics.median(t for _, t in times)
+    batch_s = statistics.median(b for b, _ in times)
+    row = {
+        "method": name, "step_s": step_s, "step_s_min": min(t for _, t in times),
+        "step_s_all": [t for _, t in times], "images_per_s": batch_size / step_s,
+        "epoch_s": CIFAR10_TRAIN / (batch_size / step_s), "batch_s": batch_s, "batch_share": batch_s / step_s,
+        "compiled": compiled, "flops_per_step": flops, "flops_per_s": flops / step_s,
+        "mfu": flops / step_s / peak,
+        "baseline_step_s": None, "baseline_images_per_s": None, "baseline_epoch_s": None, "speedup": None,
+    }
+    if base_times is not None:
+        b = statistics.median(base_times)
+        row.update(baseline_step_s=b, baseline_images_per_s=batch_size / b,
+                   baseline_epoch_s=CIFAR10_TRAIN / (batch_size / b), speedup=b / step_s)
+    return row
 
 
 def _fmt_flops(v: float) -> str:

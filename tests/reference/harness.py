@@ -16,7 +16,7 @@ from bench.core import schedules
 from bench.core.config import TrainConfig
 from bench.data.datasets import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import build_model
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
+from methods import build_method, Context, StepInfo, get_method, make_hparams, resolve_hparams
 
 EPS = 8 / 255
 C = 4  # classes
@@ -57,9 +57,7 @@ def build(name: str, hp: dict | None = None, *, epochs: int = 2, batch_size: int
     loader = Loader(split, batch_size, device="cpu", shuffle=True, augment=augment, seed=0)
     ctx = Context(info=info(), eps=EPS, device=torch.device("cpu"), epochs=train.epochs,
                   steps_per_epoch=len(loader), seed=0, train=split, parent_model=parent, train_cfg=train)
-    m = cls(model, make_hparams(name, resolve_hparams(name, hp)), ctx)
-    m.net.to(dtype)
-    m.optimizers = m.configure_optimizers(train)
+    m = build_method(cls, model, make_hparams(name, resolve_hparams(name, hp)), ctx, train, dtype=dtype)
     return m, loader
 
 

@@ -248,7 +248,7 @@ def _digits_setting(batch_size: int = 128, parent_epochs: int = 3):
 
     from bench.data.datasets import Loader, load_dataset
     from bench.models.architectures import build_model
-    from methods import Context, get_method, make_hparams, resolve_hparams
+    from methods import Context, build_method, get_method, make_hparams, resolve_hparams
 
     train, _, info = load_dataset("digits")
     torch.manual_seed(0)
@@ -270,13 +270,13 @@ def _digits_setting(batch_size: int = 128, parent_epochs: int = 3):
         model.load_state_dict(parent.state_dict())
         ctx = Context(info=info, eps=harness.EPS, device=torch.device("cpu"), epochs=20,
                       steps_per_epoch=len(loader), seed=0, train=train, parent_model=parent, train_cfg=cfg)
-        m = cls(model, make_hparams(name, resolve_hparams(name, hp)), ctx)
+        # the optimizers hold the parameters, not their values: perturbing them in place afterwards is the same
+        m = build_method(cls, model, make_hparams(name, resolve_hparams(name, hp)), ctx, cfg)
         if m.use_disentangler:
             g = torch.Generator().manual_seed(7)
             with torch.no_grad():
                 for k in ("d1", "d2"):
                     m.net[k].weight.add_(PERTURB * torch.randn(m.net[k].weight.shape, generator=g))
-        m.optimizers = m.configure_optimizers(cfg)
         return m
 
     return make, list(loader.epoch(0))

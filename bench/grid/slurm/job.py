@@ -1,0 +1,52 @@
+"""What a SLURM job runs: one run, rebuilt from its config inside the job (imports submitit)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench.core.config import ConfigError, from_dict, run_id
+from bench.core.runtime import Runtime
+from bench.train.attempt import execute_recording_crash, record_crash
+
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """What a SLURM job runs: one run, given as ``to_dict(cfg)``, with the runtime settings as a plain dict."""
+
+    def __init__(self, runtime: dict[str, Any]):
+        self.runtime = runtime
+
+    def __call__(self, cfg_dict: dict) -> dict:
+
+        cfg = from_dict(cfg_dict)
+        rt = Runtime(**{k: (Path(v) if k in ("results", "data_root", "cache_dir") and v is not None else v)
+                        for k, v in self.runtime.items()})
+        rid = run_id(cfg)
+        if rid != cfg_dict.get("_run_id", rid):
+            raise RuntimeError(f"config rebuilt in the job hashes to {rid}, not {cfg_dict['_run_id']}: "
+                               "the snapshot's bench.core.config differs from the submitter's")
+
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+
+        log(f"[{rid}] slurm job {os.environ.get('SLURM_JOB_ID')} (array {os.environ.get('SLURM_ARRAY_JOB_ID')}_"
+            f"{os.environ.get('SLURM_ARRAY_TASK_ID')}, restart {os.environ.get('SLURM_RESTART_COUNT', 0)}) "
+            f"on {os.environ.get('SLURMD_NODENAME')}, code {os.getcwd()}")
+        try:
+            # submitted although done only when a child needs its missing model file (grid_status)
+            result = execute_recording_crash(cfg, rt, log=log, need_model=True)
+        except ConfigError as e:  # bad input found in the job: recorded too, for `bench status`
+            record_crash(cfg, rt, e, log)
+            raise
+        # a run that is not done fails the job, so that `afterok` children are cancelled instead of starting
+        # without their parent
+        if result.get("status") != "done":
+            raise RuntimeError(f"run {rid} ({cfg.method}) {result.get('status')}: {result.get('reason')}")
+        return {"run_id": rid, "status": "done", "metrics": result.get("metrics", {})}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Timeout or preemption: requeue the same run; execute() resumes from its last epoch checkpoint.
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

@@ -1,0 +1,251 @@
+"""Submitting a grid: the plan (job arrays and their ``afterok`` dependencies), the code snapshot, the
+submission through submitit, the preflight and ``bench run --executor slurm`` itself, and waiting for the jobs."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from bench.core.config import RunConfig, run_id, to_dict
+from bench.core.runtime import Runtime
+from bench.core.store import Store
+from bench.data.datasets import default_data_root, load_dataset
+from bench.grid.runs import expand
+from bench.grid.slurm.job import RunJob
+from bench.grid.slurm.profiles import REPO, Resources, get_profile, resources_for
+from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, SchedulerError, check_partitions, partitions,
+                                        query_jobs)
+from bench.grid.slurm.status import RunStatus, grid_status, write_job
+from bench.models.architectures import MODELS, ModelError
+from bench.train.validation import validate_run
+
+SNAPSHOT_PACKAGES = ("bench", "methods")
+
+
+# -- planning the submission ---------------------------------------------------------------------------------------
+@dataclass
+class ArrayJob:
+    index: int
+    runs: list[RunConfig]
+    resources: Resources
+    after: list[str]  # dependencies: queued job ids, or "@<array index>:<task>" for arrays of this submission
+    job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        cells = sorted({f"{c.model}/{c.dataset}" for c in self.runs})
+        return ", ".join(cells)
+
+
+@dataclass
+class SubmissionPlan:
+    arrays: list[ArrayJob]
+    skipped: list[RunStatus]  # done / queued / running: left alone
+
+    def describe(self) -> str:
+        lines = []
+        for arr in self.arrays:
+            deps = ", ".join(_show_dep(d) for d in arr.after) or "none"
+            lines.append(f"array {arr.index}: {len(arr.runs)} job(s) on {arr.label} [{arr.resources.describe()}]"
+                         f"  afterok: {deps}")
+            for t, cfg in enumerate(arr.runs):
+                jid = f"  job {arr.job_ids[t]}" if arr.job_ids else ""
+                lines.append(f"  [{t}] {run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
+                             f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else "")
+                             + jid)
+        n = sum(len(a.runs) for a in self.arrays)
+        skipped = {}
+        for s in self.skipped:
+            skipped[s.state] = skipped.get(s.state, 0) + 1
+        lines.append(f"{n} job(s) in {len(self.arrays)} array(s)"
+                     + (("; not submitted: " + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())))
+                        if skipped else ""))
+        return "\n".join(lines)
+
+
+def _show_dep(dep: str) -> str:
+    if dep.startswith("@"):
+        a, t = dep[1:].split(":")
+        return f"array {a} task [{t}]"
+    return f"job {dep}"
+
+
+def plan_submission(runs: list[RunConfig], results: Path, profile_name: str, profile: dict,
+                    statuses: list[RunStatus] | None = None) -> SubmissionPlan:
+    """Which runs to submit, grouped into arrays with their dependencies (pure: submits nothing)."""
+    statuses = statuses if statuses is not None else grid_status(runs, results)
+    state = {s.run_id: s for s in statuses}
+    # "unknown" (a recorded job the scheduler could not be asked about) is never resubmitted blindly
+    todo = [s.cfg for s in statuses if s.state in ("missing", "failed", "corrupt")]
+    skipped = [s for s in statuses if s.run_id not in {run_id(c) for c in todo}]
+    todo_ids = {run_id(c) for c in todo}
+
+    # where each todo run will be: (array, task); arrays keyed by (resources, dependency)
+    where: dict[str, tuple[int, int]] = {}
+    arrays: list[ArrayJob] = []
+    keyed: dict[tuple, ArrayJob] = {}
+    for cfg in todo:  # expand() order: parents first
+        res = resources_for(profile_name, profile, cfg.model, cfg.dataset)
+        dep: str | None = None
+        if cfg.parent is not None:
+            pid = run_id(cfg.parent)
+            if pid in todo_ids:
+                a, t = where[pid]
+                dep = f"@{a}:{t}"
+            elif state.get(pid) is not None and state[pid].state in ("queued", "running") and state[pid].job_id:
+                dep = state[pid].job_id
+        key = (res, dep)
+        if key not in keyed:
+            keyed[key] = ArrayJob(index=len(arrays), runs=[], resources=res, after=[dep] if dep else [])
+            arrays.append(keyed[key])
+        arr = keyed[key]
+        where[run_id(cfg)] = (arr.index, len(arr.runs))
+        arr.runs.append(cfg)
+    return SubmissionPlan(arrays, skipped)
+
+
+# -- submitting ------------------------------------------------------------------------------------------------------
+def snapshot_code(results: Path) -> Path:
+    """Copy the code a job runs (bench/, methods/) into <results>/slurm/snapshots/<hash>/ (reused if identical)."""
+    files = sorted(p for pkg in SNAPSHOT_PACKAGES for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
+    dest = Path(results).resolve() / "slurm" / "snapshots" / h.hexdigest()[:12]
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in files:
+            target = tmp / p.relative_to(REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another submitter made the same snapshot at the same time
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
+    """The runtime a job gets: absolute paths (the job's working directory is the snapshot), the device from
+    the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given, and
+    the runtime options of the command line (compile, evaluation layout and folding, determinism policy)."""
+    data_root = (rt.data_root or default_data_root()).expanduser().resolve()
+    cache = rt.cache_dir or (Path(os.environ["BENCH_CACHE_DIR"]) if os.environ.get("BENCH_CACHE_DIR") else None)
+    device = rt.device if rt.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
+    return {"results": str(Path(rt.results).resolve()), "data_root": str(data_root),
+            "cache_dir": str(cache.expanduser().resolve()) if cache else None, "device": device,
+            "progress": False, "threads": rt.threads, "compile": rt.compile, "eval_layout": rt.eval_layout,
+            "eval_fold_bn": rt.eval_fold_bn, "determinism": rt.determinism}
+
+
+def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callable[[str], None] = print) -> None:
+    """Submit the plan's arrays in order (parents first), recording each run's job id."""
+    if not plan.arrays:
+        return
+    check_partitions([a.resources for a in plan.arrays])
+    results = Path(rt.results).resolve()
+    snap = snapshot_code(results)
+    log_folder = results / "slurm" / "logs" / "%j"
+    for arr in plan.arrays:
+        res = arr.resources
+        deps = []
+        for d in arr.after:
+            if d.startswith("@"):
+                a, t = (int(x) for x in d[1:].split(":"))
+                deps.append(plan.arrays[a].job_ids[t])
+            else:
+                deps.append(d)
+        ex = submitit.SlurmExecutor(folder=log_folder, max_num_timeout=20)
+        params: dict[str, Any] = dict(
+            job_name=f"bench-{arr.runs[0].method}" if len({c.method for c in arr.runs}) == 1 else "bench",
+            time=res.time_min, cpus_per_task=res.cpus, mem=f"{max(1, round(res.mem_gb * 1024))}MB",
+            ntasks_per_node=res.tasks_per_node, nodes=res.nodes, array_parallelism=res.array_parallelism,
+            signal_delay_s=120,
+            additional_parameters={"chdir": str(snap), "kill-on-invalid-dep": "yes", "requeue": True})
+        if res.partition:
+            params["partition"] = res.partition
+        if res.gpus:
+            params["gpus_per_node"] = res.gpus
+        if res.world_size > 1:  # one failed rank ends the job instead of leaving the others in a collective
+            params["srun_args"] = ["--kill-on-bad-exit=1"]
+        if res.account:
+            params["account"] = res.account
+        if res.qos:
+            params["qos"] = res.qos
+        if deps:
+            params["dependency"] = "afterok:" + ":".join(deps)
+        ex.update_parameters(**params)
+        job_rt = job_runtime(rt, res)
+        payloads = [{**to_dict(c), "_run_id": run_id(c)} for c in arr.runs]
+        try:
+            jobs = ex.map_array(RunJob(job_rt), payloads)
+        except Exception as e:  # noqa: BLE001 - sbatch's own message is the useful part
+            msg = str(e).strip().splitlines()
+            raise SchedulerError(f"sbatch refused array {arr.index} ({arr.label}): "
+                                 f"{msg[-1] if msg else type(e).__name__}") from None
+        arr.job_ids = [j.job_id for j in jobs]
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for cfg, job in zip(arr.runs, jobs):
+            write_job(results, run_id(cfg), {
+                "run_id": run_id(cfg), "job_id": job.job_id, "submitted": now, "profile": profile_name,
+                "resources": res.__dict__, "dependency": params.get("dependency"), "snapshot": str(snap),
+                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "method": cfg.method})
+        log(f"submitted array {arr.index} as job {jobs[0].job_id.split('_')[0]}: {len(jobs)} run(s) on {arr.label}"
+            + (f", afterok {','.join(deps)}" if deps else ""))
+
+
+def preflight(runs: list[RunConfig], procs: int = 1) -> None:
+    """Checks that need no data and no device (those are the job's): names and values."""
+    for cfg in runs:
+        validate_run(cfg, procs=procs)
+        if cfg.model not in MODELS:
+            raise ModelError(f"unknown model '{cfg.model}'; known: {', '.join(MODELS)}")
+
+
+def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_run: bool = False,
+              log: Callable[[str], None] = print) -> SubmissionPlan:
+    """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it."""
+    name, prof = get_profile(profile)
+    ordered = expand(runs)
+    preflight(ordered, rt.procs)
+    if dry_run:
+        try:
+            statuses = grid_status(runs, rt.results)
+        except SchedulerError:
+            statuses = None
+        plan = plan_submission(runs, rt.results, name, prof, statuses)
+        log(f"dry run, profile '{name}': nothing is submitted")
+        log(plan.describe())
+        return plan
+    partitions()  # fail with one line before anything is written if the controller does not answer
+
+    for ds in sorted({c.dataset for c in ordered}):
+        load_dataset(ds, rt.data_root, rt.cache_dir)  # a missing data set fails here, not in 30 queued jobs
+    Store(rt.results).check_writable()
+    plan = plan_submission(runs, rt.results, name, prof)
+    submit(plan, rt, name, log=log)
+    log(plan.describe())
+    return plan
+
+
+def wait(plan: SubmissionPlan, *, poll: float = 5.0, timeout: float | None = None) -> None:
+    """Block until every submitted job has left the queue (used by tests and `bench run --wait`)."""
+    import time
+
+    ids = [j for a in plan.arrays for j in a.job_ids]
+    t0 = time.monotonic()
+    while ids:
+        states = query_jobs(ids)
+        ids = [j for j in ids if j in states and states[j].state in QUEUED_STATES | RUNNING_STATES]
+        if not ids:
+            return
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"jobs still queued or running after {timeout:.0f} s: {', '.join(ids)}")
+        time.sleep(poll)
