@@ -266,7 +266,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.data.datasets import DATASETS
+    from bench.data import DATASETS
     from bench.grid.grids import GRIDS
     from bench.models.architectures import MODELS
     from methods import plugins
@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed one usage line; keep its exit code 2
         return int(e.code or 0)
-    from bench.data.datasets import DataError
+    from bench.data import DataError
     from bench.models.architectures import ModelError
 
     try:

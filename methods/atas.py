@@ -82,7 +82,7 @@ same initial weights, batches, crops and initial delta; step sizes in /255, per 
 - Buffers follow the model's dtype (float32 in training: 960 MB for CIFAR-10 train, 6.2 GB for Tiny-ImageNet at
   72x72, checkpointed with the run). The code keeps float32 for CIFAR and float16 only for its resized ImageNet; we
   did not establish that half precision leaves the adaptive step sizes unchanged, so we do not use it.
-- Padding must match the loader's (bench.data.datasets.Loader pad=4, as the code's Pad(4)); without augmentation the
+- Padding must match the loader's (bench.data.loader.Loader pad=4, as the code's Pad(4)); without augmentation the
   un-padded centre of the buffer is used (the code always augments).
 - The padded border of delta is drawn U(-eps, eps) like the rest, as in the code; pixels read from it are added
   to the zero padding and clamped to [0, 1], so after a write-back they hold [0, eps].
@@ -100,12 +100,12 @@ from bench.core.distributed import merge_latest
 from bench.eval.attacks import attack_context  # eval mode + frozen weights for the input gradient, restored after
 from methods.base import COUNT, FRACTION, POSITIVE, Method, MethodError, Range, register
 
-PAD = 4  # bench.data.datasets.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
+PAD = 4  # bench.data.loader.Loader's crop padding; the buffer holds the padded image (data.py:30 Pad(4))
 RECIPE_EPOCHS = 30  # ATAS_CIFAR.sh:9
 
 
 def crop_index(dx: Tensor, dy: Tensor, flip: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
-    """(rows (B, H), cols (B, W)) into the padded image: the same map as bench.data.datasets.augment_crop_flip."""
+    """(rows (B, H), cols (B, W)) into the padded image: the same map as bench.data.loader.augment_crop_flip."""
     b, dev = dx.shape[0], dx.device
     rows = dy.view(b, 1) + torch.arange(h, device=dev).view(1, h)
     cols = torch.arange(w, device=dev).view(1, w).expand(b, w)

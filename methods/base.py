@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.core.config import TrainConfig
-from bench.data.datasets import Batch, DatasetInfo, Split
+from bench.data import Batch, DatasetInfo, Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator, FeatureMap  # noqa: F401  (FeatureMap: also for methods' overrides)
 from methods import registry

@@ -46,7 +46,7 @@ Fidelity notes:
   100 and 105. We keep 110 (the schedule's shape is what the grids scale) and report measured seconds per epoch.
 - The code normalizes inputs by the CIFAR-10 mean/std inside the model's input (``normalize``); this project's
   models take [0, 1] inputs without normalization (the TRADES/AFD convention, methods.md). Not measured.
-- Data: the code pads by 4 with REFLECTION before its random crop (utils.py:21-22); bench.data.datasets pads with zeros
+- Data: the code pads by 4 with REFLECTION before its random crop (utils.py:21-22); bench.data.loader pads with zeros
   (TRADES' RandomCrop(padding=4)). Not measured.
 """
 from __future__ import annotations

@@ -112,7 +112,7 @@ from torch import Tensor, nn
 
 from bench.core.config import EvalConfig, TrainConfig
 from bench.core.distributed import broadcast_object
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import BasicBlock, ResNet, WideResNet, feature_extractor_and_head

@@ -48,7 +48,7 @@ Fidelity notes:
 - eps: the code's 0.031; we use the run's eps (8/255 = 0.03137).
 - The code draws the start noise in float32 from the global CPU generator; we draw it in the input's dtype on
   its device (identical on a CPU fp32 run; on a GPU, the same distribution from another stream).
-- Data: crop (zero padding 4) + flip as the code (bench.data.datasets); the code's torchvision loader, not ours.
+- Data: crop (zero padding 4) + flip as the code (bench.data.loader); the code's torchvision loader, not ours.
 """
 from __future__ import annotations
 

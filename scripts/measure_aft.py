@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench import schedules  # noqa: E402
 from bench.eval.attacks import pgd  # noqa: E402
-from bench.data.datasets import Loader, load_dataset  # noqa: E402
+from bench.data import Loader, load_dataset  # noqa: E402
 from bench.models.architectures import build_model  # noqa: E402
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams  # noqa: E402
 from methods.arrest import replay_window_end  # noqa: E402

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.core import distributed
-from bench.data.datasets import Loader, Split, load_dataset
+from bench.data import Loader, Split, load_dataset
 from conftest import REPO, tiny_run, write_tiny_folder
 
 

@@ -1,6 +1,7 @@
 """The structure stays as the package docstring (bench/__init__.py) states it: read from the code's imports (ast),
-every import runs downward, nothing forms a cycle, no bench/ module imports a concrete method module, and method
-names appear in bench/ only where they are the paper's own content."""
+every import runs downward, nothing forms a cycle, no bench/ module imports a concrete method module, no module uses
+another module's private (underscored) names, and method names appear in bench/ only where they are the paper's own
+content."""
 from __future__ import annotations
 
 import ast
@@ -139,12 +140,52 @@ def method_name_literals(method_names: set[str], root: Path = REPO) -> list[str]
     return bad
 
 
+def private_imports(root: Path = REPO) -> list[str]:
+    """Private names (one leading underscore) that a module of bench/ or methods/ takes from another project module:
+    ``from a import _x`` or ``a._x`` on a project module bound by an import. A name used across modules is part of
+    an interface and says so by having no underscore."""
+    files = module_files(root)
+    known = set(files)
+    bad = []
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        bound: dict[str, str] = {}  # local name -> project module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in known:
+                        bound[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                if base not in known or base == name:
+                    continue
+                for a in node.names:
+                    if f"{base}.{a.name}" in known:
+                        bound[a.asname or a.name] = f"{base}.{a.name}"
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{name}:{node.lineno} imports {base}.{a.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and bound[node.value.id] != name):
+                bad.append(f"{name}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
+    return sorted(set(bad))
+
+
 def test_every_import_runs_downward():
     assert upward_imports(graph()) == []
 
 
 def test_no_import_cycle():
     assert cycles(graph()) == []
+
+
+def test_no_module_uses_another_modules_private_names():
+    assert private_imports() == []
 
 
 def test_bench_imports_no_concrete_method_module():
@@ -195,6 +236,20 @@ def test_a_planted_cycle_and_an_upward_import_are_caught(tmp_path):
     assert upward_imports(g) == ["bench.core.numerics:1 imports methods.afd (methods, rank 3; bench.core is rank 0)"]
     assert concrete_method_imports(g) == ["bench.core.numerics:1 imports methods.afd",
                                           "bench.train.loop:1 imports methods.afd"]
+
+
+def test_a_planted_private_import_is_caught(tmp_path):
+    root = _plant(tmp_path, {
+        "bench/__init__.py": "", "bench/core/__init__.py": "", "bench/train/__init__.py": "",
+        "bench/core/store.py": "def _write():\n    pass\n\n\ndef write():\n    _write()  # its own: fine\n",
+        "bench/train/loop.py": "from bench.core.store import _write, write\n",
+        "bench/train/pool.py": "from bench.core import store\nimport bench.core.store as st\n\n"
+                               "store._write()\nst._write()\nstore.write()\n",
+        "bench/train/ok.py": "from bench.core.store import write\nfrom bench.core import __doc__\n",
+    })
+    assert private_imports(root) == ["bench.train.loop:1 imports bench.core.store._write",
+                                     "bench.train.pool:4 uses bench.core.store._write",
+                                     "bench.train.pool:5 uses bench.core.store._write"]
 
 
 def test_a_planted_method_name_is_caught(tmp_path):

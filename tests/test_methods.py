@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.config import TrainConfig
-from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import build_model
 from methods import build_method, REGISTRY, Context, StepInfo, get_method, make_hparams, resolve_hparams
 from methods.afd import AFD, confused_label

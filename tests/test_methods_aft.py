@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.config import EvalConfig, TrainConfig
-from bench.data.datasets import DatasetInfo, Loader, Split
+from bench.data import DatasetInfo, Loader, Split
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import build_model
 from methods import build_method, Context, StepInfo, get_method, make_hparams, resolve_hparams

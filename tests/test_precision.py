@@ -167,16 +167,16 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
     """A real 1-epoch fp16 run (CPU autocast supports float16, GradScaler("cpu") exists): the convolutions run in
     fp16, every backward is scaled, the update is unscaled (same size as fp32's), and the scaler is checkpointed."""
     from bench.core.runtime import Runtime
-    from bench.perf.speed import _build_method, _synthetic_split
+    from bench.perf.speed import build_timed_method, synthetic_split
     from bench.data import Loader
     from bench.train.loop import execute
     from methods import StepInfo
 
-    split = _synthetic_split(8, 0)
+    split = synthetic_split(8, 0)
     batch = next(Loader(split, 8, device=CPU, shuffle=False, augment=False, seed=0).epoch(0))
     updates = {}
     for precision in ("fp32", "fp16"):
-        method, _ = _build_method("standard", "small_cnn", split, 8, precision, CPU, torch.channels_last, 1, 0)
+        method, _ = build_timed_method("standard", "small_cnn", split, 8, precision, CPU, torch.channels_last, 1, 0)
         before = [p.detach().clone() for p in method.model.parameters()]
         step = TP.make_step(method, precision, CPU)
         calls, dtypes = [], []
@@ -208,9 +208,9 @@ def test_fp16_base_step_goes_through_the_grad_scaler_on_cpu(tmp_path, tiny_folde
 
 
 def test_make_step_refuses_fp16_for_a_custom_step_method():
-    from bench.perf.speed import _build_method, _synthetic_split
+    from bench.perf.speed import build_timed_method, synthetic_split
 
-    method, _ = _build_method("free_at", "small_cnn", _synthetic_split(8, 0), 8, "fp16", CPU,
+    method, _ = build_timed_method("free_at", "small_cnn", synthetic_split(8, 0), 8, "fp16", CPU,
                               torch.channels_last, 1, 0)
     with pytest.raises(ConfigError, match="method free_at does not support fp16: use bf16 or fp32"):
         TP.make_step(method, "fp16", CPU)

@@ -379,7 +379,7 @@ def test_single_step_run_records_probe_and_catastrophic_overfitting(tmp_path, ti
 # -- 6. evaluation guards ----------------------------------------------------------------------------------------
 def _evaluator(tiny_folder, **kw):
     from bench.core.config import EvalConfig
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
 
     _, test, info = load_dataset(f"folder:{tiny_folder}", None, None)
     ev = EvalConfig(n_clean=12, n_pgd=12, n_aa=kw.pop("n_aa", 0), pgd_steps=3, batch_size=12, n_gap=12)

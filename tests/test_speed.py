@@ -60,15 +60,15 @@ def _conv_dtypes(model):
 def test_training_attack_runs_under_bf16_autocast_and_evaluation_in_fp32():
     """The attack is inside train_step, so the loop's autocast covers it; Evaluator works on an fp32 copy."""
     from bench.core.config import EvalConfig
-    from bench.data.datasets import Loader
+    from bench.data import Loader
     from bench.eval.evaluator import Evaluator
-    from bench.perf.speed import _build_method, _synthetic_split
+    from bench.perf.speed import build_timed_method, synthetic_split
     from bench.train.loop import _autocast
     from methods import StepInfo
 
     dev = torch.device("cpu")
-    split = _synthetic_split(16, 0)
-    method, _ = _build_method("vaft", "small_cnn", split, 8, "bf16", dev, torch.channels_last, 2, 0)
+    split = synthetic_split(16, 0)
+    method, _ = build_timed_method("vaft", "small_cnn", split, 8, "bf16", dev, torch.channels_last, 2, 0)
     batch = next(Loader(split, 8, device=dev, shuffle=True, augment=True, seed=0).epoch(0))
     seen, hooks = _conv_dtypes(method.model)
     with _autocast(dev, "bf16"):

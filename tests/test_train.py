@@ -236,7 +236,7 @@ def _gap_probe_class(ema: bool):
 
 @pytest.mark.parametrize("ema", [True, False])
 def test_feature_gap_goes_through_the_hook_on_the_evaluated_model(tmp_path, tiny_folder, ema):
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
     from bench.eval.evaluator import Evaluator
     from bench.grid.runs import make_run
     from conftest import tiny_run
@@ -305,7 +305,7 @@ def test_default_gap_features_are_the_exported_models_last_hidden_layer():
 def test_afd_gap_features_are_f1_on_the_net_it_is_given(tmp_path, tiny_folder):
     """AFD classifies from f1 = D1 g(x): its gap is measured there, not on the exported model's features
     (which are g: the export folds D1 into the classifier)."""
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
     from bench.models.architectures import build_model, feature_extractor_and_head
     from methods import Context, get_method, make_hparams, resolve_hparams
 

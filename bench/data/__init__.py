@@ -4,8 +4,7 @@ Imports ``bench.core`` only.
 One concern per module: ``split`` (``Split``, ``DatasetInfo``, ``DataError``), ``loader`` (``Loader``, ``Batch``,
 the crop-and-flip augmentation), ``registry`` (``load_dataset`` by name, default folders), and the sources it
 reads: ``digits``, ``cifar`` (torchvision's CIFAR-10/100, ``cifar10-jpeg``), ``tiny_imagenet`` and ``images``
-(image folders, decoding, the decode cache, archive extraction). ``bench.data.datasets`` keeps the names it
-always offered.
+(image folders, decoding, the decode cache, archive extraction).
 
 The names a method plugin or a test uses are re-exported here: ``from bench.data import Loader, Split``.
 """

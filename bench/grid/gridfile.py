@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.config import ConfigError, EvalConfig, RunConfig, TrainConfig, coerce_like, with_parent_file
-from bench.data.datasets import DATASETS
+from bench.data import DATASETS
 from bench.grid.runs import make_run
 from bench.models.architectures import MODELS
 from bench.train.validation import validate_run

@@ -11,7 +11,7 @@ from typing import Callable
 from bench.core.config import RunConfig, run_id
 from bench.core.runtime import Runtime
 from bench.core.store import CorruptFile, Store
-from bench.data.datasets import load_dataset
+from bench.data import load_dataset
 from bench.grid.runs import expand
 from bench.models.architectures import MODELS, ModelError
 from bench.train.attempt import execute_recording_crash

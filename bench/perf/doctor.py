@@ -101,14 +101,14 @@ class CheckFailed(Exception):
 
 
 def check_method_steps(device: torch.device) -> str:
-    split = speed._synthetic_split(64, 0)
+    split = speed.synthetic_split(64, 0)
     bad = []
     for precision in STEP_PRECISIONS:
         for name in sorted(REGISTRY):
-            method, ema = speed._build_method(name, "small_cnn", split, 8, precision, device,
+            method, ema = speed.build_timed_method(name, "small_cnn", split, 8, precision, device,
                                               torch.channels_last, 8, 0)
             loader = Loader(split, 8, device=device, shuffle=True, augment=True, seed=0, drop_last=True)
-            runner = speed._Runner(name, method, ema, speed._cycle_loader(loader), precision, device)
+            runner = speed.StepRunner(name, method, ema, speed.cycle_loader(loader), precision, device)
             for _ in range(2):
                 runner.step(runner.next_batch())
             losses = {k: float(v) for k, v in runner.sums.items()}

@@ -59,7 +59,7 @@ NUM_CLASSES = 10
 
 
 @dataclass
-class _Runner:
+class StepRunner:
     """One method, ready to step: the suite's way (Loader + channels_last + precision) or the baseline's."""
 
     name: str
@@ -91,15 +91,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _synthetic_split(n: int, seed: int) -> Split:
+def synthetic_split(n: int, seed: int) -> Split:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
     return Split(images, labels)
 
 
-def _build_method(name: str, model_name: str, split: Split, batch_size: int, precision: str, device: torch.device,
-                  memory_format: torch.memory_format, steps_per_epoch: int, seed: int):
+def build_timed_method(name: str, model_name: str, split: Split, batch_size: int, precision: str,
+                       device: torch.device, memory_format: torch.memory_format, steps_per_epoch: int, seed: int):
     cls = get_method(name)
     hp = make_hparams(name, resolve_hparams(name))
     train_cfg = replace(cls.recipe, batch_size=batch_size, precision=precision)
@@ -124,7 +124,7 @@ def _build_method(name: str, model_name: str, split: Split, batch_size: int, pre
     return method, ema
 
 
-def _cycle_loader(loader: Loader) -> Callable[[], Batch]:
+def cycle_loader(loader: Loader) -> Callable[[], Batch]:
     state = {"epoch": 0, "it": loader.epoch(0)}
 
     def next_batch() -> Batch:
@@ -194,7 +194,7 @@ def peak_matmul_flops(device: torch.device, precision: str, size: int, reps: int
     return 2 * size ** 3 / best
 
 
-def count_step_flops(runner: _Runner) -> int:
+def count_step_flops(runner: StepRunner) -> int:
     """Model FLOPs of one full step (attack + forward + backward), counted by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -215,7 +215,7 @@ def count_step_flops(runner: _Runner) -> int:
     return int(counter.get_total_flops())
 
 
-def _timed_step(runner: _Runner, device: torch.device) -> tuple[float, float]:
+def _timed_step(runner: StepRunner, device: torch.device) -> tuple[float, float]:
     """(seconds to produce the batch, seconds for the whole step including it)."""
     _sync(device)
     t0 = time.perf_counter()
@@ -244,22 +244,22 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     # Enough images that an epoch outlasts the measurement (the Loader's per-epoch set-up is amortised as in a
     # real epoch); 10,000 like the cpu grid's subset, more if the run is long.
     n_images = max(10_000, batch_size * (steps + warmup + 2))
-    split = _synthetic_split(n_images, seed)
+    split = synthetic_split(n_images, seed)
     steps_per_epoch = math.ceil(CIFAR10_TRAIN / batch_size)
 
-    runners: list[_Runner] = []
+    runners: list[StepRunner] = []
     for name in methods:
         loader = Loader(split, batch_size, device=dev, shuffle=True, augment=True, seed=seed, drop_last=True)
-        method, ema = _build_method(name, model, split, batch_size, precision, dev, torch.channels_last,
+        method, ema = build_timed_method(name, model, split, batch_size, precision, dev, torch.channels_last,
                                     steps_per_epoch, seed)
-        runners.append(_Runner(name, method, ema, _cycle_loader(loader), precision, dev))
+        runners.append(StepRunner(name, method, ema, cycle_loader(loader), precision, dev))
 
-    baselines: list[_Runner] = []
+    baselines: list[StepRunner] = []
     if baseline:
         for name in methods:
-            method, ema = _build_method(name, model, split, batch_size, "fp32", dev, torch.contiguous_format,
+            method, ema = build_timed_method(name, model, split, batch_size, "fp32", dev, torch.contiguous_format,
                                         steps_per_epoch, seed)
-            baselines.append(_Runner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev),
+            baselines.append(StepRunner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev),
                                      "fp32", dev))
 
     size = matmul_size or (8192 if dev.type == "cuda" else 2048)
@@ -310,7 +310,7 @@ def _checked(model: str, methods: Sequence[str], precision: str | None, steps: i
     return methods
 
 
-def _compile(runners: list[_Runner], compile: bool, log: Callable[[str], None]) -> dict[str, bool]:
+def _compile(runners: list[StepRunner], compile: bool, log: Callable[[str], None]) -> dict[str, bool]:
     """Each method's model compiled, when asked and the method declares no problem; whether it was, by name.
     The suite's steps only: the baseline is the public code's eager fp32 setup."""
     compiled = {}
@@ -322,7 +322,7 @@ def _compile(runners: list[_Runner], compile: bool, log: Callable[[str], None]) 
     return compiled
 
 
-def _time_steps(runners: list[_Runner], baselines: list[_Runner], warmup: int, steps: int, dev: torch.device,
+def _time_steps(runners: list[StepRunner], baselines: list[StepRunner], warmup: int, steps: int, dev: torch.device,
                 log: Callable[[str], None]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[float]]]:
     """The warm-up, then ``steps`` timed steps of every contender: (batch, step) seconds of each method's step,
     step seconds of each baseline's."""

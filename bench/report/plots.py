@@ -45,7 +45,7 @@ import pandas as pd  # noqa: E402
 
 from bench.core.config import ConfigError, RunConfig
 from bench.core.store import Store
-from bench.data.datasets import load_dataset
+from bench.data import load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import PENULTIMATE
 from bench.models.architectures import build_model, feature_extractor_and_head

@@ -34,7 +34,7 @@ from bench.core import compilation, determinism, distributed, memory, numerics, 
 from bench.core.config import ConfigError, RunConfig, run_id
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import CorruptFile, Store, content_digest
-from bench.data.datasets import Batch, DatasetInfo, Loader, Split, load_dataset
+from bench.data import Batch, DatasetInfo, Loader, Split, load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.models.architectures import build_model
 from bench.train.compiling import compile_unless_declared

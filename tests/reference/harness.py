@@ -14,7 +14,7 @@ import torch
 
 from bench.core import schedules
 from bench.core.config import TrainConfig
-from bench.data.datasets import Batch, DatasetInfo, Loader, Split
+from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import build_model
 from methods import build_method, Context, StepInfo, get_method, make_hparams, resolve_hparams
 

@@ -246,7 +246,7 @@ def _digits_setting(batch_size: int = 128, parent_epochs: int = 3):
     builder of our AFD variants from it (weights perturbed as in the tests: D1 != D2)."""
     import dataclasses
 
-    from bench.data.datasets import Loader, load_dataset
+    from bench.data import Loader, load_dataset
     from bench.models.architectures import build_model
     from methods import Context, build_method, get_method, make_hparams, resolve_hparams
 

@@ -15,7 +15,7 @@ import submitit
 from bench.core.config import RunConfig, run_id, to_dict
 from bench.core.runtime import Runtime
 from bench.core.store import Store
-from bench.data.datasets import default_data_root, load_dataset
+from bench.data import default_data_root, load_dataset
 from bench.grid.runs import expand
 from bench.grid.slurm.job import RunJob
 from bench.grid.slurm.profiles import REPO, Resources, get_profile, resources_for

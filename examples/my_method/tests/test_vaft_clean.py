@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.config import TrainConfig
-from bench.data.datasets import DatasetInfo, Loader, Split
+from bench.data import DatasetInfo, Loader, Split
 from bench.models.architectures import build_model
 from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams
 
