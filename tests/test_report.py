@@ -384,7 +384,7 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
 def test_noise_and_verdict_rule():
     import pandas as pd
 
-    from bench.report.claims import noise, verdict
+    from bench.report.noise import noise, verdict
 
     a, b = pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0])
     # seed part sqrt(2/2 + 0) = 1.0; binomial part at 1,000 images sqrt(.51*.49/1000 + .4*.6/1000)*100 = 2.1
