@@ -19,9 +19,9 @@ def _value_text(c: Cell, pm: str) -> str:
     if c.n == 0:
         return DASH
     text = _num(c.mean, c.digits)
-    if c.n == 1 or (c.digits == 0 and c.std == 0):  # e.g. epochs: identical over seeds by construction
-        return text + c.flag
-    return text + f" {pm} {_num(c.std, c.digits)}" + c.flag
+    if not (c.n == 1 or (c.digits == 0 and c.std == 0)):  # e.g. epochs: identical over seeds by construction
+        text += f" {pm} {_num(c.std, c.digits)}"
+    return text + c.flag + (f" ({c.n_note})" if c.n_note else "")
 
 
 def _lines(b: Built) -> list[tuple[tuple[str, ...], str, list[tuple[Cell, str]]]]:
@@ -42,7 +42,7 @@ def _text(c: Cell, kind: str, pm: str, minus: str = "−") -> str:
         return _value_text(c, pm)
     if kind == "paper":
         return DASH if math.isnan(c.paper) else _num(c.paper, c.digits) + c.paper_note
-    if c.n == 0 or math.isnan(c.paper):
+    if c.n == 0 or math.isnan(c.paper) or c.no_delta:
         return DASH
     d = c.mean - c.paper
     return ("+" if d >= 0 else minus) + _num(abs(d), c.digits)
@@ -139,22 +139,24 @@ def _tex(s: str) -> str:
 
 
 def render_csv(b: Built) -> str:
-    """Long format, one line per cell: the row's labels, group, column, mean, std, runs averaged, runs selected
-    (and the paper's number and the difference with --compare paper); notes as trailing comment lines."""
+    """Long format, one line per cell: the row's labels, group, column, mean, std, seeds averaged (``n``), runs
+    selected, mark (and the paper's number and the difference with --compare paper); the caption and the notes as
+    trailing comment lines."""
     recs = []
     spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
     for lab, line in zip(b.row_labels, b.cells):
         for g, col, c in zip(spans, b.col_labels, line):
             rec = {h or "row": x for h, x in zip(b.row_header, lab)}
             rec.update(group=g, column=col, mean=_fmt_csv(c.mean, c.digits), std=_fmt_csv(c.std, c.digits),
-                       n_done=c.n, n_runs=c.n_runs, mark=c.mark)
+                       n=c.n, n_runs=c.n_runs, mark=c.mark)
             if b.compare:
                 rec.update(paper=_fmt_csv(c.paper, c.digits), paper_note=c.paper_note,
-                           delta=_fmt_csv(c.mean - c.paper, c.digits))
+                           delta=_fmt_csv(math.nan if c.no_delta else c.mean - c.paper, c.digits))
             recs.append(rec)
     buf = io.StringIO()
     pd.DataFrame(recs).to_csv(buf, index=False, lineterminator="\n")
-    return buf.getvalue() + "".join(f"# {'  ' if n.startswith(chr(9)) else ''}{n.strip()}\n" for n in b.notes)
+    return buf.getvalue() + f"# {b.caption}\n" + "".join(f"# {'  ' if n.startswith(chr(9)) else ''}{n.strip()}\n"
+                                                     for n in b.notes)
 
 
 def _fmt_csv(v: float, digits: int) -> str:
