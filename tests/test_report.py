@@ -646,3 +646,68 @@ def test_a_methods_grid_recipe_counts_as_the_method_and_a_sweeps_variants_do_not
     # RiFT with two different selection rules: neither is its default recipe ('fixed'), so neither is RiFT
     df.loc[1, "hp.select_rule"] = "fixed"
     assert at_defaults(df).tolist() == [False, True, True, True, False]
+
+
+def _write_evals(root: Path) -> Path:
+    """A results folder with the fixture's results of `bench eval`, a file killed mid-write and a resumable
+    evaluation's state folder (not a result)."""
+    shutil.copytree(RESULTS / "evals", root / "evals")
+    (root / "evals" / "cccccccccccc.json").write_text('{"eval_id": "cccccccccccc", "sta')
+    (root / "evals" / "cccccccccccc.chunks").mkdir()
+    return root
+
+
+def test_report_evals_renders_every_result_of_bench_eval_in_every_format(tmp_path, capsys):
+    """`bench report --evals`: one row per finished evaluation (in the order they finished) with the checkpoint's
+    file name, the accuracies and their image counts, the order check, the keys mapped, when and where; an
+    unreadable file is a note."""
+    import io
+
+    import pandas as pd
+
+    from bench.cli import main
+
+    results = _write_evals(tmp_path / "r")
+    assert main(["report", "--evals", "--results", str(results)]) == 0
+    md = capsys.readouterr().out
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| Eval | Model | Checkpoint | Data set | Clean | PGD-20 | AA | Order | Keys | Finished | "
+                       "Device |")
+    assert rows[1] == ("| bbbbbbbbbbbb | zoo:Carmon2019Unlabeled | — | cifar10 | 81.25 (1000) | 43.75 (1000) | — | "
+                       "violated | none | 2026-12-02 04:09 UTC | NVIDIA H100 80GB HBM3 |")
+    assert rows[2] == ("| aaaaaaaaaaaa | small\\_cnn | model\\_final.pt | cifar10 | 81.25 (1000) | 43.75 (1000) | "
+                       "31.00 (200) | ok | 1 | 2026-12-03 10:00 UTC | NVIDIA H100 80GB HBM3 |")
+    assert "someone" not in md  # the file's name, not the path of the machine it ran on
+    assert "- evals/cccccccccccc.json: unreadable (JSONDecodeError), not in the table" in md
+    assert "  - aaaaaaaaaaaa: stripped the prefix 'module.'" in md
+    assert "  - bbbbbbbbbbbb: AA above PGD-20 on 3 images" in md
+    assert "with the number of test images each was measured on in parentheses" in md
+    assert main(["report", "--evals", "--results", str(results), "--format", "csv"]) == 0
+    csv = pd.read_csv(io.StringIO(capsys.readouterr().out), comment="#")
+    assert list(csv.eval_id) == ["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
+    assert csv.loc[1, ["clean", "n_clean", "aa", "n_aa"]].tolist() == [81.25, 1000, 31.0, 200]
+    assert math.isnan(csv.loc[0, "aa"]) and csv.loc[0, "n_aa"] == 0
+    assert csv.loc[1, "key_mapping"] == "stripped the prefix 'module.'" and csv.loc[1, "sanity"] == "ok"
+    out = tmp_path / "evals.tex"
+    assert main(["report", "--evals", "--results", str(results), "--format", "latex", "--out", str(out)]) == 0
+    tex = out.read_text()
+    assert tex.startswith("\\begin{table}") and "\\begin{tabular}{llllccclll" in tex and "\\caption{" in tex
+    body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule")[0]
+    assert [line.count(" & ") for line in body.splitlines()] == [10, 10]
+    assert "model\\_final.pt" in tex and "31.00 (200)" in tex
+
+
+def test_report_evals_on_an_empty_folder_and_with_grid_options(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["report", "--evals", "--results", str(tmp_path)]) == 0
+    assert "- —: no finished result of bench eval under evals/." in capsys.readouterr().out
+    for extra, named in ((["--compare", "paper"], "--compare"), (["--seeds", "3"], "--seeds"),
+                         (["--claims"], "--claims"), (["--table", "table1"], "--table")):
+        assert main(["report", "--evals", "--results", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == f"bench: error: --evals renders every result of bench eval: leave out {named}\n"
+    assert main(["report", "--evals", "--grid", "demo"]) == 2  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "one of the arguments --grid --evals is required" in capsys.readouterr().err
