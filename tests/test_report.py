@@ -695,6 +695,11 @@ def test_report_evals_renders_every_result_of_bench_eval_in_every_format(tmp_pat
     body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule")[0]
     assert [line.count(" & ") for line in body.splitlines()] == [10, 10]
     assert "model\\_final.pt" in tex and "31.00 (200)" in tex
+    if shutil.which("pdflatex") is not None:
+        (tmp_path / "evals_doc.tex").write_text(_latex_document(tex))
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "evals_doc.tex"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_report_evals_on_an_empty_folder_and_with_grid_options(tmp_path, capsys):

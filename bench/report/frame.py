@@ -40,8 +40,9 @@ def device_label(res: dict) -> str | None:
 def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: int = 1) -> pd.DataFrame:
     """Every run of a grid (parents included) as one row: ids, config fields (``hp.<name>`` for
     hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
-    percent; feature_gap as measured), timings (train_seconds, seconds_per_epoch, total_seconds = own +
-    ancestors' training time, as the paper's Table 5 counts it), device_name, and the per-epoch log."""
+    percent; feature_gap as measured; n_clean / n_pgd / n_aa the test images behind them), timings (train_seconds,
+    seconds_per_epoch, total_seconds = own + ancestors' training time, as the paper's Table 5 counts it),
+    device_name, and the per-epoch log."""
     runs = expand(get_grid(grid, seeds) if isinstance(grid, str) else grid)
     store = Store(results)
     df = pd.DataFrame([{**_config_fields(cfg), **_result_fields(store, run_id(cfg))} for cfg in runs])
