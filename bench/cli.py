@@ -210,7 +210,16 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench.report.tables import report
 
-    if args.claims:
+    if args.evals:
+        from bench.report.evals import evals_report
+
+        # the evaluations are no grid: what selects or compares a grid's runs does not apply
+        given = [o for o, v in (("--seeds", args.seeds != 1), ("--set", args.set), ("--table", args.table),
+                                ("--compare", args.compare), ("--claims", args.claims)) if v]
+        if given:
+            raise UsageError(f"--evals renders every result of bench eval: leave out {', '.join(given)}")
+        out = evals_report(Path(args.results), args.format)
+    elif args.claims:
         from bench.report.claims import claims
 
         out = claims(args.grid, Path(args.results))
@@ -373,12 +382,16 @@ def _add_plugin(g) -> None:
                         "(repeatable; installed packages use the 'afd_bench.methods' entry-point group)")
 
 
-def _add_grid(sp, data_root: str | None = None) -> None:
+def _add_grid(sp, data_root: str | None = None, or_evals: bool = False) -> None:
     """The grid a command works on (and the plugins that define its methods), with its results folder and, where
-    ``data_root`` gives its help text, the data folder."""
+    ``data_root`` gives its help text, the data folder. ``or_evals``: --evals (bench report) instead of a grid."""
     g = sp.add_argument_group("grid")
     _add_plugin(g)
-    g.add_argument("--grid", required=True, help="grid name (see `bench list`)")
+    one = g.add_mutually_exclusive_group(required=True) if or_evals else g
+    one.add_argument("--grid", required=not or_evals, help="grid name (see `bench list`)")
+    if or_evals:
+        one.add_argument("--evals", action="store_true", help="instead of a grid: a table of the results of "
+                         "`bench eval` (<results>/evals/*.json), one row per evaluation")
     g.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
@@ -455,8 +468,9 @@ def _run_parser(sub) -> None:
 
 
 def _report_parser(sub) -> None:
-    sp = sub.add_parser("report", help="render a grid's table from the result files")
-    _add_grid(sp)
+    sp = sub.add_parser("report", help="render a grid's table from the result files (or, with --evals, those of "
+                        "`bench eval`)")
+    _add_grid(sp, or_evals=True)
     sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     sp.add_argument("--out", default=None, help="write to this file instead of stdout")
     sp.add_argument("--compare", default=None, choices=["paper"],

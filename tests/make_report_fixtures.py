@@ -7,11 +7,13 @@ Configs are built with RunConfig directly (explicit hparams, no method recipes),
 method's defaults change. Metrics come from a fixed formula of (method, data set, seed). Scenario: ResNet18 on
 CIFAR-10 with every Table 1 method (vAFT and AFD with two seeds; Free-AT failed, ATAS missing, FGSM-GA corrupt),
 three methods on CIFAR-100, Table 3's ablations, AFD on WRN-34-10 and ResNet50 (Table 4), per-epoch feature gaps
-for vAFT and AFD but not ARREST (Figure 1a), and an AFD hyperparameter sweep (Figure 4).
+for vAFT and AFD but not ARREST (Figure 1a), an AFD hyperparameter sweep (Figure 4), and two results of `bench eval`
+(evals/, for `bench report --evals`).
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -119,11 +121,35 @@ def write(runs: list[RunConfig]) -> None:
         path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
 
 
-if __name__ == "__main__":
-    import shutil
+def eval_result(eid: str, *, aa: float | None = 0.31, mapping=(), sanity="ok", finished="2026-12-02T04:09:28+00:00",
+                model="small_cnn", checkpoint="/home/someone/runs/model_final.pt") -> dict:
+    """A result of `bench eval` as bench/eval/standalone.py writes it (the fields `bench report --evals` reads)."""
+    metrics = {"clean": 0.8125, "pgd20": 0.4375, "n_clean": 1000, "n_pgd": 1000, "n_aa": 200 if aa is not None else 0,
+               "violations": [] if sanity == "ok" else ["AA above PGD-20 on 3 images"]}
+    if aa is not None:
+        metrics["aa"] = aa
+    return {"eval_id": eid, "status": "done", "metrics": metrics, "key_mapping": list(mapping), "sanity": sanity,
+            "spec": {"model": model, "checkpoint": checkpoint, "dataset": "cifar10", "seed": 0},
+            "started": finished, "finished": finished, "device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3"}
 
+
+def write_evals() -> None:
+    """Two results of `bench eval`: a checkpoint loaded with a key mapping, and a RobustBench model evaluated
+    without AutoAttack whose order check failed."""
+    ev = RESULTS / "evals"
+    shutil.rmtree(ev, ignore_errors=True)
+    ev.mkdir(parents=True)
+    for res in (eval_result("aaaaaaaaaaaa", mapping=["stripped the prefix 'module.'"],
+                            finished="2026-12-03T10:00:00+00:00"),
+                eval_result("bbbbbbbbbbbb", aa=None, model="zoo:Carmon2019Unlabeled", checkpoint=None,
+                            sanity="violated")):
+        (ev / f"{res['eval_id']}.json").write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
     shutil.rmtree(RESULTS / "runs", ignore_errors=True)
     write(table_runs() + fig4_runs())
+    write_evals()
     print(f"wrote {len(list((RESULTS / 'runs').glob('*.json')))} result files under {RESULTS}")
     if "--expected" in sys.argv:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

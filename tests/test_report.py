@@ -60,15 +60,115 @@ def test_failed_corrupt_and_missing_runs_are_dashes_with_a_footnote():
     assert "corrupt: corrupt result file runs/" in md
 
 
-def test_seeds_give_mean_and_std_and_best_is_marked():
+def test_seeds_give_mean_and_std_and_the_cells_say_how_many():
     md = report(table_runs(), RESULTS, "markdown", table="table1")
     afd = next(line for line in md.splitlines() if line.startswith("| AFD "))
     cells = [c.strip() for c in afd.split("|")[2:-1]]
-    assert cells[0] == "<u>85.03 ± 0.18</u>"  # second best clean (ARREST 85.70 is best)
-    assert cells[3] == "**61.75 ± 0.12**"
+    # Most cells are one seed: the caption says so once, the two-seed cells say n=2. No mark: on 100 test images
+    # every lead in the fixture is within the noise rule.
+    assert cells[0] == "85.03 ± 0.18 (n=2)" and cells[4] == "64.90"
+    assert "One run (seed) per cell unless marked (n=k)" in md and "**" not in md and "<u>" not in md
+    assert "Clean on the first 100 test images, PGD-20 on the first 100, AutoAttack on the first 50" in md
     df = load(table_runs(), RESULTS)
     two = df[(df.method == "afd") & (df.model == "resnet18") & (df.dataset == "cifar10") & (df.status == "done")]
     assert len(two) == 2 and math.isclose(two.clean.mean(), 85.025, abs_tol=1e-9)
+    assert set(two.n_aa) == {50.0}  # the count the result records
+    csv = report(table_runs(), RESULTS, "csv", table="table1")
+    assert csv.splitlines()[0] == "Method,group,column,mean,std,n,n_runs,mark"
+    assert "AFD,CIFAR-10,Clean,85.03,0.18,2,2," in csv and "AFD,CIFAR-100,Clean,64.90,,1,1," in csv
+    assert "\n# Quantitative evaluations of all methods on ResNet18 (accuracy, %). One run (seed)" in csv
+
+
+def _runs(rows: list[tuple[str, int, float]], n_test: int = 10000, method_key: str = "clean") -> "pd.DataFrame":
+    """A DataFrame as load() gives it, of finished runs (method, seed, accuracy) on resnet18 / cifar10."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run_id": f"{m}{s}", "status": "done", "violations": "", "method": m, "model": "resnet18",
+                          "dataset": "cifar10", "seed": s, method_key: v, "n_clean": n_test, "n_pgd": n_test,
+                          "n_aa": n_test} for m, s, v in rows])
+
+
+def _marks(df, n_test=None) -> dict[str, str]:
+    from bench.report.build import build
+    from bench.report.declarations import CLEAN, S, Table
+
+    t = Table("t", rows=[S(m, method=m) for m in dict.fromkeys(df.method)], cols=(CLEAN,), rank=True)
+    b = build(t, df)
+    return {lab[0]: line[0].mark for lab, line in zip(b.row_labels, b.cells)}
+
+
+def test_bold_only_where_the_best_is_ahead_beyond_the_noise_rule():
+    """The best is bold only when it leads the second by more than twice the noise: the larger of the seed spread
+    and the binomial error on the recorded test images; the second is underlined only when it leads the third so."""
+    from bench.report.noise import binomial_noise
+
+    # 3 points apart on 10,000 images (binomial noise ~0.7): best and second both clear.
+    clear = _runs([("a", 0, 60.0), ("a", 1, 60.2), ("b", 0, 57.0), ("b", 1, 57.1), ("c", 0, 54.0), ("c", 1, 54.1)])
+    assert _marks(clear) == {"a": "best", "b": "second", "c": ""}
+    # The same means on 200 images: 3 points is within 2 x binomial noise (~4.9 x 2), so no mark at all.
+    assert 2 * binomial_noise(60.1, 57.05, 200) > 3.05
+    assert _marks(clear.assign(n_clean=200)) == {"a": "", "b": "", "c": ""}
+    # A large seed spread hides the lead as well, even on many images.
+    spread = _runs([("a", 0, 66.0), ("a", 1, 54.0), ("b", 0, 57.0), ("b", 1, 57.1)])
+    assert _marks(spread) == {"a": "", "b": ""}
+    # Best clear of the second, second within noise of the third: bold only.
+    close = _runs([("a", 0, 62.0), ("b", 0, 57.0), ("c", 0, 56.8)])
+    assert _marks(close) == {"a": "best", "b": "", "c": ""}
+    # The marks render in every format.
+    from bench.report.build import build
+    from bench.report.declarations import CLEAN, S, Table
+    from bench.report.render import RENDERERS
+
+    b = build(Table("t", rows=[S(m, method=m) for m in "abc"], cols=(CLEAN,), rank=True), clear)
+    md, tex, csv = (RENDERERS[f](b) for f in ("markdown", "latex", "csv"))
+    assert "**60.10 ± 0.14**" in md and "<u>57.05 ± 0.07</u>" in md and "Bold: the column's best" in md
+    assert "\\textbf{60.10 $\\pm$ 0.14}" in tex and "\\underline{57.05 $\\pm$ 0.07}" in tex
+    assert "a,,Clean,60.10,0.14,2,2,best" in csv and "b,,Clean,57.05,0.07,2,2,second" in csv
+    assert "Mean ± sample standard deviation over 2 seeds. All on the first 10000 test images." in md
+
+
+def test_a_cell_of_another_number_of_seeds_says_so():
+    from bench.report.build import build
+    from bench.report.declarations import CLEAN, S, Table
+    from bench.report.render import render_latex, render_markdown
+
+    df = _runs([("a", 0, 60.0), ("a", 1, 60.2), ("a", 2, 60.1), ("b", 0, 57.0), ("b", 1, 57.1), ("c", 0, 54.0)])
+    b = build(Table("t.", rows=[S(m, method=m) for m in "abc"], cols=(CLEAN,)), df)
+    md = render_markdown(b)
+    assert "| a | 60.10 ± 0.10 |" in md and "| b | 57.05 ± 0.07 (n=2) |" in md and "| c | 54.00 (n=1) |" in md
+    assert b.caption.startswith("t. Mean ± sample standard deviation over 3 seeds; a cell marked (n=k) averages k.")
+    assert "57.05 $\\pm$ 0.07 (n=2)" in render_latex(b)
+
+
+def test_dagger_rows_show_the_papers_pgd10_without_a_delta_against_our_pgd20():
+    """Free-AT, FGSM-GA and ATAS in Table 1 are PGD-10 numbers from Huang et al. (2023): the paper's number is
+    shown with its †, clean and AA keep their Δ, PGD-20 (and the Avg that contains it) have none."""
+    import io
+
+    import pandas as pd
+
+    from bench.report.build import build
+    from bench.report.render import render_csv, render_markdown
+
+    def runs(method, clean, pgd, aa):
+        return _runs([(method, 0, clean)]).assign(pgd20=pgd, aa=aa, avg=(clean + pgd + aa) / 3)
+
+    b = build(TABLES["table1"], runs("free_at", 80.0, 45.0, 40.0), compare="paper")
+    md = render_markdown(b)
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("| Free-AT | ours"))
+    paper, delta = ([c.strip() for c in lines[k].split("|")[3:7]] for k in (i + 1, i + 2))
+    assert paper == ["78.37†", "40.90†", "36.00†", "51.76†"]
+    assert delta == ["+1.63", "—", "+4.00", "—"]
+    assert "evaluated with PGD-10: no Δ against our PGD-20" in md
+    csv = pd.read_csv(io.StringIO(render_csv(b)), comment="#")
+    free = csv[(csv.Method == "Free-AT") & (csv.group == "CIFAR-10")].set_index("column")
+    assert free.loc["Clean", "delta"] == 1.63 and free.loc["AA", "delta"] == 4.0
+    assert free[["delta"]].loc[["PGD-20", "Avg"]].isna().all().all()
+    # A row the paper measured itself keeps every Δ.
+    own = build(TABLES["table1"], runs("pgd_at", 84.0, 48.0, 43.0), compare="paper")
+    assert own.row_labels[0] == ("PGD-AT",) and not any(c.no_delta for c in own.cells[0])
+    assert "|  | Δ | −0.43 | −0.82 | −0.68 | −0.65 |" in render_markdown(own)
 
 
 def test_load_is_one_dataframe_of_every_run():
@@ -384,7 +484,7 @@ def test_fig3_tsne_uses_d1_from_the_checkpoint(tmp_path):
 def test_noise_and_verdict_rule():
     import pandas as pd
 
-    from bench.report.claims import noise, verdict
+    from bench.report.noise import noise, verdict
 
     a, b = pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0])
     # seed part sqrt(2/2 + 0) = 1.0; binomial part at 1,000 images sqrt(.51*.49/1000 + .4*.6/1000)*100 = 2.1
@@ -546,3 +646,73 @@ def test_a_methods_grid_recipe_counts_as_the_method_and_a_sweeps_variants_do_not
     # RiFT with two different selection rules: neither is its default recipe ('fixed'), so neither is RiFT
     df.loc[1, "hp.select_rule"] = "fixed"
     assert at_defaults(df).tolist() == [False, True, True, True, False]
+
+
+def _write_evals(root: Path) -> Path:
+    """A results folder with the fixture's results of `bench eval`, a file killed mid-write and a resumable
+    evaluation's state folder (not a result)."""
+    shutil.copytree(RESULTS / "evals", root / "evals")
+    (root / "evals" / "cccccccccccc.json").write_text('{"eval_id": "cccccccccccc", "sta')
+    (root / "evals" / "cccccccccccc.chunks").mkdir()
+    return root
+
+
+def test_report_evals_renders_every_result_of_bench_eval_in_every_format(tmp_path, capsys):
+    """`bench report --evals`: one row per finished evaluation (in the order they finished) with the checkpoint's
+    file name, the accuracies and their image counts, the order check, the keys mapped, when and where; an
+    unreadable file is a note."""
+    import io
+
+    import pandas as pd
+
+    from bench.cli import main
+
+    results = _write_evals(tmp_path / "r")
+    assert main(["report", "--evals", "--results", str(results)]) == 0
+    md = capsys.readouterr().out
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| Eval | Model | Checkpoint | Data set | Clean | PGD-20 | AA | Order | Keys | Finished | "
+                       "Device |")
+    assert rows[1] == ("| bbbbbbbbbbbb | zoo:Carmon2019Unlabeled | — | cifar10 | 81.25 (1000) | 43.75 (1000) | — | "
+                       "violated | none | 2026-12-02 04:09 UTC | NVIDIA H100 80GB HBM3 |")
+    assert rows[2] == ("| aaaaaaaaaaaa | small\\_cnn | model\\_final.pt | cifar10 | 81.25 (1000) | 43.75 (1000) | "
+                       "31.00 (200) | ok | 1 | 2026-12-03 10:00 UTC | NVIDIA H100 80GB HBM3 |")
+    assert "someone" not in md  # the file's name, not the path of the machine it ran on
+    assert "- evals/cccccccccccc.json: unreadable (JSONDecodeError), not in the table" in md
+    assert "  - aaaaaaaaaaaa: stripped the prefix 'module.'" in md
+    assert "  - bbbbbbbbbbbb: AA above PGD-20 on 3 images" in md
+    assert "with the number of test images each was measured on in parentheses" in md
+    assert main(["report", "--evals", "--results", str(results), "--format", "csv"]) == 0
+    csv = pd.read_csv(io.StringIO(capsys.readouterr().out), comment="#")
+    assert list(csv.eval_id) == ["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
+    assert csv.loc[1, ["clean", "n_clean", "aa", "n_aa"]].tolist() == [81.25, 1000, 31.0, 200]
+    assert math.isnan(csv.loc[0, "aa"]) and csv.loc[0, "n_aa"] == 0
+    assert csv.loc[1, "key_mapping"] == "stripped the prefix 'module.'" and csv.loc[1, "sanity"] == "ok"
+    out = tmp_path / "evals.tex"
+    assert main(["report", "--evals", "--results", str(results), "--format", "latex", "--out", str(out)]) == 0
+    tex = out.read_text()
+    assert tex.startswith("\\begin{table}") and "\\begin{tabular}{llllccclll" in tex and "\\caption{" in tex
+    body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule")[0]
+    assert [line.count(" & ") for line in body.splitlines()] == [10, 10]
+    assert "model\\_final.pt" in tex and "31.00 (200)" in tex
+    if shutil.which("pdflatex") is not None:
+        (tmp_path / "evals_doc.tex").write_text(_latex_document(tex))
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "evals_doc.tex"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_report_evals_on_an_empty_folder_and_with_grid_options(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["report", "--evals", "--results", str(tmp_path)]) == 0
+    assert "- —: no finished result of bench eval under evals/." in capsys.readouterr().out
+    for extra, named in ((["--compare", "paper"], "--compare"), (["--seeds", "3"], "--seeds"),
+                         (["--claims"], "--claims"), (["--table", "table1"], "--table")):
+        assert main(["report", "--evals", "--results", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == f"bench: error: --evals renders every result of bench eval: leave out {named}\n"
+    assert main(["report", "--evals", "--grid", "demo"]) == 2  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "one of the arguments --grid --evals is required" in capsys.readouterr().err

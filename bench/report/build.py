@@ -7,7 +7,8 @@ difference under each of ours.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 from bench.report.declarations import SEP, Metric, Sel, Table
 from bench.report.frame import eval_time_note, peak_memory_note
 from bench.report.labels import DASH, DATASET_LABELS, MODEL_LABELS, SANITY, method_label, runs_per_device
+from bench.report.noise import noise
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 
@@ -27,11 +29,16 @@ class Cell:
     std: float = math.nan
     n: int = 0  # finished runs averaged
     n_runs: int = 0  # runs selected
-    mark: str = ""  # "best" / "second"
+    mark: str = ""  # "best" / "second": ahead beyond the noise rule (_rank)
     paper: float = math.nan
     paper_note: str = ""
     digits: int = 2
     flag: str = ""  # SANITY when a finished run in the cell violates clean >= PGD-20 >= AA
+    n_note: str = ""  # "n=2" where the cell averages another number of seeds than the table says
+    key: str = ""  # the metric's column in load()'s DataFrame
+    values: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # the finished runs' values
+    n_test: float = math.nan  # test images behind the value (the fewest of its runs'), NaN where not an accuracy
+    no_delta: bool = False  # the paper's number is not comparable to ours (a PGD-10 number beside our PGD-20)
 
 
 @dataclass
@@ -48,6 +55,17 @@ class Built:
     compare: bool = False
 
 
+# The test-image counts behind each accuracy (load()'s columns); Avg is the mean of the three, and counts the fewest
+# of them, which overstates its test-sample error rather than understating it.
+COUNTS = {"clean": ("n_clean",), "pgd20": ("n_pgd",), "aa": ("n_aa",), "avg": ("n_clean", "n_pgd", "n_aa")}
+# The paper's † numbers are PGD-10 (excerpted from Huang et al. 2023): no difference against our PGD-20, nor
+# against our Avg, which contains it.
+PGD10_INCOMPARABLE = ("pgd20", "avg")
+MARKS_NOTE = ("Bold: the column's best, ahead of the second by more than twice the noise (the larger of the seed "
+              "spread and the test-sample error on the column's test images); underlined: the second, ahead of the "
+              "third by as much. A column with neither has no leader beyond noise.")
+
+
 def _match(df: pd.DataFrame, where: dict[str, Any]) -> pd.Series:
     mask = pd.Series(True, index=df.index)
     for k, v in where.items():
@@ -61,12 +79,27 @@ def _label(lab: str | tuple[str, ...]) -> tuple[str, ...]:
     return lab if isinstance(lab, tuple) else (lab,)
 
 
+def _cell(runs: pd.DataFrame, metric: Metric) -> Cell:
+    """One cell from the runs it selects: mean and sample std of the finished ones, the test images behind them."""
+    done = runs[runs.status == "done"]
+    vals = done[metric.key].dropna()
+    cell = Cell(n=len(vals), n_runs=len(runs), digits=metric.digits, key=metric.key, values=vals)
+    if len(vals):
+        cell.mean = float(vals.mean())
+        if done["violations"].fillna("").astype(bool).any():
+            cell.flag = SANITY
+        cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        if metric.key in COUNTS:
+            cell.n_test = float(done.loc[vals.index, list(COUNTS[metric.key])].min().min())
+    return cell
+
+
 def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
     """The cells of a declared table from the runs' DataFrame (``load``), with its notes; ``compare="paper"`` adds
-    the paper's numbers where the table names them."""
-    rows = [r for r in table.rows]
+    the paper's numbers where the table names them. The caption says what ± is, over how many seeds and (for
+    accuracies) on how many test images."""
     rules, kept = [], []
-    for r in rows:
+    for r in table.rows:
         if r is SEP:
             if kept:
                 rules.append(len(kept))
@@ -88,31 +121,65 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                 runs = df[base & _match(df, where)]
                 for _, run in runs.iterrows():
                     selected[run.run_id] = run
-                vals = runs.loc[runs.status == "done", metric.key].dropna()
-                cell = Cell(n=len(vals), n_runs=len(runs), digits=metric.digits)
-                if len(vals):
-                    cell.mean = float(vals.mean())
-                    if runs.loc[runs.status == "done", "violations"].fillna("").astype(bool).any():
-                        cell.flag = SANITY
-                    cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+                cell = _cell(runs, metric)
                 if paper is not None:
                     cell.paper, cell.paper_note = paper_value(paper, where, metric.key)
+                    cell.no_delta = cell.paper_note == "†" and metric.key in PGD10_INCOMPARABLE
                 line.append(cell)
         cells.append(line)
     if table.rank:
         _rank(cells, [c if isinstance(c, Metric) else None for g in groups for c in table.cols])
-    notes = _notes(selected, cells)
+    notes = ([MARKS_NOTE] if table.rank else []) + _notes(selected, cells)
     if table.device_note:
         notes = _device_notes([r for r in selected.values() if r.status == "done"]) + notes
     if paper is not None:
         if any(c.paper_note for line in cells for c in line):
-            notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10.")
+            notes.append("† paper number excerpted by the AFD paper from Huang et al. (2023), evaluated with PGD-10: "
+                         "no Δ against our PGD-20, nor against our Avg, which contains it.")
         notes.append("paper: AFD (AAAI 2025) as published; Δ = ours − paper.")
     col_labels = [c.label if isinstance(c, Metric) else _label(c.label)[0] for g in groups for c in table.cols]
-    return Built(caption=table.caption, row_header=table.row_header,
+    metrics = {m.key for m in (*table.rows, *table.cols) if isinstance(m, Metric)}
+    caption = table.caption + seeds_note(cells) + (
+        sizes_note(pd.DataFrame(list(selected.values()))) if metrics & set(COUNTS) else "")
+    return Built(caption=caption, row_header=table.row_header,
                  row_labels=[_label(r.label) for r in kept], col_labels=col_labels,
                  groups=[(_label(g.label)[0], len(table.cols)) for g in groups] if table.groups else [],
                  cells=cells, rules=rules, notes=notes, compare=paper is not None)
+
+
+def seeds_note(cells: list[list[Cell]]) -> str:
+    """Say what ± is and over how many seeds the cells average: the table's usual number once, and "(n=k)" on
+    each cell that averages another number (set here as the cell's ``n_note``)."""
+    counts = Counter(c.n for line in cells for c in line if c.n)
+    if not counts:
+        return ""
+    usual = max(counts, key=lambda k: (counts[k], k))  # the most frequent; the larger on a tie
+    for line in cells:
+        for c in line:
+            c.n_note = f"n={c.n}" if c.n and c.n != usual else ""
+    if usual == 1:
+        return (" One run (seed) per cell" + (" unless marked (n=k): there the mean ± the sample standard "
+                                               "deviation over k seeds." if len(counts) > 1 else "."))
+    return (f" Mean ± sample standard deviation over {usual} seeds"
+            + ("; a cell marked (n=k) averages k." if len(counts) > 1 else "."))
+
+
+def sizes_note(runs: pd.DataFrame) -> str:
+    """Say on how many test images each accuracy was measured (the counts the results record), when the runs
+    agree (AutoAttack is the costly one)."""
+    if not len(runs) or "n_clean" not in runs:
+        return ""
+    sizes = set(zip(*(runs[k].astype(int) for k in ("n_clean", "n_pgd", "n_aa"))))
+    if len(sizes) != 1:
+        return ""
+    n_clean, n_pgd, n_aa = sizes.pop()
+    if n_clean == n_pgd == n_aa:
+        return f" All on the first {n_clean} test images."
+    if not n_aa:
+        return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, no AutoAttack; PGD-20 <= "
+                "clean is checked on the images they share.")
+    return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, AutoAttack on the first {n_aa}"
+            "; the order AA, PGD-20, clean (each at most the next) is checked on the images they share.")
 
 
 def _device_notes(done: list[pd.Series]) -> list[str]:
@@ -124,19 +191,26 @@ def _device_notes(done: list[pd.Series]) -> list[str]:
 
 
 def _rank(cells: list[list[Cell]], metrics: list[Metric | None]) -> None:
+    """Bold the column's best only where it is ahead of the second beyond the noise rule, and underline the second
+    only where the best is bold and the second is as far ahead of the third; nothing where the lead is noise."""
     for j, metric in enumerate(metrics):
         if metric is None:
             continue
         sign = 1 if metric.higher_is_better else -1
-        # Rank by the value as displayed, so ties on screen get the same mark.
-        vals = sorted({round(sign * line[j].mean, line[j].digits) for line in cells if not math.isnan(line[j].mean)},
-                      reverse=True)
-        for line in cells:
-            c = line[j]
-            if math.isnan(c.mean):
-                continue
-            v = round(sign * c.mean, c.digits)
-            c.mark = "best" if v == vals[0] else "second" if len(vals) > 1 and v == vals[1] else ""
+        ranked = sorted((line[j] for line in cells if line[j].n), key=lambda c: -sign * c.mean)
+        if len(ranked) >= 2 and _ahead(ranked[0], ranked[1], sign):
+            ranked[0].mark = "best"
+            if len(ranked) >= 3 and _ahead(ranked[1], ranked[2], sign):
+                ranked[1].mark = "second"
+
+
+def _ahead(a: Cell, b: Cell, sign: int) -> bool:
+    """a is ahead of b by more than twice the noise of their difference, and visibly so (digits shown)."""
+    n_test = min(a.n_test, b.n_test)
+    # A column without test-image counts (not an accuracy) has no test-sample error: the seed spread alone.
+    nz = noise(a.values, b.values, int(n_test) if n_test > 0 else math.inf)
+    diff = sign * (a.mean - b.mean)
+    return diff > 2 * nz and round(a.mean, a.digits) != round(b.mean, b.digits)
 
 
 def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]:

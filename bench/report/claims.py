@@ -33,6 +33,7 @@ import pandas as pd
 from bench.report.build import load_paper, paper_value
 from bench.report.frame import load
 from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label, n_runs, runs_per_device
+from bench.report.noise import binomial_noise, noise, verdict
 from bench.report.plots import at_defaults, hparam_sweeps
 from bench.report.render import markdown_table
 
@@ -53,26 +54,6 @@ def _ms(vals: pd.Series, d: int = 2) -> str:
     if len(vals) == 1:
         return _f(float(vals.iloc[0]), d)
     return f"{vals.mean():.{d}f} ± {vals.std(ddof=1):.{d}f}"
-
-
-def binomial_noise(p_a: float, p_b: float, n_test: int) -> float:
-    """Test-sample standard error of the difference of two accuracies (percent), each on n_test images."""
-    return math.sqrt(sum((p / 100) * (1 - p / 100) / n_test for p in (p_a, p_b))) * 100
-
-
-def noise(a: pd.Series, b: pd.Series, n_test: int) -> float:
-    """The noise of mean(a) - mean(b) (percent accuracies over seeds, each measured on n_test images)."""
-    a, b = a.dropna(), b.dropna()
-    seed = math.sqrt(sum(float(x.var(ddof=1)) / len(x) for x in (a, b) if len(x) > 1))
-    return max(seed, binomial_noise(a.mean(), b.mean(), n_test))
-
-
-def verdict(diff: float, nz: float, claim_sign: int = 1) -> str:
-    if math.isnan(diff):
-        return "not measured"
-    if abs(diff) <= 2 * nz:
-        return "not distinguishable (|difference| <= 2 x noise)"
-    return "holds" if diff * claim_sign > 0 else "does not hold (the opposite, beyond noise)"
 
 
 def _paper(name: str, method: str, key: str) -> float:

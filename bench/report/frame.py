@@ -19,10 +19,11 @@ from bench.grid.grids import get_grid
 from bench.grid.runs import expand
 
 EVAL_MEASURES = ("clean", "pgd20", "aa")  # the keys of a result's metrics.seconds
+TEST_COUNTS = ("n_clean", "n_pgd", "n_aa")  # test images each accuracy was measured on, as its result records them
 # Columns every DataFrame has, whatever its results recorded (a grid of missing runs still has them, as NaN / None).
 FLOAT_COLUMNS = ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
                  "train_seconds", "wall_seconds", "wall_processes", "probe_seconds", "peak_train_bytes",
-                 "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES))
+                 "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES), *TEST_COUNTS)
 OBJECT_COLUMNS = ("reason", "device_name", "violations", "epoch_log", "feature_gap_of", "peak_train_of",
                   "peak_eval_of")
 
@@ -39,8 +40,9 @@ def device_label(res: dict) -> str | None:
 def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: int = 1) -> pd.DataFrame:
     """Every run of a grid (parents included) as one row: ids, config fields (``hp.<name>`` for
     hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
-    percent; feature_gap as measured), timings (train_seconds, seconds_per_epoch, total_seconds = own +
-    ancestors' training time, as the paper's Table 5 counts it), device_name, and the per-epoch log."""
+    percent; feature_gap as measured; n_clean / n_pgd / n_aa the test images behind them), timings (train_seconds,
+    seconds_per_epoch, total_seconds = own + ancestors' training time, as the paper's Table 5 counts it),
+    device_name, and the per-epoch log."""
     runs = expand(get_grid(grid, seeds) if isinstance(grid, str) else grid)
     store = Store(results)
     df = pd.DataFrame([{**_config_fields(cfg), **_result_fields(store, run_id(cfg))} for cfg in runs])
@@ -56,6 +58,9 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
     df["f_delta"] = df["f1_clean"] - df["f2_clean"]
     df["total_seconds"] = _total_seconds(df)
     df["eval_seconds"] = df[[f"eval_s_{k}" for k in EVAL_MEASURES]].sum(axis=1, min_count=1)
+    # A run without recorded counts (not finished) counts the images its config asks for.
+    for i, k in enumerate(TEST_COUNTS):
+        df[k] = df[k].fillna(df["eval_sizes"].map(lambda sizes: float(sizes[i])))
     return df
 
 
@@ -90,6 +95,9 @@ def _result_fields(store: Store, rid: str) -> dict[str, Any]:
     if _is_num(m.get("feature_gap_se")):
         row["feature_gap_se"] = float(m["feature_gap_se"])
     row["feature_gap_of"] = m.get("feature_gap_of")
+    for k in TEST_COUNTS:
+        if _is_num(m.get(k)):
+            row[k] = float(m[k])
     row["violations"] = "; ".join(m.get("violations") or [])
     for k in ("seconds_per_epoch", "train_seconds", "wall_seconds", "wall_processes"):
         row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import pandas as pd
@@ -19,9 +20,9 @@ def _value_text(c: Cell, pm: str) -> str:
     if c.n == 0:
         return DASH
     text = _num(c.mean, c.digits)
-    if c.n == 1 or (c.digits == 0 and c.std == 0):  # e.g. epochs: identical over seeds by construction
-        return text + c.flag
-    return text + f" {pm} {_num(c.std, c.digits)}" + c.flag
+    if not (c.n == 1 or (c.digits == 0 and c.std == 0)):  # e.g. epochs: identical over seeds by construction
+        text += f" {pm} {_num(c.std, c.digits)}"
+    return text + c.flag + (f" ({c.n_note})" if c.n_note else "")
 
 
 def _lines(b: Built) -> list[tuple[tuple[str, ...], str, list[tuple[Cell, str]]]]:
@@ -42,7 +43,7 @@ def _text(c: Cell, kind: str, pm: str, minus: str = "−") -> str:
         return _value_text(c, pm)
     if kind == "paper":
         return DASH if math.isnan(c.paper) else _num(c.paper, c.digits) + c.paper_note
-    if c.n == 0 or math.isnan(c.paper):
+    if c.n == 0 or math.isnan(c.paper) or c.no_delta:
         return DASH
     d = c.mean - c.paper
     return ("+" if d >= 0 else minus) + _num(abs(d), c.digits)
@@ -79,12 +80,14 @@ def render_markdown(b: Built) -> str:
         rows.append([_md_escape(x) for x in lab] + ([sub] if b.compare else []) + texts)
     align = "l" * (len(b.row_header) + b.compare) + "r" * len(b.col_labels)
     lines = markdown_table([_md_escape(h) for h in head], align, rows)
-    out = "\n".join(lines) + "\n\n" + _md_escape(b.caption) + "\n"
-    if b.notes:
-        # Notes as a list; a run's line (starting with a tab) nests under the count it belongs to.
-        out += "\n" + "\n".join(("  - " if n.startswith("\t") else "- ") + _md_escape(n.strip())
-                                for n in b.notes) + "\n"
-    return out
+    return "\n".join(lines) + "\n\n" + _md_escape(b.caption) + "\n" + _md_notes(b.notes)
+
+
+def _md_notes(notes: list[str]) -> str:
+    """Notes as a list; a run's line (starting with a tab) nests under the count it belongs to."""
+    if not notes:
+        return ""
+    return "\n" + "\n".join(("  - " if n.startswith("\t") else "- ") + _md_escape(n.strip()) for n in notes) + "\n"
 
 
 def _md_escape(s: str) -> str:
@@ -120,13 +123,17 @@ def render_latex(b: Built) -> str:
                 t = f"\\underline{{{t}}}"
             texts.append(t)
         lines.append(" & ".join([_tex(x) for x in lab] + ([_tex(sub)] if b.compare else []) + texts) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    if b.notes:
+    return "\n".join(lines + _tex_end(b.notes, b.caption)) + "\n"
+
+
+def _tex_end(notes: list[str], caption: str) -> list[str]:
+    """The lines after a table's last row: the rule, the notes in a footnote-sized box, the caption."""
+    lines = ["\\bottomrule", "\\end{tabular}"]
+    if notes:
         lines.append("\\par\\smallskip\\parbox{\\linewidth}{\\footnotesize")
-        notes = [("\\quad " if n.startswith("\t") else "") + _tex(n.strip()) for n in b.notes]
-        lines += [n + "\\\\" for n in notes[:-1]] + [notes[-1] + "}"]
-    lines += [f"\\caption{{{_tex(b.caption)}}}", "\\end{table}"]
-    return "\n".join(lines) + "\n"
+        texts = [("\\quad " if n.startswith("\t") else "") + _tex(n.strip()) for n in notes]
+        lines += [n + "\\\\" for n in texts[:-1]] + [texts[-1] + "}"]
+    return lines + [f"\\caption{{{_tex(caption)}}}", "\\end{table}"]
 
 
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
@@ -139,26 +146,60 @@ def _tex(s: str) -> str:
 
 
 def render_csv(b: Built) -> str:
-    """Long format, one line per cell: the row's labels, group, column, mean, std, runs averaged, runs selected
-    (and the paper's number and the difference with --compare paper); notes as trailing comment lines."""
+    """Long format, one line per cell: the row's labels, group, column, mean, std, seeds averaged (``n``), runs
+    selected, mark (and the paper's number and the difference with --compare paper); the caption and the notes as
+    trailing comment lines."""
     recs = []
     spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
     for lab, line in zip(b.row_labels, b.cells):
         for g, col, c in zip(spans, b.col_labels, line):
             rec = {h or "row": x for h, x in zip(b.row_header, lab)}
             rec.update(group=g, column=col, mean=_fmt_csv(c.mean, c.digits), std=_fmt_csv(c.std, c.digits),
-                       n_done=c.n, n_runs=c.n_runs, mark=c.mark)
+                       n=c.n, n_runs=c.n_runs, mark=c.mark)
             if b.compare:
                 rec.update(paper=_fmt_csv(c.paper, c.digits), paper_note=c.paper_note,
-                           delta=_fmt_csv(c.mean - c.paper, c.digits))
+                           delta=_fmt_csv(math.nan if c.no_delta else c.mean - c.paper, c.digits))
             recs.append(rec)
+    return _csv(recs, b.caption, b.notes)
+
+
+def _csv(records: list[dict], caption: str, notes: list[str]) -> str:
+    """The records as CSV, then the caption and the notes as comment lines."""
     buf = io.StringIO()
-    pd.DataFrame(recs).to_csv(buf, index=False, lineterminator="\n")
-    return buf.getvalue() + "".join(f"# {'  ' if n.startswith(chr(9)) else ''}{n.strip()}\n" for n in b.notes)
+    pd.DataFrame(records).to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue() + f"# {caption}\n" + "".join(f"# {'  ' if n.startswith(chr(9)) else ''}{n.strip()}\n"
+                                                   for n in notes)
 
 
 def _fmt_csv(v: float, digits: int) -> str:
     return "" if math.isnan(v) else _num(v, digits)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A table of text, one row per record (``bench report --evals``): what Markdown and LaTeX show (``rows``, as
+    aligned by ``align``, "l" or "r" per column) and what the CSV holds (``records``, numbers in their own
+    columns)."""
+    header: tuple[str, ...]
+    align: str
+    rows: list[tuple[str, ...]]
+    records: list[dict]
+    caption: str
+    notes: list[str]
+
+
+def render_listing(t: Listing, fmt: str) -> str:
+    """A Listing as Markdown, LaTeX (booktabs) or CSV, with its caption and notes as a built table has them."""
+    if fmt == "csv":
+        return _csv(t.records, t.caption, t.notes)
+    if fmt == "latex":
+        lines = ["\\begin{table}[t]", "\\centering", "\\small",
+                 f"\\begin{{tabular}}{{{t.align.replace('r', 'c')}}}", "\\toprule",
+                 " & ".join(_tex(h) for h in t.header) + " \\\\", "\\midrule"]
+        lines += [" & ".join(_tex(x) for x in row) + " \\\\" for row in t.rows]
+        return "\n".join(lines + _tex_end(t.notes, t.caption)) + "\n"
+    lines = markdown_table([_md_escape(h) for h in t.header], t.align, [[_md_escape(x) for x in r] for r in t.rows])
+    return "\n".join(lines) + "\n\n" + _md_escape(t.caption) + "\n" + _md_notes(t.notes)
 
 
 RENDERERS: dict[str, Callable[[Built], str]] = {"markdown": render_markdown, "latex": render_latex,

@@ -9,38 +9,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-
 from bench.core.config import RunConfig
 from bench.grid.gridfile import load as load_grid_file
 from bench.report.build import build, load_paper
-from bench.report.declarations import ACC, GRID_TABLES, TABLES, Metric, Table, generic_table
+from bench.report.declarations import ACC, GRID_TABLES, TABLES, generic_table
 from bench.report.frame import load, peak_memory_note
 from bench.report.render import RENDERERS
 
 # Names importers of this module use (the command line, the tests), kept where they have always been importable.
 __all__ = ["TABLES", "load", "load_paper", "peak_memory_note", "report"]
-
-
-def _sizes_note(df: pd.DataFrame) -> str:
-    """Say on how many test images each column was measured when they differ (AutoAttack is the costly one)."""
-    sizes = set(df["eval_sizes"]) if "eval_sizes" in df and len(df) else set()
-    if len(sizes) != 1:
-        return ""
-    n_clean, n_pgd, n_aa = sizes.pop()
-    if n_clean == n_pgd == n_aa:
-        return f" All on the first {n_clean} test images."
-    if not n_aa:
-        return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, no AutoAttack; PGD-20 <= "
-                "clean is checked on the images they share.")
-    return (f" Clean on the first {n_clean} test images, PGD-20 on the first {n_pgd}, AutoAttack on the first {n_aa}"
-            "; the order AA, PGD-20, clean (each at most the next) is checked on the images they share.")
-
-
-def _with_sizes(t: Table, df: pd.DataFrame) -> Table:
-    """An accuracy table's caption says on how many test images each column was measured."""
-    keys = {m.key for m in (*t.rows, *t.cols) if isinstance(m, Metric)}
-    return replace(t, caption=t.caption + _sizes_note(df)) if keys & {"clean", "pgd20", "aa"} else t
 
 
 def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: str = "markdown", seeds: int = 1,
@@ -55,17 +32,17 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
     name = table or (grid if isinstance(grid, str) else None)
     if name in GRID_TABLES:
         # one document: tables separated by a blank line (CSV: each table's own header line starts its block)
-        return "\n".join(RENDERERS[fmt](build(_with_sizes(TABLES[t], df), df, compare)) for t in GRID_TABLES[name])
+        return "\n".join(RENDERERS[fmt](build(TABLES[t], df, compare)) for t in GRID_TABLES[name])
     if name in TABLES:
         t = TABLES[name]
     elif name is not None and name.endswith(".toml"):
         spec = load_grid_file(name).table
         t = generic_table(df, spec.get("caption", f"Accuracy (%) of grid {Path(name).stem} on clean, PGD-20 and "
-                                                  "AutoAttack inputs; Avg is their mean.") + _sizes_note(df))
+                                                  "AutoAttack inputs; Avg is their mean."))
         if "metrics" in spec:
             t = replace(t, cols=[m for m in ACC if m.key in spec["metrics"]])
     else:
         what = f"grid {name}" if name else "this grid"
         t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
-                              "Avg is their mean." + _sizes_note(df))
+                              "Avg is their mean.")
     return RENDERERS[fmt](build(t, df, compare))
