@@ -247,21 +247,8 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     split = synthetic_split(n_images, seed)
     steps_per_epoch = math.ceil(CIFAR10_TRAIN / batch_size)
 
-    runners: list[StepRunner] = []
-    for name in methods:
-        loader = Loader(split, batch_size, device=dev, shuffle=True, augment=True, seed=seed, drop_last=True)
-        method, ema = build_timed_method(name, model, split, batch_size, precision, dev, torch.channels_last,
-                                    steps_per_epoch, seed)
-        runners.append(StepRunner(name, method, ema, cycle_loader(loader), precision, dev))
-
-    baselines: list[StepRunner] = []
-    if baseline:
-        for name in methods:
-            method, ema = build_timed_method(name, model, split, batch_size, "fp32", dev, torch.contiguous_format,
-                                        steps_per_epoch, seed)
-            baselines.append(StepRunner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev),
-                                     "fp32", dev))
-
+    runners, baselines = _runners(methods, model, split, batch_size, precision, dev, steps_per_epoch, seed,
+                                  baseline, baseline_workers)
     size = matmul_size or (8192 if dev.type == "cuda" else 2048)
     peak_before = peak_matmul_flops(dev, precision, size)
     log(f"counting FLOPs and warming up ({warmup} steps per method{', compiling' if compile else ''})")
@@ -278,6 +265,35 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     # each method's step time relative to the first one listed (`bench speed`'s default: AFD / vAFT, Table 5)
     ref = rows[0]["method"] if rows else None
     ratios = {name: row["step_s"] / by[ref]["step_s"] for name, row in by.items() if name != ref}
+    return _report(model, precision, compile, batch_size, steps, warmup, n_images, dev, baseline, baseline_workers,
+                   peak, ref, ratios, rows)
+
+
+def _runners(methods: Sequence[str], model: str, split: Split, batch_size: int, precision: str, dev: torch.device,
+             steps_per_epoch: int, seed: int, baseline: bool, baseline_workers: int
+             ) -> tuple[list[StepRunner], list[StepRunner]]:
+    """One step runner per method on the device-side loader, and (``baseline``) one per method in plain fp32,
+    NCHW, on a torch DataLoader with ``baseline_workers`` workers."""
+    runners: list[StepRunner] = []
+    for name in methods:
+        loader = Loader(split, batch_size, device=dev, shuffle=True, augment=True, seed=seed, drop_last=True)
+        method, ema = build_timed_method(name, model, split, batch_size, precision, dev, torch.channels_last,
+                                         steps_per_epoch, seed)
+        runners.append(StepRunner(name, method, ema, cycle_loader(loader), precision, dev))
+    baselines: list[StepRunner] = []
+    if baseline:
+        for name in methods:
+            method, ema = build_timed_method(name, model, split, batch_size, "fp32", dev, torch.contiguous_format,
+                                             steps_per_epoch, seed)
+            baselines.append(StepRunner(name, method, ema, _cycle_dataloader(split, batch_size, baseline_workers, dev),
+                                        "fp32", dev))
+    return runners, baselines
+
+
+def _report(model: str, precision: str, compile: bool, batch_size: int, steps: int, warmup: int, n_images: int,
+            dev: torch.device, baseline: bool, baseline_workers: int, peak: float, ref: str | None,
+            ratios: dict, rows: list[dict]) -> dict:
+    """The JSON-able report: the settings, where it ran, and the rows."""
     try:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on every OS
