@@ -546,3 +546,77 @@ def test_a_methods_grid_recipe_counts_as_the_method_and_a_sweeps_variants_do_not
     # RiFT with two different selection rules: neither is its default recipe ('fixed'), so neither is RiFT
     df.loc[1, "hp.select_rule"] = "fixed"
     assert at_defaults(df).tolist() == [False, True, True, True, False]
+
+
+# -- a grid's own methods in the paper's tables ----------------------------------------------------------------
+@pytest.fixture
+def vaft_clean(monkeypatch):
+    """The example plugin (examples/my_method) registered for one test, and taken out of the registry after it."""
+    import importlib
+
+    from conftest import REPO
+    from methods import REGISTRY
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "my_method" / "src"))
+    importlib.import_module("my_method.vaft_clean")
+    yield "vaft_clean"
+    REGISTRY.pop("vaft_clean", None)
+    for mod in ("my_method.vaft_clean", "my_method"):
+        sys.modules.pop(mod, None)
+
+
+def _with_plugin_results(tmp_path, method: str, clean=80.0, pgd=45.0, aa=40.0, seeds=(0,)) -> tuple[list, Path]:
+    """The fixture results plus runs of ``method`` fine-tuned from the fixtures' natural parent (RN18, CIFAR-10)."""
+    import dataclasses
+    import json
+
+    from bench.core.config import to_dict
+
+    results = tmp_path / "r"
+    shutil.copytree(RESULTS, results)
+    runs = []
+    for seed in seeds:
+        c = dataclasses.replace(cfg("vaft", seed=seed), method=method, hparams=(("clean_weight", 0.5),))
+        runs.append(c)
+        m = {"clean": (clean + seed) / 100, "pgd20": (pgd + seed) / 100, "aa": (aa + seed) / 100, "violations": []}
+        (results / "runs" / f"{run_id(c)}.json").write_text(json.dumps(
+            {"run_id": run_id(c), "status": "done", "config": to_dict(c), "metrics": m, "epochs": [],
+             "train_seconds": 1.0, "seconds_per_epoch": 1.0, "device_name": "Fixture GPU X1"}))
+    return runs, results
+
+
+def test_a_grids_own_method_gets_a_row_after_the_declared_ones(vaft_clean, tmp_path):
+    runs, results = _with_plugin_results(tmp_path, vaft_clean)
+    md = report(table_runs() + runs, results, "markdown", table="table1")
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+    assert rows[-2:] == ["AFD", "vAFT+clean"]  # after the declared rows, labelled by its declaration
+    mine = next(line for line in md.splitlines() if line.startswith("| vAFT+clean "))
+    assert [c.strip() for c in mine.split("|")[2:6]] == ["80.00", "45.00", "40.00", "55.00"]  # below every mark
+    # the paper's own methods keep to their tables: Table 3's ablations and the natural parent are no rows here
+    assert "vAFT+D" not in md and "Standard" not in md
+    table = md.split("\n\n")[0].splitlines()
+    assert table[:-1] == report(table_runs(), results, "markdown", table="table1").split("\n\n")[0].splitlines()
+    tex = report(table_runs() + runs, results, "latex", table="table1")
+    assert tex.index("AFD &") < tex.index("\\midrule\nvAFT+clean")
+    paper = report(table_runs() + runs, results, "markdown", table="table1", compare="paper")
+    assert "- no paper number: not in the paper: vAFT+clean." in paper
+    assert "not in the paper" not in report(table_runs(), results, "markdown", table="table1", compare="paper")
+
+
+def test_compare_paper_works_for_a_grid_file(vaft_clean, tmp_path):
+    from bench.cli import main
+
+    runs, results = _with_plugin_results(tmp_path, vaft_clean)
+    grid = tmp_path / "mine.toml"
+    grid.write_text('methods = ["vaft", "afd", "vaft_clean"]\nmodels = ["resnet18"]\ndatasets = ["cifar10"]\n'
+                    'epochs = 20\n[hparams.afd]\nalpha = 0.05\n')
+    md = report(str(grid), results, "markdown", compare="paper")
+    lines = md.splitlines()
+    vaft = lines.index(next(x for x in lines if x.startswith("| vAFT | ours")))
+    assert lines[vaft + 1] == "|  | paper | 83.93 | 51.40 | 45.48 | 60.27 |"  # Table 1's vAFT, RN18 CIFAR-10
+    assert "- no paper number: not in the paper: vAFT+clean." in md
+    # a grid on a network the paper's accuracy tables do not use: one line, exit 2
+    small = tmp_path / "small.toml"
+    small.write_text('methods = ["vaft"]\nmodels = ["small_cnn"]\ndatasets = ["digits"]\n')
+    assert main(["report", "--grid", str(small), "--results", str(results), "--compare", "paper"]) == 2
+    assert main(["report", "--grid", str(grid), "--results", str(results)]) == 0  # without --compare as before

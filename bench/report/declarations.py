@@ -190,3 +190,45 @@ def _typed(col: pd.Series, text: str) -> Any:
         if str(v) == text:
             return v
     return text
+
+
+# -- a grid's own methods in the paper's tables -----------------------------------------------------------------
+def _declared_methods(t: Table) -> set[str]:
+    return {s.where["method"] for s in (*t.rows, *t.cols) if isinstance(s, Sel) and "method" in s.where}
+
+
+# The methods the paper reports (any of its tables): they keep to the tables that declare them, so Table 1 rendered
+# from runs that include the ablations of Table 3 shows the paper's Table 1, not Table 3's rows as well.
+PAPER_METHODS = frozenset(m for t in TABLES.values() if t.paper for m in _declared_methods(t))
+NOT_IN_PAPER = "no paper number: not in the paper"
+
+
+def extra_method_rows(t: Table, df: pd.DataFrame) -> list[Sel]:
+    """The rows a paper table gets for the runs' methods it does not declare and the paper does not report (a
+    plugin, or a built-in such as AFA), after its own rows, one per method (and hyperparameter variant, as in
+    the generic table). Runs that only serve as another run's parent are not rows: a grid's natural parent is
+    not a method its author asked for. Tables whose rows are not methods get none."""
+    if not t.rows or not all(r is SEP or (isinstance(r, Sel) and "method" in r.where) for r in t.rows):
+        return []
+    mask = pd.Series(True, index=df.index)
+    for k, v in t.select.items():
+        mask &= (df[k] == v) if k in df else False
+    mask &= ~df.method.isin(_declared_methods(t) | PAPER_METHODS) & ~df.run_id.isin(set(df.parent_id.dropna()))
+    if not mask.any():
+        return []
+    return [SEP, *generic_table(df[mask], "").rows]
+
+
+def with_extra_methods(t: Table, df: pd.DataFrame) -> Table:
+    """``t`` with ``extra_method_rows`` appended."""
+    extra = extra_method_rows(t, df)
+    return replace(t, rows=[*t.rows, *extra]) if extra else t
+
+
+def paper_table_for(df: pd.DataFrame) -> str | None:
+    """The paper's accuracy table whose network all the runs use (Table 1: ResNet18, Table 2: WideResNet-34-10), for
+    ``--compare paper`` on a grid that is not the paper's own (a grid file); None when no one table covers them."""
+    for name, t in TABLES.items():
+        if t.paper and t.cols == ACC and set(df.model) == {t.select.get("model")}:
+            return name
+    return None
