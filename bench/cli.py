@@ -213,7 +213,7 @@ def cmd_report(args) -> int:
     if args.claims:
         from bench.report.claims import claims
 
-        out = claims(args.grid, Path(args.results))
+        out = claims(_grid_runs(args), Path(args.results), name=args.grid)  # --seeds and --set as for `run`
     else:
         out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
                      compare=args.compare)
