@@ -94,3 +94,41 @@ def test_a_method_not_in_the_grid_is_one_line_exit_2(capsys, tmp_path, a, b, say
     assert main(["compare", "--grid", "demo", "--results", str(tmp_path), "--a", a, "--b", b]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+# -- a researcher's method beside Table 1's own runs -------------------------------------------------------------
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method"
+
+
+@pytest.fixture
+def vaft_clean(monkeypatch):
+    """The example plugin (examples/my_method) registered for one test, and taken out of the registry after it."""
+    import importlib
+
+    from methods import REGISTRY
+
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    importlib.import_module("my_method.vaft_clean")
+    yield "vaft_clean"
+    REGISTRY.pop("vaft_clean", None)
+    for mod in ("my_method.vaft_clean", "my_method"):
+        sys.modules.pop(mod, None)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_the_example_table1_file_shares_table1s_vaft_and_afd_runs(vaft_clean, seeds):
+    """Whatever network and recipes Table 1 uses, the file's vAFT and AFD runs (and their parents) are Table 1's:
+    compared with the grid itself, not with stored ids."""
+    from bench.core.config import run_id
+    from bench.grid.grids import get_grid
+    from bench.grid.runs import expand
+
+    path = str(EXAMPLE / "table1_cifar10.toml")
+    mine = expand(get_grid(path, seeds))
+    table1 = {run_id(c) for c in expand(get_grid("table1", seeds))}
+    shared = [c for c in mine if c.method != vaft_clean]
+    assert {c.method for c in shared} >= {"vaft", "afd"} and len(shared) == 2 * seeds + 1  # + the natural parent
+    assert {run_id(c) for c in shared} <= table1
+    assert {run_id(c) for c in mine if c.method == vaft_clean}.isdisjoint(table1)
+    assert {(c.model, c.dataset) for c in mine} == {(c.model, "cifar10") for c in get_grid("table1")
+                                                   if c.method == "vaft" and c.dataset == "cifar10"}
