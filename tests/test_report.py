@@ -662,3 +662,14 @@ def test_claims_count_a_plugin_that_fine_tunes_a_natural_parent_among_the_fine_t
         "vaft", "rift", "afkd", "arrest", "afd", vaft_clean)
     # without it the claims are those of the fixture's runs alone
     assert "vAFT+clean" not in claims(table_runs(), results)
+
+
+def test_a_grids_own_method_gets_a_column_of_table3_whose_columns_are_the_methods(vaft_clean, tmp_path):
+    runs, results = _with_plugin_results(tmp_path, vaft_clean)
+    md = report(table_runs() + runs, results, "markdown", table="table3", compare="paper")
+    assert md.splitlines()[0].rstrip("|").split("|")[-1].strip() == "vAFT+clean"
+    assert "| Clean | ours | 84.12 ± 0.18 | 84.60 | 84.60 | 85.03 ± 0.18 | 80.00 |" in md
+    assert "- no paper number: not in the paper: vAFT+clean." in md
+    # Table 4's rows and columns are not methods: nothing is added
+    assert report(table_runs() + runs, results, "markdown", table="table4") == \
+        report(table_runs(), results, "markdown", table="table4")

@@ -203,26 +203,31 @@ PAPER_METHODS = frozenset(m for t in TABLES.values() if t.paper for m in _declar
 NOT_IN_PAPER = "no paper number: not in the paper"
 
 
-def extra_method_rows(t: Table, df: pd.DataFrame) -> list[Sel]:
-    """The rows a paper table gets for the runs' methods it does not declare and the paper does not report (a
-    plugin, or a built-in such as AFA), after its own rows, one per method (and hyperparameter variant, as in
-    the generic table). Runs that only serve as another run's parent are not rows: a grid's natural parent is
-    not a method its author asked for. Tables whose rows are not methods get none."""
-    if not t.rows or not all(r is SEP or (isinstance(r, Sel) and "method" in r.where) for r in t.rows):
+def _is_methods(sels: Sequence[Sel | Metric]) -> bool:
+    return bool(sels) and all(s is SEP or (isinstance(s, Sel) and "method" in s.where) for s in sels)
+
+
+def extra_methods(t: Table, df: pd.DataFrame) -> list[Sel]:
+    """What a paper table adds for the runs' methods it does not declare and the paper does not report (a plugin,
+    or a built-in such as AFA): one row (or column, in Table 3, whose columns are the methods) per method and
+    hyperparameter variant, as in the generic table. Runs that only serve as another run's parent are left out: a
+    grid's natural parent is not a method its author asked for. Tables without a method per row or column add
+    none."""
+    if not (_is_methods(t.rows) or _is_methods(t.cols)):
         return []
     mask = pd.Series(True, index=df.index)
     for k, v in t.select.items():
         mask &= (df[k] == v) if k in df else False
     mask &= ~df.method.isin(_declared_methods(t) | PAPER_METHODS) & ~df.run_id.isin(set(df.parent_id.dropna()))
-    if not mask.any():
-        return []
-    return [SEP, *generic_table(df[mask], "").rows]
+    return list(generic_table(df[mask], "").rows) if mask.any() else []
 
 
 def with_extra_methods(t: Table, df: pd.DataFrame) -> Table:
-    """``t`` with ``extra_method_rows`` appended."""
-    extra = extra_method_rows(t, df)
-    return replace(t, rows=[*t.rows, *extra]) if extra else t
+    """``t`` with ``extra_methods`` after its own rows (a rule between them), or after its own columns."""
+    extra = extra_methods(t, df)
+    if not extra:
+        return t
+    return replace(t, rows=[*t.rows, SEP, *extra]) if _is_methods(t.rows) else replace(t, cols=[*t.cols, *extra])
 
 
 def paper_table_for(df: pd.DataFrame) -> str | None:

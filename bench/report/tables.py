@@ -69,7 +69,7 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
         # one document: tables separated by a blank line (CSV: each table's own header line starts its block)
         return "\n".join(RENDERERS[fmt](build(_with_sizes(TABLES[t], df), df, compare)) for t in GRID_TABLES[name])
     if name in TABLES:
-        # a grid's methods that the table does not declare get rows of their own after its rows
+        # a grid's methods that the table does not declare get rows (or columns) of their own after its own
         t = with_extra_methods(TABLES[name], df)
     elif name is not None and name.endswith(".toml"):
         spec = load_grid_file(name).table
@@ -84,7 +84,7 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
         t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
                               "Avg is their mean." + _sizes_note(df))
     built = build(t, df, compare)
-    unknown = [r.label for r in t.rows if isinstance(r, Sel) and "method" in r.where
+    unknown = [r.label for r in (*t.rows, *t.cols) if isinstance(r, Sel) and "method" in r.where
                and r.where["method"] not in PAPER_METHODS] if compare and t.paper else []
     if unknown:
         built.notes.append(f"{NOT_IN_PAPER}: {', '.join(unknown)}.")
