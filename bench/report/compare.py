@@ -56,24 +56,23 @@ def _row(a: pd.DataFrame, b: pd.DataFrame, metric: tuple, labels: tuple[str, str
     """One metric of one model and data set, or None when one of the two has no value of it."""
     key, label, higher, size = metric
     va, vb = a[key].dropna(), b[key].dropna()
-    if not len(va) or not len(vb) or (size is not None and not a.eval_sizes.iloc[0][size]):
+    # the fewer test images of the two, where their evaluations differ: the larger binomial error
+    n_test = min(int(x.eval_sizes.iloc[0][size]) for x in (a, b)) if size is not None else None
+    if not len(va) or not len(vb) or n_test == 0:
         return None  # e.g. no AutoAttack (n_aa = 0)
     digits = 2 if size is not None else 4
     diff = float(va.mean() - vb.mean())
-    if size is None:
-        nz = _gap_noise(a.loc[va.index], b.loc[vb.index])
-    else:
-        nz = noise(va, vb, int(a.eval_sizes.iloc[0][size]))
+    nz = noise(va, vb, n_test) if size is not None else _gap_noise(a.loc[va.index], b.loc[vb.index])
     if size is None and _features(a) != _features(b):
-        return [label, _mean_std(va, digits), _mean_std(vb, digits), f"{diff:+.{digits}f}", f"{nz:.{digits}f}",
-                f"not comparable: measured on {_features(a)} and on {_features(b)}"]
-    if math.isnan(nz):
-        return [label, _mean_std(va, digits), _mean_std(vb, digits), f"{diff:+.{digits}f}", "—",
-                "no verdict: no test-sample error recorded"]
-    said = verdict(diff if higher else -diff, nz)
-    said = {"holds": f"{labels[0]} ahead", "does not hold (the opposite, beyond noise)": f"{labels[1]} ahead"}.get(
-        said, "not distinguishable" if said.startswith("not distinguishable") else said)
-    return [label, _mean_std(va, digits), _mean_std(vb, digits), f"{diff:+.{digits}f}", f"{nz:.{digits}f}", said]
+        said = f"not comparable: measured on {_features(a)} and on {_features(b)}"
+    elif math.isnan(nz):
+        said = "no verdict: no test-sample error recorded"
+    else:
+        said = verdict(diff if higher else -diff, nz)
+        said = {"holds": f"{labels[0]} ahead", "does not hold (the opposite, beyond noise)": f"{labels[1]} ahead"}.get(
+            said, "not distinguishable" if said.startswith("not distinguishable") else said)
+    return [label, _mean_std(va, digits), _mean_std(vb, digits), f"{diff:+.{digits}f}",
+            "—" if math.isnan(nz) else f"{nz:.{digits}f}", said]
 
 
 def rows(df: pd.DataFrame, a: str, b: str) -> list[list[str]]:
