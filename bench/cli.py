@@ -1,5 +1,5 @@
-"""Command line: ``python -m bench {run,eval,list,report,status,plan,plot,speed,speed-eval,doctor} ...`` (also
-installed as ``bench``).
+"""Command line: ``python -m bench {run,eval,list,report,compare,status,plan,plot,speed,speed-eval,doctor} ...``
+(also installed as ``bench``).
 
 Bad input (an unknown name, a malformed --set, eps given in pixels, a missing data folder, ...) prints one line
 saying what is wrong and how to fix it, and exits with code 2, before anything is written.
@@ -222,7 +222,7 @@ def cmd_report(args) -> int:
     elif args.claims:
         from bench.report.claims import claims
 
-        out = claims(args.grid, Path(args.results))
+        out = claims(_grid_runs(args), Path(args.results), name=args.grid)  # --seeds and --set as for `run`
     else:
         out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
                      compare=args.compare)
@@ -232,6 +232,14 @@ def cmd_report(args) -> int:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(out)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """One method against another on a grid's results, per metric and model / data set, under the noise rule."""
+    from bench.report.compare import compare
+
+    sys.stdout.write(compare(_grid_runs(args), Path(args.results), args.a, args.b, args.format, name=args.grid))
     return 0
 
 
@@ -482,6 +490,16 @@ def _report_parser(sub) -> None:
     sp.set_defaults(func=cmd_report)
 
 
+def _compare_parser(sub) -> None:
+    sp = sub.add_parser("compare", help="method A against method B on a grid's results: per metric, mean ± std "
+                        "over seeds, difference, noise and verdict (ahead / not distinguishable)")
+    _add_grid(sp)
+    sp.add_argument("--a", required=True, metavar="METHOD", help="the method compared (e.g. yours)")
+    sp.add_argument("--b", required=True, metavar="METHOD", help="the method it is compared with (e.g. afd)")
+    sp.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    sp.set_defaults(func=cmd_compare)
+
+
 def _plot_parser(sub) -> None:
     sp = sub.add_parser("plot", help="draw a paper figure (PNG and PDF) from a grid's results")
     _add_grid(sp, data_root="fig3: data folder (default: $BENCH_DATA_ROOT or ./data)")
@@ -589,7 +607,7 @@ def _eval_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_run_parser, _report_parser, _plot_parser, _status_and_plan_parsers, _speed_parser,
+    for add in (_run_parser, _report_parser, _compare_parser, _plot_parser, _status_and_plan_parsers, _speed_parser,
                 _speed_eval_parser, _doctor_parser, _eval_parser):
         add(sub)
     sp = sub.add_parser("list", help="methods, models, data sets and grids")

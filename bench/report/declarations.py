@@ -190,3 +190,50 @@ def _typed(col: pd.Series, text: str) -> Any:
         if str(v) == text:
             return v
     return text
+
+
+# -- a grid's own methods in the paper's tables -----------------------------------------------------------------
+def _declared_methods(t: Table) -> set[str]:
+    return {s.where["method"] for s in (*t.rows, *t.cols) if isinstance(s, Sel) and "method" in s.where}
+
+
+# The methods the paper reports (any of its tables): they keep to the tables that declare them, so Table 1 rendered
+# from runs that include the ablations of Table 3 shows the paper's Table 1, not Table 3's rows as well.
+PAPER_METHODS = frozenset(m for t in TABLES.values() if t.paper for m in _declared_methods(t))
+NOT_IN_PAPER = "no paper number: not in the paper"
+
+
+def _is_methods(sels: Sequence[Sel | Metric]) -> bool:
+    return bool(sels) and all(s is SEP or (isinstance(s, Sel) and "method" in s.where) for s in sels)
+
+
+def extra_methods(t: Table, df: pd.DataFrame) -> list[Sel]:
+    """What a paper table adds for the runs' methods it does not declare and the paper does not report (a plugin,
+    or a built-in such as AFA): one row (or column, in Table 3, whose columns are the methods) per method and
+    hyperparameter variant, as in the generic table. Runs that only serve as another run's parent are left out: a
+    grid's natural parent is not a method its author asked for. Tables without a method per row or column add
+    none."""
+    if not (_is_methods(t.rows) or _is_methods(t.cols)):
+        return []
+    mask = pd.Series(True, index=df.index)
+    for k, v in t.select.items():
+        mask &= (df[k] == v) if k in df else False
+    mask &= ~df.method.isin(_declared_methods(t) | PAPER_METHODS) & ~df.run_id.isin(set(df.parent_id.dropna()))
+    return list(generic_table(df[mask], "").rows) if mask.any() else []
+
+
+def with_extra_methods(t: Table, df: pd.DataFrame) -> Table:
+    """``t`` with ``extra_methods`` after its own rows (a rule between them), or after its own columns."""
+    extra = extra_methods(t, df)
+    if not extra:
+        return t
+    return replace(t, rows=[*t.rows, SEP, *extra]) if _is_methods(t.rows) else replace(t, cols=[*t.cols, *extra])
+
+
+def paper_table_for(df: pd.DataFrame) -> str | None:
+    """The paper's accuracy table whose network all the runs use (Table 1: ResNet18, Table 2: WideResNet-34-10), for
+    ``--compare paper`` on a grid that is not the paper's own (a grid file); None when no one table covers them."""
+    for name, t in TABLES.items():
+        if t.paper and t.cols == ACC and set(df.model) == {t.select.get("model")}:
+            return name
+    return None

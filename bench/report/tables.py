@@ -9,10 +9,24 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bench.core.config import RunConfig
+import pandas as pd
+
+from bench.core.config import ConfigError, RunConfig
 from bench.grid.gridfile import load as load_grid_file
 from bench.report.build import build, load_paper
-from bench.report.declarations import ACC, GRID_TABLES, TABLES, generic_table
+from bench.report.declarations import (
+    ACC,
+    GRID_TABLES,
+    NOT_IN_PAPER,
+    PAPER_METHODS,
+    TABLES,
+    Metric,
+    Sel,
+    Table,
+    generic_table,
+    paper_table_for,
+    with_extra_methods,
+)
 from bench.report.frame import load, peak_memory_note
 from bench.report.render import RENDERERS
 
@@ -34,15 +48,36 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
         # one document: tables separated by a blank line (CSV: each table's own header line starts its block)
         return "\n".join(RENDERERS[fmt](build(TABLES[t], df, compare)) for t in GRID_TABLES[name])
     if name in TABLES:
-        t = TABLES[name]
+        # a grid's methods that the table does not declare get rows (or columns) of their own after its own
+        t = with_extra_methods(TABLES[name], df)
     elif name is not None and name.endswith(".toml"):
         spec = load_grid_file(name).table
         t = generic_table(df, spec.get("caption", f"Accuracy (%) of grid {Path(name).stem} on clean, PGD-20 and "
                                                   "AutoAttack inputs; Avg is their mean."))
         if "metrics" in spec:
             t = replace(t, cols=[m for m in ACC if m.key in spec["metrics"]])
+        if compare:
+            t = _with_paper(t, df, name)
     else:
         what = f"grid {name}" if name else "this grid"
         t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
                               "Avg is their mean.")
-    return RENDERERS[fmt](build(t, df, compare))
+    built = build(t, df, compare)
+    unknown = [r.label for r in (*t.rows, *t.cols) if isinstance(r, Sel) and "method" in r.where
+               and r.where["method"] not in PAPER_METHODS] if compare and t.paper else []
+    if unknown:
+        built.notes.append(f"{NOT_IN_PAPER}: {', '.join(unknown)}.")
+    return RENDERERS[fmt](built)
+
+
+def _with_paper(t: Table, df: pd.DataFrame, name: str) -> Table:
+    """A grid file's table with the numbers of the paper's table on its network (``--compare paper``). A grid on a
+    network that none of the paper's accuracy tables uses is bad input: there is nothing to compare with."""
+    paper = paper_table_for(df)
+    if paper is None:
+        have = ", ".join(sorted(set(df.model)))
+        raise ConfigError(f"--compare paper: the paper's accuracy tables are on one network each (table1: resnet18, "
+                          f"table2: wrn34_10); grid {name} runs {have}")
+    pairs = set(zip(df.model, df.dataset))
+    select = {"model": next(iter(pairs))[0], "dataset": next(iter(pairs))[1]} if len(pairs) == 1 else {}
+    return replace(t, paper=TABLES[paper].paper, select={**t.select, **select})
