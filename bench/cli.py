@@ -159,7 +159,30 @@ def _procs(args) -> int:
 def _grid_runs(args) -> list[RunConfig]:
     from bench.grid.grids import get_grid
 
-    return apply_sets(get_grid(args.grid, args.seeds), args.set or [])
+    return select_runs(apply_sets(get_grid(args.grid, args.seeds), args.set or []), args.only or [])
+
+
+# -- --only -------------------------------------------------------------------------------------------------
+ONLY_KEYS = ("method", "model", "dataset", "seed")
+
+
+def select_runs(runs: list[RunConfig], only: Sequence[str]) -> list[RunConfig]:
+    """The runs of a grid that every ``--only KEY=V1,V2`` selects (KEY one of ``ONLY_KEYS``); their parents come
+    along when the runs are expanded. Selecting nothing is bad input, said in one line with what there is."""
+    for item in only:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ONLY_KEYS or not values.strip():
+            raise UsageError(f"--only {item}: expected KEY=VALUE[,VALUE...] with KEY one of {', '.join(ONLY_KEYS)} "
+                             "(e.g. --only dataset=cifar10 --only method=vaft,afd)")
+        wanted = {v.strip() for v in values.split(",") if v.strip()}
+        have = {str(getattr(r, key)) for r in runs}
+        kept = [r for r in runs if str(getattr(r, key)) in wanted]
+        if not kept:
+            raise UsageError(f"--only {item} selects none of the {len(runs)} run(s) left; their {key}s: "
+                             f"{', '.join(sorted(have))}")
+        runs = kept
+    return runs
 
 
 def cmd_run(args) -> int:
@@ -403,6 +426,9 @@ def _add_grid(sp, data_root: str | None = None, or_evals: bool = False) -> None:
     g.add_argument("--seeds", type=int, default=1, help="repeat the grid's runs with seeds 0..N-1")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field for every run (train.epochs=2, eval.n_aa=0, afd.gamma=10)")
+    g.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",
+                   help="only the grid's runs with this method, model, dataset or seed (repeatable; parents come "
+                        "along): --only dataset=cifar10 --only method=vaft,afd")
     _add_folders(sp, results=RESULTS_HELP, data_root=data_root)
 
 

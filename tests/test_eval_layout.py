@@ -105,7 +105,7 @@ def _with_trained_bn_statistics(net: torch.nn.Module) -> torch.nn.Module:
 
 # conv -> BN pairs each model has: every conv of the small CNN and the ResNets; in the pre-activation nets the conv
 # a block's second BN follows (the others feed a sum, not a BatchNorm), and WRN's stem conv (its first block's BN)
-FOLDABLE = {"small_cnn": 4, "resnet18": 20, "resnet18_afd": 20, "resnet50": 53, "preact_resnet18": 8, "wrn34_10": 16}
+FOLDABLE = {"small_cnn": 4, "resnet18": 20, "resnet18_afd": 20, "resnet50": 53, "resnet50_afd": 53, "preact_resnet18": 8, "wrn34_10": 16}
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -11,18 +11,44 @@ from bench.core.config import run_id, to_dict
 from bench.grid.grids import GRIDS, get_grid
 
 from bench.grid.runs import expand
-def test_table1_is_30_runs_plus_3_natural_parents():
+def test_table1_is_27_runs_plus_3_natural_parents_without_the_papers_empty_cells():
     runs = get_grid("table1")
-    assert len(runs) == 30 and len({run_id(r) for r in runs}) == 30
+    assert len(runs) == 27 and len({run_id(r) for r in runs}) == 27
+    assert not {(r.method, r.dataset) for r in runs} & {(m, "tiny-imagenet") for m in ("free_at", "fgsm_ga", "atas")}
+    full_grid = get_grid("table1_full")
+    assert len(full_grid) == 30 and {run_id(r) for r in runs} < {run_id(r) for r in full_grid}
     full = expand(runs)
     extra = [r for r in full if run_id(r) not in {run_id(x) for x in runs}]
-    assert sorted((r.method, r.dataset) for r in extra) == [("standard", d) for d in
-                                                            ("cifar10", "cifar100", "tiny-imagenet")]
+    assert sorted((r.method, r.model, r.dataset) for r in extra) == [
+        ("standard", "resnet18_afd", d) for d in ("cifar10", "cifar100", "tiny-imagenet")]
     # RiFT's parent is the table's own PGD-AT run: trained once
     for r in runs:
         if r.method == "rift":
             assert r.parent in runs and r.parent.method == "pgd_at"
     assert all(r.eval.n_clean == r.eval.n_pgd == r.eval.n_aa == 10_000 for r in full)
+
+
+def test_each_row_runs_on_the_network_its_public_code_trained():
+    """The AFD code's rows (vAFT, AFKD, ARREST, AFD, the ablations) and their natural parents on its ResNets with an
+    unpadded first convolution; PGD-AT, TRADES, the fast-AT rows and RiFT on the padded CIFAR ResNet18; the
+    WideResNet rows as they were."""
+    aft = {"vaft", "afkd", "arrest", "afd", "vaft_d", "vaft_a"}
+    for grid in ("table1", "table3", "table5", "fig1", "fig4"):
+        for r in expand(get_grid(grid)):
+            want = "resnet18_afd" if r.method in aft or r.method == "standard" else "resnet18"
+            assert r.model == want, (grid, r.method, r.model)
+    t4 = {(r.model, r.dataset) for r in get_grid("table4")}
+    assert ("resnet50_afd", "cifar10") in t4 and ("wrn34_10", "cifar10") in t4 and ("resnet18_afd", "cifar10") in t4
+    assert {r.model for r in get_grid("table2")} == {"wrn34_10"}
+
+
+def test_figure1a_table3_and_the_default_of_figure4_are_table1s_own_runs():
+    table1 = {run_id(r) for r in get_grid("table1")}
+    assert {run_id(r) for r in get_grid("fig1")} <= table1
+    t3 = {r.method: run_id(r) for r in get_grid("table3")}
+    assert t3["vaft"] in table1 and t3["afd"] in table1
+    assert len({run_id(r) for r in get_grid("fig4")} & table1) == 1  # the defaults' point: Table 1's AFD
+    assert {run_id(r) for r in get_grid("table4") if r.model == "resnet18_afd" and r.dataset == "cifar10"} <= table1
 
 
 def test_paper_grids_sizes_and_shared_parents():
@@ -31,7 +57,7 @@ def test_paper_grids_sizes_and_shared_parents():
     assert {r.method for r in get_grid("table3")} == {"vaft", "vaft_d", "vaft_a", "afd"}
     # every grid's resnet18/cifar10 natural parent is one run, whichever grid asks for it
     parents = {run_id(r.parent) for g in ("table3", "table4", "fig4") for r in get_grid(g)
-               if r.parent is not None and r.model == "resnet18" and r.dataset == "cifar10"}
+               if r.parent is not None and r.model == "resnet18_afd" and r.dataset == "cifar10"}
     assert len(parents) == 1
     assert get_grid("table3", seeds=2)[0].seed == 0 and len(get_grid("table3", seeds=2)) == 8
 
@@ -62,7 +88,7 @@ def test_dry_run_slurm_arrays_and_dependencies(capsys, tmp_path, monkeypatch):
     assert main(["run", "--grid", "table4", "--executor", "slurm", "--dry-run", "--profile", "gpu",
                  "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "16 job(s) in 13 array(s)" in out
+    assert "16 job(s) in 13 array(s)" in out  # resnet50_afd on the resnet50 resources
     assert "afterok: array 0 task [0]" in out and "gpus 1" in out
     assert not (tmp_path / "jobs").exists()
 

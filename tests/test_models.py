@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from bench.models.architectures import MODELS, Classifier, ModelError, build_model, feature_extractor_and_head
 
-BIG = {"resnet50", "wrn34_10"}
-FEATURE_DIM = {"small_cnn": 256, "resnet18": 512, "resnet18_afd": 512, "resnet50": 2048, "preact_resnet18": 512, "wrn34_10": 640}
+BIG = {"resnet50", "resnet50_afd", "wrn34_10"}
+FEATURE_DIM = {"small_cnn": 256, "resnet18": 512, "resnet18_afd": 512, "resnet50": 2048, "resnet50_afd": 2048, "preact_resnet18": 512, "wrn34_10": 640}
 
 
 def _check_model(model: Classifier, num_classes: int, in_channels: int, size: int, batch: int = 2) -> None:

@@ -275,6 +275,11 @@ def _runs(m: str, sweep: list[dict[str, Any]], *, model: str, dataset: str, seed
                                   epochs=p_epochs, **_parent_train(train_over))
         run = make_run(m, model=model, dataset=dataset, train=train, hparams=hp, eval=ev, seed=seed,
                        parent=parent_run, parent_epochs=p_epochs, parent_train=_scaled_parent_train(cls, train_over))
+        if run.parent is not None and run.parent.eval.feature_gap_every_epoch:
+            # the parent measures the feature gap after its last epoch only, as the paper grids' parents do: the
+            # per-epoch curve is its children's, and a file that asks for it shares the paper grids' parents
+            run = dataclasses.replace(run, parent=dataclasses.replace(
+                run.parent, eval=dataclasses.replace(run.parent.eval, feature_gap_every_epoch=False)))
         if eps is not None:
             run = _with_eps(run, eps)
         if cls.parent is not None and "zoo" in parent:

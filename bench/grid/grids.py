@@ -66,26 +66,60 @@ FIG1_METHODS = ("vaft", "afkd", "arrest", "afd")
 TABLE4_CELLS = (("resnet18", "cifar10"), ("resnet18", "cifar100"), ("resnet18", "tiny-imagenet"),
                 ("resnet50", "cifar10"), ("resnet50", "cifar100"),
                 ("wrn34_10", "cifar10"), ("wrn34_10", "cifar100"), ("wrn34_10", "tiny-imagenet"))
+# The network each row's public code trained, under the as-run rule. The AFD code (changzhang777/AFD tl+sl.py,
+# ARREST.py; models/resnet.py) trains vAFT, AFKD, ARREST, AFD and its ablations, and the natural model they start
+# from, on ResNets whose first convolution is unpadded (``resnet18_afd``, ``resnet50_afd``); its WideResNet pads
+# like TRADES'. PGD-AT, TRADES, the fast-AT rows and RiFT (which fine-tunes the PGD-AT model) come from codes with
+# the padded CIFAR ResNet (``resnet18``); AFA has no public code.
+AFD_CODE_ROWS = ("vaft", "afkd", "arrest", "afd", "vaft_d", "vaft_a")
+AFD_CODE_NETWORK = {"resnet18": "resnet18_afd", "resnet50": "resnet50_afd"}
+# Table 1's cells the paper leaves empty ('-'): the fast-AT rows on Tiny-ImageNet (its numbers are excerpted from
+# Huang et al. 2023, which has none there). `table1` leaves them out; `table1_full` runs them too.
+TABLE1_EMPTY = {("free_at", "tiny-imagenet"), ("fgsm_ga", "tiny-imagenet"), ("atas", "tiny-imagenet")}
+# Figure 1a plots the feature gap per epoch of four of Table 1's CIFAR-10 rows: those rows measure it after every
+# epoch, so the figure is drawn from Table 1's own runs.
+FIG1_EVAL = replace(PAPER_EVAL, feature_gap_every_epoch=True)
 # AFD Figure 4 (read off the plot): each hyperparameter swept with the other two at the defaults (0.05, 0.25, 25).
 FIG4_SWEEP = {"alpha": (0.01, 0.025, 0.05, 0.1, 0.2), "beta": (0.05, 0.1, 0.25, 0.5, 1.0),
               "gamma": (2.0, 4.0, 10.0, 25.0, 30.0)}
 
 
+def as_run_network(method: str, model: str) -> str:
+    """The network ``method``'s public code trained where the paper says ``model`` (``AFD_CODE_ROWS``)."""
+    return AFD_CODE_NETWORK.get(model, model) if method in AFD_CODE_ROWS else model
+
+
 def paper_run(method: str, model: str, dataset: str, *, eval: EvalConfig = PAPER_EVAL,
               hparams: dict[str, Any] | None = None) -> RunConfig:
-    """A run at paper scale. Its parent (if any) is always built with the paper's evaluation, so a grid that
-    changes only its own runs' evaluation (Figure 1's per-epoch gap) shares the parents of Table 1."""
+    """A run at paper scale, on the network its public code trained (``as_run_network``; ``model`` is the
+    paper's name for it). Its parent (if any) is on the same network and always built with the paper's
+    evaluation, so a grid that changes only its own runs' evaluation shares the parents of Table 1."""
+    model = as_run_network(method, model)
     parent = None
     if get_method(method).parent is not None:
         parent = make_run(parent_method(get_method(method).parent), model=model, dataset=dataset, eval=PAPER_EVAL)
     return make_run(method, model=model, dataset=dataset, eval=eval, hparams=hparams, parent=parent)
 
 
+def _table1_run(method: str, dataset: str) -> RunConfig:
+    """A cell of Table 1; Figure 1a's rows on CIFAR-10 measure the feature gap after every epoch."""
+    ev = FIG1_EVAL if dataset == "cifar10" and method in FIG1_METHODS else PAPER_EVAL
+    return paper_run(method, "resnet18", dataset, eval=ev)
+
+
 @grid
 def table1(seeds: int = 1) -> list[RunConfig]:
-    """AFD Table 1: ResNet18 x CIFAR-10 / CIFAR-100 / Tiny-ImageNet x ten methods (30 runs + 3 natural parents;
-    PGD-AT is both a row and RiFT's parent)."""
-    return seeded([paper_run(m, "resnet18", d) for d in DATASETS_3 for m in TABLE1_METHODS], seeds)
+    """AFD Table 1: ResNet18 x CIFAR-10 / CIFAR-100 / Tiny-ImageNet x ten methods, less the cells the paper leaves
+    empty (27 runs + 3 natural parents; PGD-AT is both a row and RiFT's parent). Figure 1a's four rows on CIFAR-10
+    measure the feature gap after every epoch."""
+    return seeded([_table1_run(m, d) for d in DATASETS_3 for m in TABLE1_METHODS if (m, d) not in TABLE1_EMPTY],
+                  seeds)
+
+
+@grid
+def table1_full(seeds: int = 1) -> list[RunConfig]:
+    """Table 1 with the cells the paper leaves empty too (Free-AT, FGSM-GA, ATAS on Tiny-ImageNet): 30 runs."""
+    return seeded([_table1_run(m, d) for d in DATASETS_3 for m in TABLE1_METHODS], seeds)
 
 
 @grid
@@ -97,35 +131,39 @@ def table2(seeds: int = 1) -> list[RunConfig]:
 @grid
 def table3(seeds: int = 1) -> list[RunConfig]:
     """AFD Table 3 (ablation): vAFT, vAFT + disentangler, vAFT + alignment, AFD on ResNet18 CIFAR-10."""
-    return seeded([paper_run(m, "resnet18", "cifar10") for m in TABLE3_METHODS], seeds)
+    return seeded([_table1_run(m, "cifar10") for m in TABLE3_METHODS], seeds)  # vAFT and AFD: Table 1's runs
 
 
 @grid
 def table4(seeds: int = 1) -> list[RunConfig]:
     """AFD Table 4: AFD's f1/f2 natural accuracies on RN18 (3 data sets), RN50 (CIFAR) and WRN-34-10 (3)."""
-    return seeded([paper_run("afd", m, d) for m, d in TABLE4_CELLS], seeds)
+    return seeded([_table1_run("afd", d) if m == "resnet18" else paper_run("afd", m, d) for m, d in TABLE4_CELLS],
+                  seeds)
 
 
 @grid
 def table5(seeds: int = 1) -> list[RunConfig]:
     """AFD Table 5: training time of every method on ResNet18 CIFAR-10, natural pre-training included (the
     same runs as Table 1's CIFAR-10 column: the seconds per epoch are in every result)."""
-    runs = [make_run("standard", model="resnet18", dataset="cifar10", eval=PAPER_EVAL)]
-    runs += [paper_run(m, "resnet18", "cifar10") for m in TABLE1_METHODS]
+    runs = [make_run("standard", model=as_run_network("afd", "resnet18"), dataset="cifar10", eval=PAPER_EVAL)]
+    runs += [_table1_run(m, "cifar10") for m in TABLE1_METHODS]
     return seeded(runs, seeds)
 
 
 @grid
 def fig1(seeds: int = 1) -> list[RunConfig]:
-    """AFD Figure 1(a): feature gap after every epoch for vAFT, AFKD, ARREST and AFD (ResNet18 CIFAR-10)."""
-    ev = replace(PAPER_EVAL, feature_gap_every_epoch=True)
-    return seeded([paper_run(m, "resnet18", "cifar10", eval=ev) for m in FIG1_METHODS], seeds)
+    """AFD Figure 1(a): feature gap after every epoch for vAFT, AFKD, ARREST and AFD (ResNet18 CIFAR-10): Table 1's
+    own runs of those rows (the same run ids)."""
+    return seeded([_table1_run(m, "cifar10") for m in FIG1_METHODS], seeds)
 
 
 @grid
 def fig4(seeds: int = 1) -> list[RunConfig]:
     """AFD Figure 4: alpha, beta, gamma of AFD one at a time around the defaults (13 distinct runs)."""
-    runs = [paper_run("afd", "resnet18", "cifar10", hparams={name: v})
+    default = get_method("afd").Hparams()
+    # the default point of each sweep is Table 1's AFD run (same evaluation, so the same run id)
+    runs = [paper_run("afd", "resnet18", "cifar10", hparams={name: v},
+                      eval=FIG1_EVAL if v == getattr(default, name) else PAPER_EVAL)
             for name, values in FIG4_SWEEP.items() for v in values]
     return seeded(unique(runs), seeds)
 

@@ -23,8 +23,9 @@ Architectures (re-written from the descriptions of the public code, not copied)
   network except that its stem conv has padding=0, so a 32x32 image becomes a 30x30 map (then 30, 15, 8, 4
   through the stages; its AdaptiveAvgPool2d makes the head the same). Same parameter names and shapes as
   ``resnet18``, so a checkpoint of one loads into the other without error and is silently a different
-  network: name the one the checkpoint was trained as. tests/test_models.py pins it against a transcription of
-  the AFD code's definition.
+  network: name the one the checkpoint was trained as. tests/reference/test_ref_resnet18_afd.py pins it against a
+  transcription of the AFD code's definition. ``resnet50_afd`` is the AFD code's ResNet50 (``ResNet50``: the same
+  ``ResNet`` class, Bottleneck blocks) the same way; its WideResNet pads like TRADES' (``wrn34_10``).
 * ``preact_resnet18``: locuslab/robust_overfitting ``preactresnet.py`` (pre-activation blocks, a final
   BN + ReLU before pooling), feature_dim 512.
 * ``wrn34_10``: yaodongyu/TRADES ``models/wideresnet.py`` -- depth 34, widen factor 10, dropout 0,
@@ -45,7 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-MODELS: tuple[str, ...] = ("small_cnn", "resnet18", "resnet18_afd", "resnet50", "preact_resnet18", "wrn34_10")
+MODELS: tuple[str, ...] = ("small_cnn", "resnet18", "resnet18_afd", "resnet50", "resnet50_afd", "preact_resnet18",
+                           "wrn34_10")
 
 
 class ModelError(Exception):
@@ -355,6 +357,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> Classifier
         return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, stem_padding=0)
     if name == "resnet50":
         return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+    if name == "resnet50_afd":
+        return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, stem_padding=0)
     if name == "preact_resnet18":
         return PreActResNet([2, 2, 2, 2], num_classes, in_channels)
     if name == "wrn34_10":
