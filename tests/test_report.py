@@ -843,3 +843,14 @@ def test_a_grids_own_method_gets_a_column_of_table3_whose_columns_are_the_method
     # Table 4's rows and columns are not methods: nothing is added
     assert report(table_runs() + runs, results, "markdown", table="table4") == \
         report(table_runs(), results, "markdown", table="table4")
+
+
+def test_table1_names_the_network_each_row_ran_on(tmp_path):
+    """Table 1's rows ran on two networks of one name (the AFD code's rows on its unpadded ResNet18): the table
+    selects both and says which row ran on which; a table of one network per architecture says nothing."""
+    md = report("table1", tmp_path, "markdown")
+    note = next(line for line in md.splitlines() if line.startswith("- Networks:"))
+    assert "vAFT, AFKD, ARREST, AFD on resnet18\\_afd (the AFD code's ResNet18, first convolution unpadded)" in note
+    assert "PGD-AT, TRADES, Free-AT, FGSM-GA, ATAS, RiFT on resnet18 (the TRADES code's CIFAR ResNet18)" in note
+    assert "vAFT RN18 (AFD code)/CIFAR-10 seed 0" in md  # the missing runs it selected, AFD code's network included
+    assert "- Networks:" not in report("table2", tmp_path, "markdown")

@@ -15,8 +15,17 @@ from typing import Any
 import pandas as pd
 
 from bench.report.declarations import SEP, Metric, Sel, Table
-from bench.report.frame import eval_time_note, peak_memory_note
-from bench.report.labels import DASH, DATASET_LABELS, MODEL_LABELS, SANITY, method_label, runs_per_device
+from bench.report.frame import eval_time_note, matching, peak_memory_note
+from bench.report.labels import (
+    DASH,
+    DATASET_LABELS,
+    MODEL_FAMILIES,
+    MODEL_LABELS,
+    NETWORK_NOTES,
+    SANITY,
+    method_label,
+    runs_per_device,
+)
 from bench.report.noise import noise
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -66,15 +75,6 @@ MARKS_NOTE = ("Bold: the column's best, ahead of the second by more than twice t
               "third by as much. A column with neither has no leader beyond noise.")
 
 
-def _match(df: pd.DataFrame, where: dict[str, Any]) -> pd.Series:
-    mask = pd.Series(True, index=df.index)
-    for k, v in where.items():
-        if k not in df:
-            return pd.Series(False, index=df.index)
-        mask &= df[k] == v
-    return mask
-
-
 def _label(lab: str | tuple[str, ...]) -> tuple[str, ...]:
     return lab if isinstance(lab, tuple) else (lab,)
 
@@ -106,7 +106,7 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
         else:
             kept.append(r)
     groups = list(table.groups) or [Sel("")]
-    base = _match(df, table.select)
+    base = matching(df, table.select)
     paper = load_paper(table.paper) if compare == "paper" and table.paper else None
     cells: list[list[Cell]] = []
     selected: dict[str, pd.Series] = {}
@@ -118,7 +118,7 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                 where = {**table.select, **g.where, **(c.where if isinstance(c, Sel) else {}),
                          **(r.where if isinstance(r, Sel) else {})}
                 assert isinstance(metric, Metric), "one of rows / cols must be Metrics"
-                runs = df[base & _match(df, where)]
+                runs = df[base & matching(df, where)]
                 for _, run in runs.iterrows():
                     selected[run.run_id] = run
                 cell = _cell(runs, metric)
@@ -235,7 +235,21 @@ def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]
     empty = sum(1 for line in cells for c in line if c.n_runs == 0)
     if empty:
         notes.append(f"{DASH}: {empty} cell{'s' * (empty > 1)} with no run in this grid.")
-    return notes
+    return notes + _network_notes(selected)
+
+
+def _network_notes(selected: dict[str, pd.Series]) -> list[str]:
+    """Which network each row ran on, where a table's rows ran on several (the paper's rows each on the network of
+    their public code)."""
+    by_model: dict[str, list[str]] = {}
+    for r in selected.values():
+        labels = by_model.setdefault(r.model, [])
+        if method_label(r.method) not in labels:
+            labels.append(method_label(r.method))
+    if not any(sum(m in by_model for m in fam) > 1 for fam in MODEL_FAMILIES.values()):
+        return []  # one network per architecture (a table of several architectures names them in its rows)
+    return ["Networks: " + "; ".join(f"{', '.join(labels)} on {model} ({NETWORK_NOTES.get(model, model)})"
+                                      for model, labels in by_model.items()) + "."]
 
 
 # -- the paper's numbers --------------------------------------------------------------------------------------
@@ -252,7 +266,7 @@ def paper_value(paper: pd.DataFrame, where: dict[str, Any], key: str) -> tuple[f
     where it has none."""
     if key not in paper:
         return math.nan, ""
-    sub = paper[_match(paper, {k: v for k, v in where.items() if k in ("method", "model", "dataset")})]
+    sub = paper[matching(paper, {k: v for k, v in where.items() if k in ("method", "model", "dataset")})]
     if "dagger" in sub and (sub.dagger == 0).any():
         sub = sub[sub.dagger == 0]
     vals = sub[key].dropna()

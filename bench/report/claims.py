@@ -35,7 +35,7 @@ import pandas as pd
 
 from bench.report.build import load_paper, paper_value
 from bench.report.frame import load
-from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label, n_runs, runs_per_device
+from bench.report.labels import DATASET_LABELS, MODEL_FAMILIES, MODEL_LABELS, method_label, n_runs, runs_per_device
 from bench.report.noise import binomial_noise, noise, verdict
 from bench.report.plots import at_defaults, hparam_sweeps
 from bench.report.render import markdown_table
@@ -83,11 +83,14 @@ def claims(runs: str | list, results: str | Path, name: str | None = None) -> st
     ``--seeds`` and ``--set`` applied); ``name`` is the grid named in the header."""
     df = load(runs, results)
     finetune = finetune_methods(list(df.method))
-    # One setting (model x data set): the one with the most fine-tuning runs (the cpu grid has only one).
+    # One setting (architecture x data set): the one with the most fine-tuning runs (the cpu grid has only one).
+    # An architecture is the paper's name for it: its rows ran on their code's network of that name (labels.family).
     ft = df[df.method.isin(finetune)]
     if len(ft):
-        model, dataset = ft.groupby(["model", "dataset"]).size().sort_values(ascending=False, kind="stable").index[0]
-        df = df[(df.model == model) & (df.dataset == dataset)]
+        arch = ft.model.map(lambda m: next((a for a, fam in MODEL_FAMILIES.items() if m in fam), m))
+        model, dataset = ft.assign(arch=arch).groupby(["arch", "dataset"]).size().sort_values(
+            ascending=False, kind="stable").index[0]
+        df = df[df.model.isin(MODEL_FAMILIES.get(model, (model,))) & (df.dataset == dataset)]
     done = df[df.status == "done"]
     defaults = done[at_defaults(done)] if len(done) else done
     sizes = {k: int(v) for k, v in zip(("clean", "pgd20", "aa"), done.eval_sizes.iloc[0])} if len(done) else {}

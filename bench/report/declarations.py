@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label
+from bench.report.frame import matching
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, family, method_label
 from methods import get_method
 
 
@@ -69,7 +70,8 @@ TABLES: dict[str, Table] = {
     "table1": Table("Quantitative evaluations of all methods on ResNet18 (accuracy, %).",
                     rows=_methods("pgd_at", "trades", "|", "free_at", "fgsm_ga", "atas", "|",
                                   "vaft", "rift", "afkd", "arrest", "afd"),
-                    groups=_datasets(*DATA3), cols=ACC, select={"model": "resnet18"}, rank=True, paper="table1"),
+                    groups=_datasets(*DATA3), cols=ACC, select={"model": family("resnet18")}, rank=True,
+                    paper="table1"),
     "table2": Table("Quantitative evaluations of all methods on WideResNet-34-10 (accuracy, %).",
                     rows=_methods("pgd_at", "trades", "|", "vaft", "rift", "afkd", "arrest", "afd"),
                     groups=_datasets(*DATA3), cols=ACC, select={"model": "wrn34_10"}, rank=True, paper="table2"),
@@ -77,10 +79,10 @@ TABLES: dict[str, Table] = {
                     "ResNet18, CIFAR-10 (accuracy, %).",
                     rows=(CLEAN, Metric("pgd20", "PGD"), AA), row_header=("",),
                     cols=_methods("vaft", "vaft_d", "vaft_a", "afd"),
-                    select={"model": "resnet18", "dataset": "cifar10"}, paper="table3"),
+                    select={"model": family("resnet18"), "dataset": "cifar10"}, paper="table3"),
     "table4": Table("Natural accuracy (%) of the intrinsic features f1 and the confused features f2 of AFD; "
                     "Δ = f1 − f2.",
-                    rows=[S((MODEL_LABELS[m], DATASET_LABELS[d]), model=m, dataset=d) for m, d in (
+                    rows=[S((MODEL_LABELS[m], DATASET_LABELS[d]), model=family(m), dataset=d) for m, d in (
                         ("resnet18", "cifar10"), ("resnet18", "cifar100"), ("resnet18", "tiny-imagenet"),
                         ("resnet50", "cifar10"), ("resnet50", "cifar100"),
                         ("wrn34_10", "cifar10"), ("wrn34_10", "cifar100"), ("wrn34_10", "tiny-imagenet"))],
@@ -92,7 +94,8 @@ TABLES: dict[str, Table] = {
                                   "vaft", "rift", "afkd", "arrest", "afd"),
                     cols=(Metric("epochs", "Epoch", 0), Metric("seconds_per_epoch", "Time one", 1),
                           Metric("total_seconds", "Time total", 0)),
-                    select={"model": "resnet18", "dataset": "cifar10"}, device_note=True, paper="table5"),
+                    select={"model": family("resnet18"), "dataset": "cifar10"}, device_note=True,
+                    paper="table5"),
 }
 
 
@@ -215,9 +218,7 @@ def extra_methods(t: Table, df: pd.DataFrame) -> list[Sel]:
     none."""
     if not (_is_methods(t.rows) or _is_methods(t.cols)):
         return []
-    mask = pd.Series(True, index=df.index)
-    for k, v in t.select.items():
-        mask &= (df[k] == v) if k in df else False
+    mask = matching(df, t.select)
     mask &= ~df.method.isin(_declared_methods(t) | PAPER_METHODS) & ~df.run_id.isin(set(df.parent_id.dropna()))
     return list(generic_table(df[mask], "").rows) if mask.any() else []
 
@@ -234,6 +235,7 @@ def paper_table_for(df: pd.DataFrame) -> str | None:
     """The paper's accuracy table whose network all the runs use (Table 1: ResNet18, Table 2: WideResNet-34-10), for
     ``--compare paper`` on a grid that is not the paper's own (a grid file); None when no one table covers them."""
     for name, t in TABLES.items():
-        if t.paper and t.cols == ACC and set(df.model) == {t.select.get("model")}:
+        want = t.select.get("model")
+        if t.paper and t.cols == ACC and set(df.model) <= set(want if isinstance(want, tuple) else (want,)):
             return name
     return None

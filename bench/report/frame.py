@@ -164,3 +164,14 @@ def _total_seconds(df: pd.DataFrame) -> list[float]:
         return t + total(p) if isinstance(p, str) else t
 
     return [total(r) for r in df.run_id]
+
+
+def matching(df: pd.DataFrame, where: dict[str, Any]) -> pd.Series:
+    """The rows of ``df`` with every column of ``where`` equal to its value (a tuple: one of its values); none
+    when ``df`` lacks one of the columns."""
+    mask = pd.Series(True, index=df.index)
+    for k, v in where.items():
+        if k not in df:
+            return pd.Series(False, index=df.index)
+        mask &= df[k].isin(v) if isinstance(v, tuple) else df[k] == v
+    return mask

@@ -12,7 +12,18 @@ SANITY = "‡"  # marks a value from a run whose evaluation violated clean >= PG
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny-ImageNet",
                   "cifar10-jpeg": "CIFAR-10 (JPEG)", "digits": "Digits"}
 MODEL_LABELS = {"resnet18": "RN18", "resnet50": "RN50", "wrn34_10": "WRN-34-10", "preact_resnet18": "PreAct-RN18",
-                "small_cnn": "SmallCNN"}
+                "small_cnn": "SmallCNN", "resnet18_afd": "RN18 (AFD code)", "resnet50_afd": "RN50 (AFD code)"}
+# The networks the paper calls by one name: its rows ran on the network of their public code (the AFD code's ResNets
+# have an unpadded first convolution), and its tables name the architecture. A paper table selects the family.
+MODEL_FAMILIES = {"resnet18": ("resnet18", "resnet18_afd"), "resnet50": ("resnet50", "resnet50_afd")}
+NETWORK_NOTES = {"resnet18": "the TRADES code's CIFAR ResNet18", "resnet18_afd": "the AFD code's ResNet18, first "
+                 "convolution unpadded", "resnet50": "the TRADES code's CIFAR ResNet50",
+                 "resnet50_afd": "the AFD code's ResNet50, first convolution unpadded"}
+
+
+def family(model: str) -> tuple[str, ...] | str:
+    """What a paper table selects for the architecture ``model``: the networks of that name, or ``model``."""
+    return MODEL_FAMILIES.get(model, model)
 
 
 def method_label(m: str) -> str:

@@ -76,7 +76,7 @@ def _with_paper(t: Table, df: pd.DataFrame, name: str) -> Table:
     paper = paper_table_for(df)
     if paper is None:
         have = ", ".join(sorted(set(df.model)))
-        raise ConfigError(f"--compare paper: the paper's accuracy tables are on one network each (table1: resnet18, "
+        raise ConfigError(f"--compare paper: the paper's accuracy tables are on one network each (table1: resnet18 or resnet18_afd, "
                           f"table2: wrn34_10); grid {name} runs {have}")
     pairs = set(zip(df.model, df.dataset))
     select = {"model": next(iter(pairs))[0], "dataset": next(iter(pairs))[1]} if len(pairs) == 1 else {}
