@@ -72,3 +72,121 @@ def test_archive_keeps_the_result_and_removes_model_and_checkpoints(tmp_path):
     assert json.loads(path.read_text())["status"] == "done"
     assert store.read("r1") is None and not store.model_path("r1").exists() and not store.ckpt_dir("r1").exists()
     assert [p.name for p, _ in store.all_results()] == []  # the archive is not a result of the grid
+
+
+def test_a_rerun_parent_names_its_children_and_trains_from_scratch(tmp_path, tiny_folder):
+    child = tiny_run("vaft", f"folder:{tiny_folder}", epochs=1, parent_epochs=1)
+    rt = _rt(tmp_path, tiny_folder)
+    run_local([child], rt, log=lambda s: None)
+    store, pid = Store(rt.results), run_id(child.parent)
+    old = _older(store.read(pid), "methods.standard")
+    store.write(pid, old)
+    lines: list[str] = []
+    run_local([child], rt, log=lines.append)
+    stale_line = next(s for s in lines if s.startswith(f"[1/2] {pid}"))
+    assert "done, stale (methods.standard changed): skipped" in stale_line and "--rerun stale" in stale_line
+    assert store.read(pid) == old and not (rt.results / "runs" / "archive").exists()
+    lines.clear()
+    run_local([child], rt, log=lines.append, rerun="stale")
+    parent_line = next(s for s in lines if s.startswith(f"[1/2] {pid}"))
+    assert "archived and trained again from scratch" in parent_line
+    assert f"its children {run_id(child)} (vaft) depend on it" in parent_line
+    assert not any("resuming" in s for s in lines)  # the old checkpoints were removed with the old result
+    new = store.read(pid)
+    assert new["code"] == current_code("standard") and new["finished"] >= old["finished"]
+    [archived] = (rt.results / "runs" / "archive").glob(f"{pid}.*.json")
+    assert json.loads(archived.read_text()) == json.loads(json.dumps(old))
+    assert store.read(run_id(child))["status"] == "done"  # the child stands: its own code did not change
+
+
+# -- the command line, in fresh processes ----------------------------------------------------------------------
+PLUGIN = '''from methods import get_method, register
+
+Standard = get_method("standard")
+
+
+@register
+class MineStale(Standard):
+    name = "mine_stale"
+    summary = "natural training under another name"
+    WEIGHT = 1.0  # a comment
+'''
+
+
+def _grid(tmp_path: Path, data: Path) -> Path:
+    grid = tmp_path / "stale_grid.toml"
+    grid.write_text(f'plugins = ["mine_stale"]\nmethods = ["mine_stale", "vaft"]\nmodels = ["small_cnn"]\n'
+                    f'datasets = ["folder:{data}"]\nepochs = 1\n[parent]\nepochs = 1\n[train]\nbatch_size = 8\n'
+                    '[eval]\nn_clean = 12\nn_pgd = 12\nn_aa = 0\npgd_steps = 3\nbatch_size = 12\nn_gap = 12\n')
+    return grid
+
+
+def _bench(tmp_path: Path, *argv: str, code: int = 0) -> str:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "plug"), str(REPO)]), BENCH_PLUGINS="",
+               BENCH_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == code, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def _results_of(results: Path, method: str) -> list[dict]:
+    return [r for r in (json.loads(p.read_text()) for p in (results / "runs").glob("*.json"))
+            if r["config"]["method"] == method]
+
+
+@pytest.mark.slow
+def test_an_edited_plugin_is_stale_in_status_run_and_report_until_rerun(tmp_path, tiny_folder):
+    (tmp_path / "plug").mkdir()
+    plugin = tmp_path / "plug" / "mine_stale.py"
+    plugin.write_text(PLUGIN)
+    grid, results = _grid(tmp_path, tiny_folder), tmp_path / "results"
+    where = ["--grid", str(grid), "--results", str(results), "--device", "cpu", "--threads", "1"]
+    _bench(tmp_path, "run", *where)
+    [first] = _results_of(results, "mine_stale")
+    assert first["status"] == "done" and "mine_stale" in first["code"]["modules"]
+
+    plugin.write_text(PLUGIN.replace("# a comment", "# a comment, rewritten\n    # and one more"))
+    status = _bench(tmp_path, "status", *where[:4])
+    assert "(stale" not in status and status.strip().endswith("3 done")
+
+    plugin.write_text(PLUGIN.replace("WEIGHT = 1.0", "WEIGHT = 2.0"))
+    status = _bench(tmp_path, "status", *where[:4])
+    line = next(s for s in status.splitlines() if "mine_stale" in s and first["run_id"] in s)
+    assert line.endswith("done (stale: mine_stale changed)")
+    assert status.strip().splitlines()[-1] == "1 stale, 2 done"  # in the order of the runs
+    report = _bench(tmp_path, "report", *where[:4]).replace("\\_", "_")
+    assert "1 of the 3 runs was computed by other code than the current one: `bench status` names them; " \
+           "`bench run --rerun stale` re-runs them." in report
+    for fmt in ("latex", "csv"):
+        assert "computed by other code" in _bench(tmp_path, "report", *where[:4], "--format", fmt)
+
+    out = _bench(tmp_path, "run", *where)
+    assert f"{first['run_id']} mine_stale on small_cnn/folder:{tiny_folder} seed 0: done, stale (mine_stale " \
+           "changed): skipped, its result stands; `bench run --rerun stale` re-runs it" in out
+    assert _results_of(results, "mine_stale") == [first]
+    assert "--rerun" in _bench(tmp_path, "run", *where, "--rerun", "stale", "--executor", "slurm", code=2)
+
+    out = _bench(tmp_path, "run", *where, "--rerun", "stale")
+    assert "archived and trained again from scratch" in out
+    [second] = _results_of(results, "mine_stale")
+    assert second["code"]["digest"] != first["code"]["digest"] and second["finished"] >= first["finished"]
+    [archived] = (results / "runs" / "archive").glob(f"{first['run_id']}.*.json")
+    assert json.loads(archived.read_text()) == first
+    assert _bench(tmp_path, "status", *where[:4]).strip().endswith("3 done")
+    assert "computed by other code" not in _bench(tmp_path, "report", *where[:4])
+
+
+@pytest.mark.slow
+def test_the_pool_reruns_what_it_is_told_once(tmp_path, tiny_folder):
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "mine_stale.py").write_text(PLUGIN)
+    grid, results = _grid(tmp_path, tiny_folder), tmp_path / "results"
+    where = ["--grid", str(grid), "--results", str(results), "--device", "cpu", "--threads", "1"]
+    _bench(tmp_path, "run", *where)
+    before = {r["run_id"]: r for r in map(lambda p: json.loads(p.read_text()), (results / "runs").glob("*.json"))}
+    out = _bench(tmp_path, "run", *where, "--workers", "2", "--rerun", "all")
+    assert out.count("--rerun all, archived and trained again from scratch") == 3
+    archived = sorted(p.name.split(".")[0] for p in (results / "runs" / "archive").glob("*.json"))
+    assert archived == sorted(before)  # each run once
+    for rid, old in before.items():
+        assert Store(results).read(rid)["finished"] >= old["finished"]

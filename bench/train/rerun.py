@@ -10,8 +10,9 @@ trained from scratch, under the run's lock:
 * ``failed``: failed runs, from scratch instead of resuming;
 * ``all``: every done or failed run.
 
-Only results finished before the command started are re-run (``before``), so that a run trained by this command
-(another worker of the pool, say) is not trained twice.
+The node-local pool's workers look at every run again and again: there only results finished before the pool
+started are re-run (``before``), so that a run trained by this pool is not trained twice. The local runner decides
+each run once and gives no ``before``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ RERUN_CHOICES = ("stale", "failed", "all")
 @dataclass(frozen=True)
 class Rerun:
     what: str | None = None  # one of RERUN_CHOICES; None: the default described above
-    before: str = ""  # UTC ISO time the command started (results' "finished" is compared with it)
+    before: str = ""  # UTC ISO time the pool started (results' "finished" is compared with it); "": every result
 
     def wants(self, result: dict | None) -> bool:
         """Whether the stored ``result`` is to be archived and its run trained again from scratch."""

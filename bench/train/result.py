@@ -25,6 +25,8 @@ def current_code(method: str) -> dict | None:
 def stale_modules(result: dict) -> list[str] | None:
     """The modules whose code changed since a done ``result`` was computed ([] when none did), or None when it is
     not known: the result recorded no fingerprint (it predates them) or its method is not registered."""
+    if not isinstance(result.get("code"), dict):
+        return None
     current = current_code((result.get("config") or {}).get("method", ""))
     return None if current is None else changed_modules(result.get("code"), current)
 
