@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from bench.core.store import Store
 from bench.grid.runner import run_local
 from bench.train.rerun import Rerun
 from bench.train.result import current_code, failed_result, stale_modules
+from bench.train.tblog import run_dir
 from conftest import REPO, tiny_run
 
 
@@ -44,6 +46,34 @@ def test_done_and_failed_results_record_the_current_code(tmp_path, tiny_folder):
     assert failed_result(cfg, "why", torch.device("cpu"))["code"] == current_code("standard")
     assert stale_modules({k: v for k, v in res.items() if k != "code"}) is None  # predates fingerprints
     assert stale_modules(_older(res, "methods.standard")) == ["methods.standard"]
+
+
+def test_status_and_report_name_a_stale_run(tmp_path, tiny_folder, capsys):
+    from bench.cli import main
+    from bench.grid.slurm import grid_status
+    from bench.report.tables import load, report
+
+    cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=1)
+    rt = _rt(tmp_path, tiny_folder)
+    run_local([cfg], rt, log=lambda s: None)
+    store, rid = Store(rt.results), run_id(cfg)
+    fresh = store.read(rid)
+    assert [s.state for s in grid_status([cfg], rt.results, query=lambda ids: {})] == ["done"]
+    assert not load([cfg], rt.results).stale.any() and "other code" not in report([cfg], rt.results)
+    store.write(rid, _older(fresh, "bench.eval.attacks"))
+    [st] = grid_status([cfg], rt.results, query=lambda ids: {})
+    assert (st.state, st.reason) == ("stale", "bench.eval.attacks changed")
+    assert load([cfg], rt.results).stale.tolist() == [True]
+    for fmt in ("markdown", "latex", "csv"):
+        assert "1 of the 1 runs was computed by other code than the current one" in report([cfg], rt.results, fmt)
+    store.write(rid, {k: v for k, v in fresh.items() if k != "code"})  # a result from before fingerprints
+    assert grid_status([cfg], rt.results, query=lambda ids: {})[0].state == "done"
+    assert load([cfg], rt.results).stale.tolist() == [False]
+    # SLURM: --rerun is refused in one line, before anything is submitted
+    assert main(["run", "--grid", "demo", "--executor", "slurm", "--rerun", "stale", "--results",
+                 str(rt.results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rerun stale re-runs on this machine" in err
 
 
 def test_rerun_choices_pick_the_results_to_archive():
@@ -87,11 +117,14 @@ def test_a_rerun_parent_names_its_children_and_trains_from_scratch(tmp_path, tin
     assert "done, stale (methods.standard changed): skipped" in stale_line and "--rerun stale" in stale_line
     assert store.read(pid) == old and not (rt.results / "runs" / "archive").exists()
     lines.clear()
+    tblog_dir = run_dir(rt.results, "standard", pid)
+    archived_at = time.time()
     run_local([child], rt, log=lines.append, rerun="stale")
     parent_line = next(s for s in lines if s.startswith(f"[1/2] {pid}"))
     assert "archived and trained again from scratch" in parent_line
     assert f"its children {run_id(child)} (vaft) depend on it" in parent_line
     assert not any("resuming" in s for s in lines)  # the old checkpoints were removed with the old result
+    assert not any(p.stat().st_mtime < archived_at for p in tblog_dir.rglob("*") if p.is_file())
     new = store.read(pid)
     assert new["code"] == current_code("standard") and new["finished"] >= old["finished"]
     [archived] = (rt.results / "runs" / "archive").glob(f"{pid}.*.json")

@@ -21,6 +21,7 @@ import copy
 import datetime as dt
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from bench.train.precision import make_step
 from bench.train.rerun import Rerun
 from bench.train.result import current_code, run_result
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
-from bench.train.tblog import EpochWriter
+from bench.train.tblog import EpochWriter, run_dir
 from bench.train.validation import validate_run
 from methods import Context, StepInfo, build_method, get_method, make_hparams
 from methods.base import Method
@@ -206,6 +207,8 @@ def _decide(cfg: RunConfig, store: Store, rid: str, opts: RunOptions) -> dict | 
     if opts.rerun.wants(existing):
         opts.log(f"[{rid}] {cfg.method}: --rerun {opts.rerun.what}: its {existing['status']} result is archived as "
                  f"{store.archive(rid)}; training it from scratch")
+        # the TensorBoard files are a view of the archived result's log: the new run writes its own
+        shutil.rmtree(run_dir(store.root, cfg.method, rid), ignore_errors=True)
         return None
     if existing is None or existing["status"] != "done":
         return None
