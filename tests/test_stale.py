@@ -64,6 +64,10 @@ def test_status_and_report_name_a_stale_run(tmp_path, tiny_folder, capsys):
     [st] = grid_status([cfg], rt.results, query=lambda ids: {})
     assert (st.state, st.reason) == ("stale", "bench.eval.attacks changed")
     assert load([cfg], rt.results).stale.tolist() == [True]
+    from bench.grid.slurm import get_profile, plan_submission  # SLURM leaves it alone and says so
+
+    plan = plan_submission([cfg], rt.results, *get_profile(None), [st])
+    assert not plan.arrays and plan.describe().endswith("not submitted: 1 stale")
     for fmt in ("markdown", "latex", "csv"):
         assert "1 of the 1 runs was computed by other code than the current one" in report([cfg], rt.results, fmt)
     store.write(rid, {k: v for k, v in fresh.items() if k != "code"})  # a result from before fingerprints
