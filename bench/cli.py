@@ -176,13 +176,10 @@ def cmd_run(args) -> int:
             validate_run(cfg, procs=rt.procs)
     if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
         raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
-    if args.rerun is not None and args.executor == "slurm":
-        raise UsageError(f"--rerun {args.rerun} re-runs on this machine (alone, or with --gpus / --workers), not under "
-                         "--executor slurm: `bench status` names the stale and failed runs")
     if args.executor == "slurm":
         from bench.grid.slurm import run_slurm, wait
 
-        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run)
+        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run, rerun=args.rerun)
         if args.wait and not args.dry_run:
             wait(plan)
             print()

@@ -48,8 +48,7 @@ def test_done_and_failed_results_record_the_current_code(tmp_path, tiny_folder):
     assert stale_modules(_older(res, "methods.standard")) == ["methods.standard"]
 
 
-def test_status_and_report_name_a_stale_run(tmp_path, tiny_folder, capsys):
-    from bench.cli import main
+def test_status_and_report_name_a_stale_run(tmp_path, tiny_folder):
     from bench.grid.slurm import grid_status
     from bench.report.tables import load, report
 
@@ -73,11 +72,29 @@ def test_status_and_report_name_a_stale_run(tmp_path, tiny_folder, capsys):
     store.write(rid, {k: v for k, v in fresh.items() if k != "code"})  # a result from before fingerprints
     assert grid_status([cfg], rt.results, query=lambda ids: {})[0].state == "done"
     assert load([cfg], rt.results).stale.tolist() == [False]
-    # SLURM: --rerun is refused in one line, before anything is submitted
-    assert main(["run", "--grid", "demo", "--executor", "slurm", "--rerun", "stale", "--results",
-                 str(rt.results)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--rerun stale re-runs on this machine" in err
+
+
+def test_slurm_says_stale_and_reruns_by_archiving_before_it_submits(tmp_path, tiny_folder, monkeypatch):
+    from bench.grid.slurm import submission
+
+    cfg = tiny_run("standard", f"folder:{tiny_folder}", epochs=1)
+    rt = _rt(tmp_path, tiny_folder)
+    run_local([cfg], rt, log=lambda s: None)
+    store, rid = Store(rt.results), run_id(cfg)
+    store.write(rid, _older(store.read(rid), "methods.standard"))
+    lines: list[str] = []
+    plan = submission.run_slurm([cfg], rt, None, dry_run=True, log=lines.append)
+    assert not plan.arrays and "done, stale (methods.standard changed): skipped" in lines[0]
+    lines.clear()
+    plan = submission.run_slurm([cfg], rt, None, dry_run=True, log=lines.append, rerun="stale")
+    assert [run_id(c) for a in plan.arrays for c in a.runs] == [rid] and store.read(rid)["status"] == "done"
+    monkeypatch.setattr(submission, "partitions", lambda: None)  # no cluster here: what is submitted is the plan
+    monkeypatch.setattr(submission, "submit", lambda plan, rt, name, log: None)
+    lines.clear()
+    plan = submission.run_slurm([cfg], rt, None, log=lines.append, rerun="stale")
+    assert [run_id(c) for a in plan.arrays for c in a.runs] == [rid] and store.read(rid) is None
+    assert any("--rerun stale: its result is archived as" in s for s in lines)
+    assert len(list((rt.results / "runs" / "archive").glob(f"{rid}.*.json"))) == 1
 
 
 def test_rerun_choices_pick_the_results_to_archive():
@@ -201,7 +218,6 @@ def test_an_edited_plugin_is_stale_in_status_run_and_report_until_rerun(tmp_path
     assert f"{first['run_id']} mine_stale on small_cnn/folder:{tiny_folder} seed 0: done, stale (mine_stale " \
            "changed): skipped, its result stands; `bench run --rerun stale` re-runs it" in out
     assert _results_of(results, "mine_stale") == [first]
-    assert "--rerun" in _bench(tmp_path, "run", *where, "--rerun", "stale", "--executor", "slurm", code=2)
 
     out = _bench(tmp_path, "run", *where, "--rerun", "stale")
     assert "archived and trained again from scratch" in out

@@ -21,7 +21,6 @@ import copy
 import datetime as dt
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,10 +41,10 @@ from bench.train.compiling import compile_unless_declared
 from bench.train.ema import EMA
 from bench.train.parents import load_parent, save_model
 from bench.train.precision import make_step
-from bench.train.rerun import Rerun
+from bench.train.rerun import Rerun, archive_if_chosen
 from bench.train.result import current_code, run_result
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
-from bench.train.tblog import EpochWriter, run_dir
+from bench.train.tblog import EpochWriter
 from bench.train.validation import validate_run
 from methods import Context, StepInfo, build_method, get_method, make_hparams
 from methods.base import Method
@@ -204,11 +203,10 @@ def _decide(cfg: RunConfig, store: Store, rid: str, opts: RunOptions) -> dict | 
     except CorruptFile as e:
         opts.log(f"result {e.path} is corrupt; redoing the run")
         return None
-    if opts.rerun.wants(existing):
+    archived = archive_if_chosen(cfg, store, opts.rerun, existing)
+    if archived is not None:
         opts.log(f"[{rid}] {cfg.method}: --rerun {opts.rerun.what}: its {existing['status']} result is archived as "
-                 f"{store.archive(rid)}; training it from scratch")
-        # the TensorBoard files are a view of the archived result's log: the new run writes its own
-        shutil.rmtree(run_dir(store.root, cfg.method, rid), ignore_errors=True)
+                 f"{archived}; training it from scratch")
         return None
     if existing is None or existing["status"] != "done":
         return None
