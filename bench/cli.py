@@ -25,6 +25,7 @@ from bench.core.config import (
     run_id,
 )
 from bench.grid.grids import TABLE5_STEP_PAIR
+from bench.train.rerun import RERUN_CHOICES
 from methods import REGISTRY, get_method, resolve_hparams
 
 
@@ -201,7 +202,7 @@ def cmd_run(args) -> int:
     if args.executor == "slurm":
         from bench.grid.slurm import run_slurm, wait
 
-        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run)
+        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run, rerun=args.rerun)
         if args.wait and not args.dry_run:
             wait(plan)
             print()
@@ -221,9 +222,9 @@ def cmd_run(args) -> int:
         from bench.grid.pool import devices_from, run_pool
 
         avail = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        results = run_pool(runs, rt, devices_from(args.gpus, args.workers, avail))
+        results = run_pool(runs, rt, devices_from(args.gpus, args.workers, avail), rerun=args.rerun)
     else:
-        results = run_local(runs, rt)
+        results = run_local(runs, rt, rerun=args.rerun)
     print()
     print(report(runs, rt.results, "markdown", table=args.grid if args.grid.endswith(".toml") else None))
     failed = [r for r in results.values() if r.get("status") != "done"]
@@ -280,8 +281,9 @@ def cmd_plot(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """Per run (parents included): done / running / queued / failed (reason) / corrupt / missing, from the result
-    files, local locks and the SLURM queue (jobs recorded by `bench run --executor slurm`)."""
+    """Per run (parents included): done / done (stale: the modules whose code changed since) / running / queued /
+    failed (reason) / corrupt / missing, from the result files, local locks and the SLURM queue (jobs recorded by
+    `bench run --executor slurm`); the last line counts each state ("stale" apart from "done")."""
     from bench.grid.slurm import grid_status
 
     statuses = grid_status(_grid_runs(args), Path(args.results))
@@ -289,9 +291,10 @@ def cmd_status(args) -> int:
     for st in statuses:
         cfg = st.cfg
         counts[st.state] = counts.get(st.state, 0) + 1
-        job = f"  [job {st.job_id}]" if st.job_id and st.state != "done" else ""
-        reason = f"  ({st.reason})" if st.reason and st.state != "done" else ""
-        print(f"{st.run_id}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed}: {st.state}{reason}{job}")
+        job = f"  [job {st.job_id}]" if st.job_id and st.state not in ("done", "stale") else ""
+        reason = f"  ({st.reason})" if st.reason and st.state not in ("done", "stale") else ""
+        state = f"done (stale: {st.reason})" if st.state == "stale" else st.state
+        print(f"{st.run_id}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed}: {state}{reason}{job}")
     print(", ".join(f"{v} {k}" for k, v in counts.items()))
     return 0
 
@@ -498,6 +501,11 @@ def _run_parser(sub) -> None:
                    "held by another runner is skipped for the next, a dead worker's run resumes on the others")
     g.add_argument("--workers", type=int, default=None, metavar="K",
                    help="the same with K workers on the CPU (each with --threads threads)")
+    g.add_argument("--rerun", default=None, choices=RERUN_CHOICES,
+                   help="archive these runs' results (results/runs/archive/) and train them again from scratch: "
+                   "stale (done by code that changed since, see bench status), failed (by default a failed run is "
+                   "tried again from its last checkpoint), all (every done or failed run). Without it done runs "
+                   "are skipped, stale ones with a line saying so")
     sp.set_defaults(func=cmd_run)
 
 
@@ -540,7 +548,8 @@ def _plot_parser(sub) -> None:
 
 
 def _status_and_plan_parsers(sub) -> None:
-    sp = sub.add_parser("status", help="per run: done / running / queued / failed (with reason) / corrupt / missing")
+    sp = sub.add_parser("status", help="per run: done / done (stale: computed by code that changed since) / running "
+                        "/ queued / failed (with reason) / corrupt / missing")
     _add_grid(sp)
     sp.set_defaults(func=cmd_status)
     sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")

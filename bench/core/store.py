@@ -3,6 +3,8 @@
 Layout under the results folder (default ``results/``)::
 
     runs/<run_id>.json      the result: config, status, metrics, per-epoch log, provenance (committed)
+    runs/archive/<run_id>.<UTC time>.json
+                            a result set aside by ``bench run --rerun`` before its run trained again (kept)
     models/<run_id>.pt      the exported plain model of a finished run (children load their parent from it)
     ckpt/<run_id>/last.pt   the latest end-of-epoch checkpoint, prev.pt the one before
     locks/<run_id>.lock     flock'd while a process trains the run
@@ -18,11 +20,13 @@ Test hook: with ``BENCH_TEST_SLOW_WRITES=<seconds>`` in the environment, every a
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -169,6 +173,21 @@ class Store:
     def write(self, rid: str, result: dict) -> None:
         text = json.dumps(_json_safe(result), indent=1, sort_keys=True) + "\n"
         atomic_write_bytes(self.result_path(rid), text.encode())
+
+    def archive(self, rid: str) -> Path:
+        """Set the run's result aside as ``runs/archive/<run_id>.<UTC time>.json`` (moved atomically, never
+        deleted) and remove its exported model and checkpoints, so that the run trains again from scratch instead
+        of resuming from what other code wrote. Returns the archived file. Hold the run's lock."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        dest = self.root / "runs" / "archive" / f"{rid}.{stamp}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # The model and checkpoints go first: a kill in between leaves the old result in place (archived by the
+        # next --rerun), never a missing result beside a checkpoint that a plain `bench run` would resume from.
+        with contextlib.suppress(FileNotFoundError):
+            self.model_path(rid).unlink()
+        shutil.rmtree(self.ckpt_dir(rid), ignore_errors=True)
+        os.replace(self.result_path(rid), dest)
+        return dest
 
     def all_results(self) -> Iterator[tuple[Path, dict | CorruptFile]]:
         for path in sorted((self.root / "runs").glob("*.json")):

@@ -232,6 +232,11 @@ def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]
         notes += [f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
                   f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): {r.violations}"
                   for r in violated]
+    stale = [r for r in selected.values() if r.status == "done" and bool(r.get("stale", False))]
+    if stale:  # results of other code than the current one: bench/core/fingerprint.py
+        notes.append(f"{len(stale)} of the {len(selected)} runs {'was' if len(stale) == 1 else 'were'} computed by "
+                     "other code than the current one: `bench status` names them; `bench run --rerun stale` re-runs "
+                     "them.")
     empty = sum(1 for line in cells for c in line if c.n_runs == 0)
     if empty:
         notes.append(f"{DASH}: {empty} cell{'s' * (empty > 1)} with no run in this grid.")

@@ -2,7 +2,8 @@
 
 ``load(grid)`` is public for researchers' own analyses: one row per run of the grid (parents included), with
 its status, metrics (accuracies as percentages) and config fields. Missing, failed and corrupt runs are rows
-too, so a table can show them as "—" and count them, never silently drop them.
+too, so a table can show them as "—" and count them, never silently drop them. ``stale`` marks a done run
+computed by code that changed since (bench/core/fingerprint.py; False where its result recorded no fingerprint).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bench.core.config import RunConfig, run_id
 from bench.core.store import CorruptFile, Store
 from bench.grid.grids import get_grid
 from bench.grid.runs import expand
+from bench.train.result import stale_modules
 
 EVAL_MEASURES = ("clean", "pgd20", "aa")  # the keys of a result's metrics.seconds
 TEST_COUNTS = ("n_clean", "n_pgd", "n_aa")  # test images each accuracy was measured on, as its result records them
@@ -42,7 +44,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
     hyperparameters), status and reason, metrics (clean / pgd20 / aa / avg / f1_clean / f2_clean / f_delta in
     percent; feature_gap as measured; n_clean / n_pgd / n_aa the test images behind them), timings (train_seconds,
     seconds_per_epoch, total_seconds = own + ancestors' training time, as the paper's Table 5 counts it),
-    device_name, and the per-epoch log."""
+    device_name, the per-epoch log, and ``stale`` (a done run whose code changed since it was computed)."""
     runs = expand(get_grid(grid, seeds) if isinstance(grid, str) else grid)
     store = Store(results)
     df = pd.DataFrame([{**_config_fields(cfg), **_result_fields(store, run_id(cfg))} for cfg in runs])
@@ -53,6 +55,7 @@ def load(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
     for k in OBJECT_COLUMNS:
         if k not in df:
             df[k] = None
+    df["stale"] = df["stale"].fillna(False).astype(bool) if "stale" in df else False
     # Derived per run, before any averaging over seeds (the paper's Avg is the mean of the three accuracies).
     df["avg"] = df[["clean", "pgd20", "aa"]].mean(axis=1, skipna=False)
     df["f_delta"] = df["f1_clean"] - df["f2_clean"]
@@ -85,7 +88,8 @@ def _result_fields(store: Store, rid: str) -> dict[str, Any]:
         return {"status": "corrupt", "reason": f"corrupt result file {why}"}
     if res is None:
         return {"status": "missing", "reason": "no result file"}
-    row: dict[str, Any] = {"status": res.get("status"), "reason": res.get("reason")}
+    row: dict[str, Any] = {"status": res.get("status"), "reason": res.get("reason"),
+                           "stale": res.get("status") == "done" and bool(stale_modules(res))}
     m = res.get("metrics") or {}
     for k in ("clean", "pgd20", "aa", "f1_clean", "f2_clean"):
         if _is_num(m.get(k)):

@@ -10,15 +10,16 @@ from bench.core.config import ConfigError, RunConfig, run_id
 from bench.core.runtime import Runtime
 from bench.core.store import Store
 from bench.train.loop import execute
+from bench.train.rerun import Rerun
 from bench.train.result import failed_result
 
 
 def execute_recording_crash(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
-                            need_model: bool = False, if_free: bool = False) -> dict:
+                            need_model: bool = False, if_free: bool = False, rerun: Rerun = Rerun()) -> dict:
     """``bench.train.loop.execute``; bad input (ConfigError) is re-raised, to stop the grid with one line; any
     other exception becomes the run's failed result with its traceback (:func:`record_crash`), returned."""
     try:
-        return execute(cfg, rt, log=log, need_model=need_model, if_free=if_free)
+        return execute(cfg, rt, log=log, need_model=need_model, if_free=if_free, rerun=rerun)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a crash in one run must not lose the rest of the grid

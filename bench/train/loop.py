@@ -41,7 +41,8 @@ from bench.train.compiling import compile_unless_declared
 from bench.train.ema import EMA
 from bench.train.parents import load_parent, save_model
 from bench.train.precision import make_step
-from bench.train.result import run_result
+from bench.train.rerun import Rerun, archive_if_chosen
+from bench.train.result import current_code, run_result
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
 from bench.train.tblog import EpochWriter
 from bench.train.validation import validate_run
@@ -94,10 +95,12 @@ class RunOptions:
     stop_after_epoch: int | None = None  # tests: "interrupted" after that many epochs, the checkpoint written
     need_model: bool = False  # a child needs the exported model: a done run whose model file is missing is redone
     if_free: bool = False  # another runner holds the run's lock: {"status": "held"} at once instead of waiting
+    rerun: Rerun = Rerun()  # `bench run --rerun`: a stored result it chooses is archived and the run trained anew
 
 
 def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
-            stop_after_epoch: int | None = None, need_model: bool = False, if_free: bool = False) -> dict:
+            stop_after_epoch: int | None = None, need_model: bool = False, if_free: bool = False,
+            rerun: Rerun = Rerun()) -> dict:
     """Train and evaluate one run (resuming if it was cut off); return its result, which is also stored.
 
     A run that is already done is returned as stored, unless ``need_model`` (it is the parent of a run still to
@@ -106,13 +109,15 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     else from scratch) and its result rewritten. ``stop_after_epoch`` (tests) returns after that many epochs
     with the checkpoint written, as if the process had been killed there. ``if_free`` (the node-local pool,
     bench/grid/pool.py): when another runner holds the run's lock, return ``{"status": "held"}`` at once instead
-    of waiting for it.
+    of waiting for it. ``rerun`` (``bench run --rerun``, bench/train/rerun.py): a stored result it chooses is
+    archived and the run trained again from scratch.
 
     Data-parallel (bench/core/distributed.py): with ``rt.procs`` > 1 and no world yet, this process claims the
     run and that many local processes spawned here train it; a process that is already one rank of a world
     (torchrun, SLURM tasks) does its share directly. Either way the run id, the files and the result are those
     of a one-process run."""
-    opts = RunOptions(log=log, stop_after_epoch=stop_after_epoch, need_model=need_model, if_free=if_free)
+    opts = RunOptions(log=log, stop_after_epoch=stop_after_epoch, need_model=need_model, if_free=if_free,
+                      rerun=rerun)
     determinism.apply(rt.determinism, rt.torch_device())  # before any CUDA work (cuBLAS reads its workspace then)
     world = distributed.from_env()
     distributed.check_launch(rt.procs)
@@ -198,6 +203,11 @@ def _decide(cfg: RunConfig, store: Store, rid: str, opts: RunOptions) -> dict | 
     except CorruptFile as e:
         opts.log(f"result {e.path} is corrupt; redoing the run")
         return None
+    archived = archive_if_chosen(cfg, store, opts.rerun, existing)
+    if archived is not None:
+        opts.log(f"[{rid}] {cfg.method}: --rerun {opts.rerun.what}: its {existing['status']} result is archived as "
+                 f"{archived}; training it from scratch")
+        return None
     if existing is None or existing["status"] != "done":
         return None
     if not (opts.need_model and not store.model_path(rid).exists()):
@@ -273,6 +283,7 @@ class Run:
     evaluator: Evaluator
     bn_note: str | None
     progress: Progress
+    code: dict | None  # the fingerprint of the code that trains and evaluates it, recorded in its result
     peak_memory: dict = field(default_factory=dict)  # {"train", "eval"}: bench.core.memory.peak of each phase
 
     @property
@@ -287,7 +298,8 @@ class Run:
     def result(self, status: str, **kw: Any) -> dict:
         p = self.progress
         return run_result(self.cfg, self.rid, self.device, self.started, (p.wall0, p.wall_processes),
-                          p.train_seconds, p.epoch_log, status=status, thread_counts=p.thread_counts, **kw)
+                          p.train_seconds, p.epoch_log, status=status, thread_counts=p.thread_counts,
+                          code=self.code, **kw)
 
     @classmethod
     def prepare(cls, cfg: RunConfig, rt: Runtime, world: distributed.World, device: torch.device,
@@ -335,7 +347,8 @@ class Run:
                               memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world)
         return cls(cfg=cfg, rt=rt, world=world, opts=opts, store=store, rid=rid, device=device, started=started,
                    info=info, test_split=test_split, parent_model=parent_model, loader=loader, method=method,
-                   ema=ema, step_fn=step_fn, evaluator=evaluator, bn_note=bn_note, progress=progress)
+                   ema=ema, step_fn=step_fn, evaluator=evaluator, bn_note=bn_note, progress=progress,
+                   code=current_code(cfg.method))
 
     def resume(self) -> None:
         """Restore the last good end-of-epoch checkpoint, if any: net, optimizers, method state, scaler, EMA, RNG,

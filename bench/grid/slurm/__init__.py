@@ -2,8 +2,9 @@
 
 What is submitted
 -----------------
-``expand`` gives every run of the grid plus its parents. Runs already done, queued or running are left alone;
-the rest (missing, failed, corrupt) are grouped into job arrays:
+``expand`` gives every run of the grid plus its parents. Runs already done (stale ones too, named in one line
+each), queued or running are left alone; the rest (missing, failed, corrupt, and the results ``--rerun`` chose,
+archived first under each run's lock) are grouped into job arrays:
 
 * runs whose parent needs no new job (no parent, parent done, or parent already queued) go into one array per
   resource set (model x data set in the profile), with ``afterok`` on the parent's queued job if there is one;

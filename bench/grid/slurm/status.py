@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 from bench.core.config import RunConfig, run_id
+from bench.core.fingerprint import describe_changes
 from bench.core.store import CorruptFile, Store, atomic_write_bytes
 from bench.grid.runner import parents_needing_model
 from bench.grid.runs import expand
 from bench.grid.slurm.scheduler import QUEUED_STATES, RUNNING_STATES, JobState, SchedulerError, query_jobs
+from bench.train.result import stale_modules
 
 
 # -- job records ------------------------------------------------------------------------------------------------
@@ -35,15 +37,17 @@ def write_job(results: Path, rid: str, record: dict) -> None:
 class RunStatus:
     cfg: RunConfig
     run_id: str
-    state: str  # done / running / queued / failed / corrupt / missing / unknown
+    state: str  # done / stale (done by other code: reason names the changed modules) / running / queued / failed /
+    # corrupt / missing / unknown
     reason: str = ""
     job_id: str | None = None
 
 
 def grid_status(runs: list[RunConfig], results: Path, *, query: Callable[[list[str]], dict] = query_jobs,
                 expand_parents: bool = True) -> list[RunStatus]:
-    """Per run (and parent): done / running / queued / failed (with reason) / corrupt / missing, from the result
-    files, the local locks and the scheduler (jobs recorded in <results>/jobs)."""
+    """Per run (and parent): done / stale (done, by code that changed since: the modules) / running / queued /
+    failed (with reason) / corrupt / missing, from the result files, the local locks and the scheduler (jobs
+    recorded in <results>/jobs)."""
     store = Store(results)
     ordered = expand(runs) if expand_parents else runs
     records = {run_id(c): read_job(results, run_id(c)) for c in ordered}
@@ -80,6 +84,9 @@ def _run_status(cfg: RunConfig, store: Store, rec: dict | None, job: JobState | 
         return RunStatus(cfg, rid, "missing", "done, but its model file is missing and a child needs it: "
                          "will train again", job_id)
     if result is not None and result["status"] == "done":
+        changed = stale_modules(result)
+        if changed:
+            return RunStatus(cfg, rid, "stale", f"{describe_changes(changed)} changed", job_id)
         return RunStatus(cfg, rid, "done", job_id=job_id)
     if job is not None and job.state in QUEUED_STATES:
         return RunStatus(cfg, rid, "queued", job.reason, job_id)

@@ -2,6 +2,7 @@
 submission through submitit, the preflight and ``bench run --executor slurm`` itself, and waiting for the jobs."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -14,8 +15,9 @@ import submitit
 
 from bench.core.config import RunConfig, run_id, to_dict
 from bench.core.runtime import Runtime
-from bench.core.store import Store
+from bench.core.store import CorruptFile, Store
 from bench.data import default_data_root, load_dataset
+from bench.grid.runner import stale_note
 from bench.grid.runs import expand
 from bench.grid.slurm.job import RunJob
 from bench.grid.slurm.profiles import REPO, Resources, get_profile, resources_for
@@ -23,6 +25,7 @@ from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, Scheduler
                                         query_jobs)
 from bench.grid.slurm.status import RunStatus, grid_status, write_job
 from bench.models.architectures import MODELS, ModelError
+from bench.train.rerun import Rerun, archive_if_chosen
 from bench.train.validation import validate_run
 
 SNAPSHOT_PACKAGES = ("bench", "methods")
@@ -210,16 +213,22 @@ def preflight(runs: list[RunConfig], procs: int = 1) -> None:
 
 
 def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_run: bool = False,
-              log: Callable[[str], None] = print) -> SubmissionPlan:
-    """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it."""
+              log: Callable[[str], None] = print, rerun: str | None = None) -> SubmissionPlan:
+    """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it. ``rerun``
+    (`bench run --rerun`): the results it chooses are archived here, under each run's lock, and their runs submitted
+    as missing ones (with dry_run: shown as submitted, nothing archived)."""
     name, prof = get_profile(profile)
     ordered = expand(runs)
     preflight(ordered, rt.procs)
+    _say_stale(ordered, Store(rt.results), Rerun(rerun), log)
     if dry_run:
         try:
             statuses = grid_status(runs, rt.results)
         except SchedulerError:
             statuses = None
+        if statuses is not None and rerun is not None:
+            chosen = _chosen(ordered, Store(rt.results), Rerun(rerun))
+            statuses = [dataclasses.replace(s, state="missing") if s.run_id in chosen else s for s in statuses]
         plan = plan_submission(runs, rt.results, name, prof, statuses)
         log(f"dry run, profile '{name}': nothing is submitted")
         log(plan.describe())
@@ -228,11 +237,45 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
 
     for ds in sorted({c.dataset for c in ordered}):
         load_dataset(ds, rt.data_root, rt.cache_dir)  # a missing data set fails here, not in 30 queued jobs
-    Store(rt.results).check_writable()
+    store = Store(rt.results)
+    store.check_writable()
+    if rerun is not None:
+        _archive_chosen(ordered, store, Rerun(rerun), log)
     plan = plan_submission(runs, rt.results, name, prof)
     submit(plan, rt, name, log=log)
     log(plan.describe())
     return plan
+
+
+def _stored(store: Store, rid: str) -> dict | None:
+    try:
+        return store.read(rid)
+    except CorruptFile:
+        return None
+
+
+def _say_stale(ordered: list[RunConfig], store: Store, rerun: Rerun, log: Callable[[str], None]) -> None:
+    """One line per stale run that stays as it is (those ``rerun`` chooses get theirs when archived)."""
+    for cfg in ordered:
+        stored = _stored(store, run_id(cfg))
+        note = None if rerun.wants(stored) else stale_note(cfg, stored, Rerun(), ordered)
+        if note is not None:
+            log(f"{run_id(cfg)} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: {note}")
+
+
+def _chosen(ordered: list[RunConfig], store: Store, rerun: Rerun) -> set[str]:
+    return {run_id(c) for c in ordered if rerun.wants(_stored(store, run_id(c)))}
+
+
+def _archive_chosen(ordered: list[RunConfig], store: Store, rerun: Rerun, log: Callable[[str], None]) -> None:
+    """Archive the results ``rerun`` chooses, each under its run's lock (a run another process holds is left
+    alone), so that the submission sees their runs as missing."""
+    for cfg in ordered:
+        rid = run_id(cfg)
+        with store.lock(rid, blocking=False) as got:
+            archived = archive_if_chosen(cfg, store, rerun, _stored(store, rid)) if got else None
+        if archived is not None:
+            log(f"{rid} {cfg.method}: --rerun {rerun.what}: its result is archived as {archived}; submitting it")
 
 
 def wait(plan: SubmissionPlan, *, poll: float = 5.0, timeout: float | None = None) -> None:
