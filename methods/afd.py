@@ -44,6 +44,10 @@ Fidelity notes (paper vs code, or silent). Sizes measured by ``.venv/bin/python 
 in two settings: [A] the tests' float64 setting (small_cnn, random 16x16 images, batch 8) and [B] small_cnn
 naturally trained 3 epochs on digits (32x32, fp32, batch 128); D1 != D2 (both I + 0.05 N(0, 1)), 3 steps.
 "x% of the update" = ||variant - as_run|| / ||as_run - start|| per parameter group (backbone, w, D1, D2).
+- Network: the AFD code builds this row's ResNets (changzhang777/AFD models/resnet.py) with an unpadded first
+  convolution, so the paper grids run it, and its natural parent, on ``resnet18_afd`` / ``resnet50_afd``
+  (bench/grid/grids.py ``AFD_CODE_ROWS``); the difference from the padded ``resnet18`` is measured in
+  docs/methods.md#networks.
 - Update rule: eq. 6 (one objective) vs Algorithm 1 and the code (three steps). We follow the code. "joint" after 3
   steps is [A] backbone 7.8%, w 14%, D1 1.2%, D2 9.5% of the update away from as_run ([B] 2.5%, 9.5%, 1.4%, 2.8%;
   relative to the weights themselves [A] 0.28%, 1.6%, 0.09%, 0.006%).

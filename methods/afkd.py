@@ -16,6 +16,10 @@ loaded in main() (372-373) and never put in eval mode: its BatchNorm normalises 
 Checked step by step against a transcription in float64 (tests/reference/test_ref_aft.py).
 
 Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
+- Network: the AFD code builds this row's ResNets (changzhang777/AFD models/resnet.py) with an unpadded first
+  convolution, so the paper grids run it, and its natural parent, on ``resnet18_afd`` / ``resnet50_afd``
+  (bench/grid/grids.py ``AFD_CODE_ROWS``); the difference from the padded ``resnet18`` is measured in
+  docs/methods.md#networks.
 - Teacher BatchNorm mode (as run, ``teacher_batch_stats=True``): the teacher's features use the batch's
   statistics. ``teacher_batch_stats=False`` is the frozen eval-mode teacher the paper describes (and AFD's
   tl+sl.py uses). At the first step (student = parent, x' = PGD-10) the two teachers' features of a batch differ

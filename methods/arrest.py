@@ -19,6 +19,10 @@ with AFKD's loss (187-204). Checked in float64 against a transcription, both bra
 side of the threshold and the window's last and first iterations at 20 epochs (tests/reference/test_ref_aft.py).
 
 Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
+- Network: the AFD code builds this row's ResNets (changzhang777/AFD models/resnet.py) with an unpadded first
+  convolution, so the paper grids run it, and its natural parent, on ``resnet18_afd`` / ``resnet50_afd``
+  (bench/grid/grids.py ``AFD_CODE_ROWS``); the difference from the padded ``resnet18`` is measured in
+  docs/methods.md#networks.
 - Window. ARREST.py's ``epoch <= 10`` of 20 is written as the first ``replay_fraction`` = 0.5 of the run's
   ITERATIONS, placed as every schedule milestone (bench.core.schedules.milestone_iteration): exactly epochs 1-10 at 20
   epochs (iterations 0-789 of 1,580 at 79 per epoch), and a scaled run keeps both phases: at 79 iterations per

@@ -12,6 +12,9 @@ wd 5e-4 at :230). Checked by tests/reference/test_ref_standard.py against tests/
 (float64, 3 steps: equal losses, parameters, BatchNorm buffers and momentum buffers).
 
 Fidelity notes:
+- Network: as the parent of the AFD code's rows (vAFT, AFKD, ARREST, AFD) the paper grids train it on the AFD code's
+  ResNets (``resnet18_afd``: first convolution unpadded; ``AFD_CODE_ROWS`` in bench/grid/grids.py), elsewhere on
+  the network the grid names (docs/methods.md#networks).
 - The pre-training recipe is not given by the paper or the code. We use the common CIFAR recipe: SGD lr 0.1,
   momentum 0.9, weight decay 5e-4, batch 128, crop+flip, 100 epochs (Table 5), lr x0.1 at 50% and 75%.
 - robust_overfitting sets the lr from ``epoch + (i + 1) / n`` (train_cifar.py:308), so the last iteration before

@@ -17,6 +17,10 @@ against a transcription of ARREST.py, step by step, in float64).
 
 Fidelity notes (measured with scripts/measure_aft.py on the CPU grid's setting: small_cnn, its 10,000 CIFAR-10
 training images, batches of 128, a natural parent trained 4 epochs, 50.7% clean):
+- Network: the AFD code builds this row's ResNets (changzhang777/AFD models/resnet.py) with an unpadded first
+  convolution, so the paper grids run it, and its natural parent, on ``resnet18_afd`` / ``resnet50_afd``
+  (bench/grid/grids.py ``AFD_CODE_ROWS``); the difference from the padded ``resnet18`` is measured in
+  docs/methods.md#networks.
 - The AAAI text says lr 0.0025; ARREST.py (53) and every run name say 0.025: we take 0.025 (a typo in the text).
 - Jeddi et al.'s own "slow start, fast decay" numbers were not found; we follow ARREST.py's schedule, written as a
   fraction of the run's iterations (bench/core/schedules.py): exactly the code's lr per epoch at 20 epochs.
