@@ -854,3 +854,14 @@ def test_table1_names_the_network_each_row_ran_on(tmp_path):
     assert "PGD-AT, TRADES, Free-AT, FGSM-GA, ATAS, RiFT on resnet18 (the TRADES code's CIFAR ResNet18)" in note
     assert "vAFT RN18 (AFD code)/CIFAR-10 seed 0" in md  # the missing runs it selected, AFD code's network included
     assert "- Networks:" not in report("table2", tmp_path, "markdown")
+
+
+def test_the_noise_of_a_metric_measured_on_no_images_is_the_seed_spread_alone():
+    """AutoAttack left out (n_aa 0): no test-sample error to speak of, and no division by zero."""
+    import pandas as pd
+
+    from bench.report.noise import binomial_noise, noise
+
+    assert math.isnan(binomial_noise(50.0, 40.0, 0))
+    assert noise(pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0]), 0) == pytest.approx(1.0)
+    assert noise(pd.Series([50.0, 52.0]), pd.Series([40.0, 40.0]), 100) == pytest.approx(binomial_noise(51, 40, 100))

@@ -14,7 +14,10 @@ import pandas as pd
 
 
 def binomial_noise(p_a: float, p_b: float, n_test: int) -> float:
-    """Test-sample standard error of the difference of two accuracies (percent), each on n_test images."""
+    """Test-sample standard error of the difference of two accuracies (percent), each on n_test images; NaN when
+    nothing was measured (``n_test`` 0: AutoAttack left out)."""
+    if not n_test or n_test < 1:
+        return math.nan
     return math.sqrt(sum((p / 100) * (1 - p / 100) / n_test for p in (p_a, p_b))) * 100
 
 
@@ -22,7 +25,8 @@ def noise(a: pd.Series, b: pd.Series, n_test: int) -> float:
     """The noise of mean(a) - mean(b) (percent accuracies over seeds, each measured on n_test images)."""
     a, b = a.dropna(), b.dropna()
     seed = math.sqrt(sum(float(x.var(ddof=1)) / len(x) for x in (a, b) if len(x) > 1))
-    return max(seed, binomial_noise(a.mean(), b.mean(), n_test))
+    sample = binomial_noise(a.mean(), b.mean(), n_test)
+    return seed if math.isnan(sample) else max(seed, sample)
 
 
 def verdict(diff: float, nz: float, claim_sign: int = 1) -> str:
