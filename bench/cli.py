@@ -114,10 +114,6 @@ def apply_sets(runs: list[RunConfig], sets: Sequence[str]) -> list[RunConfig]:
         if not hit:
             raise UsageError(f"--set {key}: no run of this grid has that hyperparameter")
         runs = out
-    from bench.train.validation import validate_run
-
-    for cfg in runs:
-        validate_run(cfg)
     return runs
 
 
@@ -157,10 +153,16 @@ def _procs(args) -> int:
     return k
 
 
-def _grid_runs(args) -> list[RunConfig]:
+def grid_runs(args, procs: int = 1) -> list[RunConfig]:
+    """The runs a command's --grid, --seeds, --set and --only name, through the validation gate once (at the
+    run's process count: what a method cannot do on several processes is refused before anything runs)."""
     from bench.grid.grids import get_grid
+    from bench.train.validation import validate_run
 
-    return select_runs(apply_sets(get_grid(args.grid, args.seeds), args.set or []), args.only or [])
+    runs = select_runs(apply_sets(get_grid(args.grid, args.seeds), args.set or []), args.only or [])
+    for cfg in runs:
+        validate_run(cfg, procs=procs)
+    return runs
 
 
 # -- --only -------------------------------------------------------------------------------------------------
@@ -190,13 +192,8 @@ def cmd_run(args) -> int:
     from bench.grid.runner import run_local
     from bench.report.tables import report
 
-    runs = _grid_runs(args)
     rt = _runtime(args)
-    if rt.procs > 1:  # what a method cannot do on several processes is refused before anything runs
-        from bench.train.validation import validate_run
-
-        for cfg in runs:
-            validate_run(cfg, procs=rt.procs)
+    runs = grid_runs(args, procs=rt.procs)
     if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
         raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
     if args.executor == "slurm":
@@ -246,9 +243,9 @@ def cmd_report(args) -> int:
     elif args.claims:
         from bench.report.claims import claims
 
-        out = claims(_grid_runs(args), Path(args.results), name=args.grid)  # --seeds and --set as for `run`
+        out = claims(grid_runs(args), Path(args.results), name=args.grid)  # --seeds and --set as for `run`
     else:
-        out = report(_grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
+        out = report(grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
                      compare=args.compare)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +260,7 @@ def cmd_compare(args) -> int:
     """One method against another on a grid's results, per metric and model / data set, under the noise rule."""
     from bench.report.compare import compare
 
-    sys.stdout.write(compare(_grid_runs(args), Path(args.results), args.a, args.b, args.format, name=args.grid))
+    sys.stdout.write(compare(grid_runs(args), Path(args.results), args.a, args.b, args.format, name=args.grid))
     return 0
 
 
@@ -274,7 +271,7 @@ def cmd_plot(args) -> int:
         None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     for m in methods or ():
         get_method(m)  # an unknown name is bad input: one line, exit 2
-    for path in plot(args.figure, _grid_runs(args), Path(args.results), Path(args.out or Path(args.results) / "figures"),
+    for path in plot(args.figure, grid_runs(args), Path(args.results), Path(args.out or Path(args.results) / "figures"),
                      name=args.grid, run=args.run, n=args.n, data_root=args.data_root, methods=methods):
         print(f"wrote {path}")
     return 0
@@ -286,7 +283,7 @@ def cmd_status(args) -> int:
     `bench run --executor slurm`); the last line counts each state ("stale" apart from "done")."""
     from bench.grid.slurm import grid_status
 
-    statuses = grid_status(_grid_runs(args), Path(args.results))
+    statuses = grid_status(grid_runs(args), Path(args.results))
     counts: dict[str, int] = {}
     for st in statuses:
         cfg = st.cfg
@@ -304,7 +301,7 @@ def cmd_plan(args) -> int:
 
     if args.gpus_per_run < 1:
         raise UsageError(f"--gpus-per-run must be >= 1 (got {args.gpus_per_run})")
-    sys.stdout.write(render(args.grid, _grid_runs(args), Path(args.results), gpus_per_run=args.gpus_per_run))
+    sys.stdout.write(render(args.grid, grid_runs(args), Path(args.results), gpus_per_run=args.gpus_per_run))
     return 0
 
 

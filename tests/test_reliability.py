@@ -267,9 +267,9 @@ def test_corrupt_result_reported_by_status_and_report_then_redone(grid, tmp_path
     report = capsys.readouterr().out
     assert f"corrupt result file runs/{victim.name}" in report, report
     msgs: list[str] = []
-    from bench.cli import _grid_runs, build_parser
+    from bench.cli import grid_runs, build_parser
 
-    runs = _grid_runs(build_parser().parse_args(["run", *args]))
+    runs = grid_runs(build_parser().parse_args(["run", *args]))
     res = run_local(runs, _rt(out, data), log=msgs.append)
     assert any(f"result {victim} is corrupt; redoing the run" in m for m in msgs), msgs
     assert all(r["status"] == "done" for r in res.values())
@@ -279,7 +279,7 @@ def test_corrupt_result_reported_by_status_and_report_then_redone(grid, tmp_path
 def test_done_parent_without_its_model_file_is_trained_again_for_a_new_child(grid, tmp_path):
     """Result files are committed, models/ and ckpt/ are not: on a fresh clone a child still to do must not fail
     with "parent has no model"; the parent is trained again (same result) and the child runs."""
-    from bench.cli import _grid_runs, build_parser
+    from bench.cli import grid_runs, build_parser
     from bench.grid.slurm import grid_status
 
     data, cache, ref = grid
@@ -287,7 +287,7 @@ def test_done_parent_without_its_model_file_is_trained_again_for_a_new_child(gri
     shutil.copytree(ref, out)
     args = _args(data)
     args = args[: args.index("--device")] + ["--results", str(out)]
-    runs = _grid_runs(build_parser().parse_args(["run", *args]))
+    runs = grid_runs(build_parser().parse_args(["run", *args]))
     parent = next(c for c in runs if c.parent is not None).parent
     child = next(c for c in runs if c.parent is not None)
     pid, cid = run_id(parent), run_id(child)
