@@ -1,6 +1,7 @@
 """SLURM submission: the code snapshot (plugins frozen with it, or refused in one line) without a cluster, and,
-against the real single-node cluster of slurm/cluster.sh, a parent and two children through `--executor slurm`, and a
-job requeued mid-run that finishes from its checkpoint with its result written once.
+against the real single-node cluster of slurm/cluster.sh, a parent and two children through `--executor slurm`, a
+job requeued mid-run that finishes from its checkpoint with its result written once, and a grid file's plugin
+edited while its job waits that still runs as submitted.
 
 The cluster tests are skipped, saying why, when `sinfo` cannot reach a controller (start one with
 `bash slurm/cluster.sh start`)."""
@@ -248,3 +249,57 @@ def test_dry_run_names_the_frozen_plugins(tmp_path, plugin_dir, monkeypatch, cap
     out = capsys.readouterr().out
     assert f"plugin frz_dry frozen into the code snapshot from {pkg.resolve()}" in out
     assert "frz_dry_std" in out and not (tmp_path / "results").exists()
+
+
+def _wait_for(job_ids: list[str], timeout: float) -> None:
+    from bench.grid.slurm import QUEUED_STATES, RUNNING_STATES, query_jobs
+
+    t0 = time.monotonic()
+    while True:
+        states = query_jobs(job_ids)
+        if not any(j in states and states[j].state in QUEUED_STATES | RUNNING_STATES for j in job_ids):
+            return
+        assert time.monotonic() - t0 < timeout, f"jobs {job_ids} still in the queue after {timeout} s"
+        time.sleep(2)
+
+
+@cluster
+def test_a_plugin_edited_while_its_job_waits_runs_as_submitted(tmp_path, plugin_dir, monkeypatch, capsys):
+    """A grid file's plugin (a package outside the repository, also on the job's PYTHONPATH) is submitted, held
+    in the queue, edited, then released: the result carries the submitted code's mark, not the edited one."""
+    import submitit
+
+    from bench.cli import main
+    from bench.core.store import Store
+    from bench.grid import gridfile
+
+    pkg = plugin_dir / "frz_live"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "std_e.py").write_text(PLUGIN.format(mark="submitted", cls="E", name="frz_live_std"))
+    grid = _grid_file(tmp_path / "grid.toml", "frz_live.std_e", "frz_live_std")
+    # without the snapshot the job would import the live (edited) source from here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin_dir), str(REPO)]))
+    submit_params = submitit.SlurmExecutor.update_parameters
+
+    def held(self, **params):  # sbatch --hold: the job waits until `scontrol release`
+        params["additional_parameters"] = {**params.get("additional_parameters", {}), "hold": True}
+        return submit_params(self, **params)
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "update_parameters", held)
+    results = tmp_path / "results"
+    assert main(["run", "--grid", str(grid), "--executor", "slurm", "--profile", "local", "--threads", "1",
+                 "--results", str(results)]) == 0
+    capsys.readouterr()
+    (cfg,) = gridfile.load(grid).runs
+    record = json.loads((results / "jobs" / f"{run_id(cfg)}.json").read_text())
+    job = record["job_id"]
+    (pkg / "std_e.py").write_text(PLUGIN.format(mark="edited", cls="E", name="frz_live_std"))
+    subprocess.run(["scontrol", "release", job.split("_")[0]], check=True, capture_output=True)
+    _wait_for([job], timeout=300)
+    result = Store(results).read(run_id(cfg))
+    log = Path(record["stdout"]).read_text()
+    assert result is not None and result["status"] == "done", (result or {}).get("reason") or log[-2000:]
+    assert result["extra"]["code_mark"] == "submitted"
+    snap = Path(record["snapshot"])
+    assert f"plugin frz_live.std_e from {(snap / 'frz_live' / '__init__.py').resolve()}" in log
