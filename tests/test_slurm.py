@@ -251,6 +251,81 @@ def test_dry_run_names_the_frozen_plugins(tmp_path, plugin_dir, monkeypatch, cap
     assert "frz_dry_std" in out and not (tmp_path / "results").exists()
 
 
+# -- partition, account and QOS without editing the repository ------------------------------------------------------
+def _dry_run(tmp_path, capsys, *extra: str) -> tuple[int, str, list[str]]:
+    from bench.cli import main
+
+    code = main(["run", "--grid", "demo", "--executor", "slurm", "--dry-run", "--results", str(tmp_path / "r"),
+                 *extra])
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+@pytest.fixture
+def no_user_profiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM: a dry run needs none
+    monkeypatch.delenv("BENCH_SLURM_PROFILES", raising=False)
+    monkeypatch.delenv("BENCH_SLURM_PROFILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return tmp_path / "config" / "afd-bench" / "profiles.toml"
+
+
+def test_partition_account_and_qos_options_override_the_profile(tmp_path, capsys, no_user_profiles):
+    code, out, _ = _dry_run(tmp_path, capsys, "--profile", "gpu")
+    assert code == 0 and "[partition gpu, gpus 1" in out and "account" not in out
+    code, out, _ = _dry_run(tmp_path, capsys, "--profile", "gpu", "--partition", "a100", "--account", "proj-1",
+                            "--qos", "high")
+    assert code == 0 and "dry run, profile 'gpu': nothing is submitted" in out
+    arrays = [line for line in out.splitlines() if line.startswith("array ")]
+    assert arrays and all("[partition a100, gpus 1" in a and "account proj-1, qos high]" in a for a in arrays)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_profile_file_outside_the_repository(tmp_path, capsys, no_user_profiles, monkeypatch):
+    from bench.grid.slurm import profiles_file
+
+    no_user_profiles.parent.mkdir(parents=True)
+    no_user_profiles.write_text('[gpu]\npartition = "a100"\ngpus = 1\naccount = "mine"\n\n'
+                                '[gpu.resources]\n"small_cnn/*" = { partition = "small", time = "00:30:00" }\n')
+    assert profiles_file() == no_user_profiles
+    code, out, _ = _dry_run(tmp_path, capsys)
+    assert code == 0 and f"dry run, profile 'gpu' (from {no_user_profiles}): nothing is submitted" in out
+    assert "[partition small, gpus 1, cpus 1, mem 4G, time 00:30:00, account mine]" in out  # the pattern's
+    code, out, _ = _dry_run(tmp_path, capsys, "--partition", "big")  # the option wins over a pattern too
+    assert code == 0 and "[partition big, gpus 1, cpus 1, mem 4G, time 00:30:00, account mine]" in out
+    code, _, err = _dry_run(tmp_path, capsys, "--profile", "local")  # the user's file replaces the repository's
+    assert code == 2 and len(err) == 1 and "unknown SLURM profile 'local'; known: gpu" in err[0]
+    # $BENCH_SLURM_PROFILES comes first
+    monkeypatch.setenv("BENCH_SLURM_PROFILES", str(REPO / "slurm" / "profiles.toml"))
+    code, out, _ = _dry_run(tmp_path, capsys, "--profile", "local")
+    assert code == 0 and "[partition debug, gpus 0" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--partition", "a b"], "--partition: partition 'a b' is not a SLURM partition name"),
+    (["--account", ""], "--account: account '' is not a SLURM account name"),
+    (["--qos", "hi;gh"], "--qos: qos 'hi;gh' is not a SLURM qos name"),
+    (["--profile", "bad"], "profile bad: partition 3 is not a SLURM partition name"),
+    (["--profile", "bad2"], "profile bad2.resources.\"*\": account 'x y' is not a SLURM account name"),
+])
+def test_bad_partition_account_or_qos_is_one_line(tmp_path, capsys, no_user_profiles, monkeypatch, argv, message):
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('[gpu]\npartition = "gpu"\n[bad]\npartition = 3\n'
+                        '[bad2]\n[bad2.resources]\n"*" = { account = "x y" }\n')
+    monkeypatch.setenv("BENCH_SLURM_PROFILES", str(profiles))
+    code, _, err = _dry_run(tmp_path, capsys, *argv)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_slurm_options_need_the_slurm_executor(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["run", "--grid", "demo", "--partition", "a100", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--partition / --account / --qos are for SLURM jobs: add --executor slurm" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
 def _wait_for(job_ids: list[str], timeout: float) -> None:
     from bench.grid.slurm import QUEUED_STATES, RUNNING_STATES, query_jobs
 

@@ -37,8 +37,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bench.grid.slurm.profiles import (DEFAULT_PROFILE, PROFILES_FILE, REPO, ProfileError, Resources, get_profile,
-                                       load_profiles, parse_mem_gb, parse_time, resources_for)
+from bench.grid.slurm.profiles import (DEFAULT_PROFILE, OVERRIDABLE, PROFILES_FILE, REPO, ProfileError, Resources,
+                                       get_profile, load_profiles, parse_mem_gb, parse_time, profiles_file,
+                                       resources_for, user_profiles_file, with_overrides)
 from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, JobState, SchedulerError, check_partitions,
                                         partitions, query_jobs)
 from bench.grid.slurm.status import RunStatus, grid_status, jobs_dir, read_job, write_job
@@ -59,7 +60,7 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-__all__ = ["DEFAULT_PROFILE", "PROFILES_FILE", "QUEUED_STATES", "REPO", "RUNNING_STATES", "JobState", "ProfileError",
-           "Resources", "RunStatus", "SchedulerError", "check_partitions", "get_profile", "grid_status", "jobs_dir",
-           "load_profiles", "parse_mem_gb", "parse_time", "partitions", "query_jobs", "read_job", "resources_for",
-           "write_job", *_ON_FIRST_USE]
+__all__ = ["DEFAULT_PROFILE", "OVERRIDABLE", "PROFILES_FILE", "QUEUED_STATES", "REPO", "RUNNING_STATES", "JobState",
+           "ProfileError", "Resources", "RunStatus", "SchedulerError", "check_partitions", "get_profile", "grid_status",
+           "jobs_dir", "load_profiles", "parse_mem_gb", "parse_time", "partitions", "profiles_file", "query_jobs",
+           "read_job", "resources_for", "user_profiles_file", "with_overrides", "write_job", *_ON_FIRST_USE]

@@ -17,7 +17,8 @@ from bench.core.store import Store
 from bench.data import default_data_root, load_dataset
 from bench.grid.runs import expand
 from bench.grid.slurm.job import RunJob
-from bench.grid.slurm.profiles import Resources, get_profile, resources_for
+from bench.grid.slurm.profiles import (PROFILES_FILE, Resources, get_profile, profiles_file, resources_for,
+                                       with_overrides)
 from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, SchedulerError, check_partitions, partitions,
                                         query_jobs)
 from bench.grid.slurm.snapshot import plugin_modules, plugin_sources, snapshot_code
@@ -192,9 +193,11 @@ def preflight(runs: list[RunConfig], procs: int = 1) -> None:
 
 
 def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_run: bool = False,
-              log: Callable[[str], None] = print) -> SubmissionPlan:
-    """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it."""
+              log: Callable[[str], None] = print, overrides: dict[str, str | None] | None = None) -> SubmissionPlan:
+    """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it.
+    ``overrides``: partition, account or qos for every job, over the profile's (--partition, --account, --qos)."""
     name, prof = get_profile(profile)
+    prof = with_overrides(prof, overrides or {})
     ordered = expand(runs)
     preflight(ordered, rt.procs)
     frozen = plugin_sources()  # a plugin that cannot be frozen is refused before anything is written
@@ -204,7 +207,8 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
         except SchedulerError:
             statuses = None
         plan = plan_submission(runs, rt.results, name, prof, statuses)
-        log(f"dry run, profile '{name}': nothing is submitted")
+        where = "" if profiles_file() == PROFILES_FILE else f" (from {profiles_file()})"
+        log(f"dry run, profile '{name}'{where}: nothing is submitted")
         log(plan.describe())
         for top, src in frozen.items():
             log(f"plugin {top} frozen into the code snapshot from {src}")
