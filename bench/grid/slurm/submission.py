@@ -1,5 +1,6 @@
 """Submitting a grid: the plan (job arrays and their ``afterok`` dependencies), the submission through submitit
-of the code snapshot (``snapshot``), the preflight and ``bench run --executor slurm`` itself, and waiting for the jobs."""
+of the code snapshot (``snapshot``), the preflight and ``bench run --executor slurm`` itself, and waiting for the
+jobs."""
 from __future__ import annotations
 
 import datetime as dt
