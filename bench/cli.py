@@ -196,10 +196,14 @@ def cmd_run(args) -> int:
     runs = grid_runs(args, procs=rt.procs)
     if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
         raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
+    slurm_names = {"partition": args.partition, "account": args.account, "qos": args.qos}
+    if args.executor != "slurm" and any(v is not None for v in slurm_names.values()):
+        raise UsageError("--partition / --account / --qos are for SLURM jobs: add --executor slurm")
     if args.executor == "slurm":
         from bench.grid.slurm import run_slurm, wait
 
-        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run, rerun=args.rerun)
+        plan = run_slurm(runs, rt, args.profile, dry_run=args.dry_run, rerun=args.rerun,
+                         overrides=slurm_names)
         if args.wait and not args.dry_run:
             wait(plan)
             print()
@@ -490,7 +494,11 @@ def _run_parser(sub) -> None:
     g.add_argument("--executor", default="local", choices=["local", "slurm"],
                    help="local: in order on this machine; slurm: job arrays through submitit")
     g.add_argument("--profile", default=None,
-                   help="SLURM resource profile in slurm/profiles.toml (default: $BENCH_SLURM_PROFILE or gpu)")
+                   help="SLURM resource profile (default: $BENCH_SLURM_PROFILE or gpu) in $BENCH_SLURM_PROFILES, "
+                        "else ~/.config/afd-bench/profiles.toml when present, else slurm/profiles.toml")
+    g.add_argument("--partition", default=None, help="slurm: the partition of every job, over the profile's")
+    g.add_argument("--account", default=None, help="slurm: the account every job is charged to, over the profile's")
+    g.add_argument("--qos", default=None, help="slurm: the quality of service of every job, over the profile's")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then print the table")
     g.add_argument("--dry-run", action="store_true", help="print the runs that would execute, train nothing")
     g.add_argument("--gpus", default=None, metavar="LIST",

@@ -1,8 +1,14 @@
-"""SLURM profiles: the resources a run's job asks for, per model and data set, from slurm/profiles.toml."""
+"""SLURM profiles: the resources a run's job asks for, per model and data set, from a profile file.
+
+The file is the first of: ``$BENCH_SLURM_PROFILES``, ``~/.config/afd-bench/profiles.toml`` (under
+``$XDG_CONFIG_HOME`` when set) when it exists, the repository's ``slurm/profiles.toml``; so a cluster's partitions
+and accounts need no edit of the repository. ``bench run --partition/--account/--qos`` override the profile's.
+"""
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +18,9 @@ from bench.core.config import ConfigError
 REPO = Path(__file__).resolve().parents[3]
 PROFILES_FILE = REPO / "slurm" / "profiles.toml"
 DEFAULT_PROFILE = "gpu"
+OVERRIDABLE = ("partition", "account", "qos")  # what --partition, --account and --qos set for every job
+# a SLURM partition, account or QOS name: no spaces, commas or shell characters (they end up in #SBATCH lines)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ProfileError(ConfigError):
@@ -100,8 +109,22 @@ def parse_mem_gb(text: str | int | float) -> float:
         raise ProfileError(f"mem '{text}' is not a memory size: write e.g. 16G or 4000M") from None
 
 
+def user_profiles_file() -> Path:
+    """Where a user's own profile file is read from when it exists."""
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "afd-bench" / "profiles.toml"
+
+
+def profiles_file() -> Path:
+    """The profile file in use: $BENCH_SLURM_PROFILES, else the user's (when present), else the repository's."""
+    if os.environ.get("BENCH_SLURM_PROFILES"):
+        return Path(os.environ["BENCH_SLURM_PROFILES"])
+    user = user_profiles_file()
+    return user if user.is_file() else PROFILES_FILE
+
+
 def load_profiles(path: Path | None = None) -> dict[str, dict]:
-    path = Path(path or os.environ.get("BENCH_SLURM_PROFILES") or PROFILES_FILE)
+    path = Path(path or profiles_file())
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -117,8 +140,29 @@ def get_profile(name: str | None, path: Path | None = None) -> tuple[str, dict]:
     name = name or os.environ.get("BENCH_SLURM_PROFILE") or DEFAULT_PROFILE
     if name not in profiles or not isinstance(profiles[name], dict):
         raise ProfileError(f"unknown SLURM profile '{name}'; known: {', '.join(sorted(profiles))} "
-                           f"(in {path or os.environ.get('BENCH_SLURM_PROFILES') or PROFILES_FILE})")
+                           f"(in {path or profiles_file()})")
     return name, profiles[name]
+
+
+def check_name(key: str, value: object, where: str) -> None:
+    """A partition, account or QOS name, or a one-line ProfileError."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ProfileError(f"{where}: {key} {value!r} is not a SLURM {key} name (letters, digits, '_', '.', '-')")
+
+
+def with_overrides(profile: dict, overrides: dict[str, str | None]) -> dict:
+    """The profile with ``overrides`` (partition, account, qos; None: keep the profile's) set for every job: at the
+    top and in place of the same keys of its ``[NAME.resources]`` patterns."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if key not in OVERRIDABLE:
+            raise ProfileError(f"--{key} cannot override a profile; these can: {', '.join(OVERRIDABLE)}")
+        check_name(key, value, f"--{key}")
+    if not given:
+        return profile
+    patterns = {pattern: {k: v for k, v in entries.items() if k not in given}
+                for pattern, entries in (profile.get("resources") or {}).items()}
+    return {**profile, **given, **({"resources": patterns} if "resources" in profile else {})}
 
 
 def _resources_from(entries: dict, base: Resources, where: str) -> Resources:
@@ -128,6 +172,9 @@ def _resources_from(entries: dict, base: Resources, where: str) -> Resources:
                            f"known: {', '.join(sorted(_RESOURCE_KEYS))}")
     values = {k: v for k, v in entries.items() if k in _RESOURCE_KEYS}
     res = replace(base, **values)
+    for key in OVERRIDABLE:
+        if key in values and values[key] is not None:
+            check_name(key, values[key], f"profile {where}")
     if not isinstance(res.gpus, int) or res.gpus < 0:
         raise ProfileError(f"profile {where}: gpus must be an integer >= 0 (got {res.gpus!r})")
     if not isinstance(res.cpus, int) or res.cpus < 1:

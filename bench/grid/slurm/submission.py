@@ -1,12 +1,12 @@
-"""Submitting a grid: the plan (job arrays and their ``afterok`` dependencies), the code snapshot, the
-submission through submitit, the preflight and ``bench run --executor slurm`` itself, and waiting for the jobs."""
+"""Submitting a grid: the plan (job arrays and their ``afterok`` dependencies), the submission through submitit
+of the code snapshot (``snapshot``), the preflight and ``bench run --executor slurm`` itself, and waiting for the
+jobs."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import os
-import shutil
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,15 +20,15 @@ from bench.data import default_data_root, load_dataset
 from bench.grid.runner import stale_note
 from bench.grid.runs import expand
 from bench.grid.slurm.job import RunJob
-from bench.grid.slurm.profiles import REPO, Resources, get_profile, resources_for
+from bench.grid.slurm.profiles import (PROFILES_FILE, Resources, get_profile, profiles_file, resources_for,
+                                       with_overrides)
 from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, SchedulerError, check_partitions, partitions,
                                         query_jobs)
+from bench.grid.slurm.snapshot import plugin_modules, plugin_sources, snapshot_code
 from bench.grid.slurm.status import RunStatus, grid_status, write_job
 from bench.models.architectures import MODELS, ModelError
 from bench.train.rerun import Rerun, archive_if_chosen
 from bench.train.validation import validate_run
-
-SNAPSHOT_PACKAGES = ("bench", "methods")
 
 
 # -- planning the submission ---------------------------------------------------------------------------------------
@@ -114,27 +114,6 @@ def plan_submission(runs: list[RunConfig], results: Path, profile_name: str, pro
 
 
 # -- submitting ------------------------------------------------------------------------------------------------------
-def snapshot_code(results: Path) -> Path:
-    """Copy the code a job runs (bench/, methods/) into <results>/slurm/snapshots/<hash>/ (reused if identical)."""
-    files = sorted(p for pkg in SNAPSHOT_PACKAGES for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts)
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
-    dest = Path(results).resolve() / "slurm" / "snapshots" / h.hexdigest()[:12]
-    if not dest.exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in files:
-            target = tmp / p.relative_to(REPO)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, target)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another submitter made the same snapshot at the same time
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
     """The runtime a job gets: absolute paths (the job's working directory is the snapshot), the device from
     the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given, and
@@ -154,8 +133,13 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
         return
     check_partitions([a.resources for a in plan.arrays])
     results = Path(rt.results).resolve()
-    snap = snapshot_code(results)
+    modules = plugin_modules()
+    snap = snapshot_code(results, plugin_sources(modules))
     log_folder = results / "slurm" / "logs" / "%j"
+    # The snapshot first on the job's path, whatever its environment's PYTHONPATH holds (a relative entry would
+    # resolve inside the snapshot, an absolute one to the live source), and even under PYTHONSAFEPATH, where
+    # `python -m` does not put the working directory on the path.
+    setup = [f"export PYTHONPATH={shlex.quote(str(snap))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     for arr in plan.arrays:
         res = arr.resources
         deps = []
@@ -170,7 +154,7 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
             job_name=f"bench-{arr.runs[0].method}" if len({c.method for c in arr.runs}) == 1 else "bench",
             time=res.time_min, cpus_per_task=res.cpus, mem=f"{max(1, round(res.mem_gb * 1024))}MB",
             ntasks_per_node=res.tasks_per_node, nodes=res.nodes, array_parallelism=res.array_parallelism,
-            signal_delay_s=120,
+            signal_delay_s=120, setup=setup,
             additional_parameters={"chdir": str(snap), "kill-on-invalid-dep": "yes", "requeue": True})
         if res.partition:
             params["partition"] = res.partition
@@ -188,7 +172,7 @@ def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callabl
         job_rt = job_runtime(rt, res)
         payloads = [{**to_dict(c), "_run_id": run_id(c)} for c in arr.runs]
         try:
-            jobs = ex.map_array(RunJob(job_rt), payloads)
+            jobs = ex.map_array(RunJob(job_rt, plugin_modules=modules, snapshot=str(snap)), payloads)
         except Exception as e:  # noqa: BLE001 - sbatch's own message is the useful part
             msg = str(e).strip().splitlines()
             raise SchedulerError(f"sbatch refused array {arr.index} ({arr.label}): "
@@ -213,14 +197,18 @@ def preflight(runs: list[RunConfig], procs: int = 1) -> None:
 
 
 def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_run: bool = False,
-              log: Callable[[str], None] = print, rerun: str | None = None) -> SubmissionPlan:
+              log: Callable[[str], None] = print, rerun: str | None = None,
+              overrides: dict[str, str | None] | None = None) -> SubmissionPlan:
     """`bench run --executor slurm`: submit what is missing or failed; with dry_run, only print it. ``rerun``
     (`bench run --rerun`): the results it chooses are archived here, under each run's lock, and their runs submitted
-    as missing ones (with dry_run: shown as submitted, nothing archived)."""
+    as missing ones (with dry_run: shown as submitted, nothing archived). ``overrides``: partition, account or qos
+    for every job, over the profile's (--partition, --account, --qos)."""
     name, prof = get_profile(profile)
+    prof = with_overrides(prof, overrides or {})
     ordered = expand(runs)
     preflight(ordered, rt.procs)
     _say_stale(ordered, Store(rt.results), Rerun(rerun), log)
+    frozen = plugin_sources()  # a plugin that cannot be frozen is refused before anything is written
     if dry_run:
         try:
             statuses = grid_status(runs, rt.results)
@@ -230,8 +218,11 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
             chosen = _chosen(ordered, Store(rt.results), Rerun(rerun))
             statuses = [dataclasses.replace(s, state="missing") if s.run_id in chosen else s for s in statuses]
         plan = plan_submission(runs, rt.results, name, prof, statuses)
-        log(f"dry run, profile '{name}': nothing is submitted")
+        where = "" if profiles_file() == PROFILES_FILE else f" (from {profiles_file()})"
+        log(f"dry run, profile '{name}'{where}: nothing is submitted")
         log(plan.describe())
+        for top, src in frozen.items():
+            log(f"plugin {top} frozen into the code snapshot from {src}")
         return plan
     partitions()  # fail with one line before anything is written if the controller does not answer
 
