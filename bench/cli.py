@@ -10,7 +10,6 @@ import argparse
 import ast
 import dataclasses
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +20,8 @@ from bench.core.config import (
     RunConfig,
     TrainConfig,
     coerce_like,
+    parse_eps,
+    parse_fraction,
     replace_path,
     run_id,
 )
@@ -43,8 +44,8 @@ def parse_value(text: str) -> Any:
         return tuple(parse_value(t) for t in text.split(",") if t.strip())
     if "/" in text:
         try:
-            return float(Fraction(text.strip()))
-        except (ValueError, ZeroDivisionError):
+            return parse_fraction(text)
+        except ValueError:
             return text
     try:
         return ast.literal_eval(text.strip())
@@ -333,11 +334,9 @@ def cmd_list(args) -> int:
 def cmd_eval(args) -> int:
     from bench.eval.standalone import evaluate, make_spec, render
 
-    eps = parse_value(args.eps)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-        raise UsageError(f"--eps {args.eps}: expected a number like 8/255")
+    eps = parse_eps(args.eps, "--eps")
     spec = make_spec(model=args.model, zoo=args.zoo, checkpoint=args.checkpoint, dataset=args.dataset, n=args.n,
-                     n_pgd=args.n_pgd, n_aa=args.n_aa, eps=float(eps), batch_size=args.batch_size, seed=args.seed)
+                     n_pgd=args.n_pgd, n_aa=args.n_aa, eps=eps, batch_size=args.batch_size, seed=args.seed)
     result = evaluate(spec, _runtime(args), log=lambda s: print(s, file=sys.stderr, flush=True))
     print(render(result), end="")
     print(f"result: {Path(args.results) / 'evals' / (result['eval_id'] + '.json')}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -185,3 +186,14 @@ def test_cyclic_momentum_follows_torch_cyclic_lr():
     assert momentum_at(replace(cfg, cycle_momentum=False), 1, 0, spe) == 0.9
     with pytest.raises(ConfigError, match="cycle_momentum"):
         replace(cfg, schedule="piecewise").validate()
+
+
+def test_one_eps_parser_for_the_command_line_grid_files_and_configs():
+    from bench.core.config import ConfigError, parse_eps, parse_fraction
+
+    assert parse_eps("8/255") == parse_fraction("8/255") == 8 / 255
+    assert parse_eps(0.5) == 0.5 and parse_eps(" 1 ") == 1.0
+    for bad, says in (("8", "write 8/255, not 8"), (0, "must be in (0, 1]"), ("x/2", "fraction like 8/255"),
+                      (True, "fraction like 8/255"), ("1/0", "fraction like 8/255")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse_eps(bad, "--eps")

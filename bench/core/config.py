@@ -23,6 +23,33 @@ SCHEMA_VERSION = 1
 
 EPS_8 = 8 / 255
 
+
+def parse_fraction(text: str) -> float:
+    """'8/255' -> 0.0313..., '0.5' -> 0.5 (ValueError otherwise): how radii and step sizes are written."""
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or a fraction: {text!r}") from None
+
+
+def parse_eps(value: Any, what: str = "eps") -> float:
+    """An L-inf radius in (0, 1] pixels from a number or a fraction like "8/255" (the command line, grid files,
+    ``bench eval``); ConfigError in one line naming ``what`` otherwise."""
+    eps = value
+    if isinstance(value, str):
+        try:
+            eps = parse_fraction(value)
+        except ValueError:
+            raise ConfigError(f"{what} {value!r}: expected a number or a fraction like 8/255") from None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ConfigError(f"{what} {value!r}: expected a number or a fraction like 8/255")
+    if not 0 < eps <= 1:
+        hint = " (pixels are in [0, 1]: write 8/255, not 8)" if eps > 1 else " (pixels are in [0, 1]: write 8/255)"
+        raise ConfigError(f"{what} must be in (0, 1]{hint}, got {value}")
+    return float(eps)
+
 CYCLIC_BASE_MOMENTUM = 0.8  # torch.optim.lr_scheduler.CyclicLR(base_momentum=0.8) default
 SCHEDULES = ("constant", "piecewise", "aft", "cosine", "cyclic")
 # Training precision (bench/core/numerics.py): fp32 = true fp32 (TF32 off, also on GPUs); tf32 = TF32 convolutions and
@@ -141,9 +168,7 @@ class RunConfig:
         return dict(self.hparams)
 
     def validate(self) -> None:
-        if not (0 < self.eps <= 1):
-            hint = " (pixels are in [0, 1]: write 8/255, not 8)" if self.eps > 1 else ""
-            raise ConfigError(f"eps must be in (0, 1], got {self.eps}{hint}")
+        parse_eps(self.eps)
         self.train.validate()
         self.eval.validate()
         if self.parent is not None:

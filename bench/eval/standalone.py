@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.core import determinism
 from bench.core.checkpoints import load_into
-from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest
+from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
@@ -74,8 +74,7 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
     if n_aa is not None and not 0 <= n_aa <= n_pgd:
         raise ConfigError(f"--n-aa must be in [0, --n-pgd] = [0, {n_pgd}] (got {n_aa}): AA <= PGD-20 is checked on "
                           "the images they share")
-    if not 0 < eps <= 1:
-        raise ConfigError(f"--eps must be in (0, 1] (pixels are in [0, 1]: write 8/255), got {eps}")
+    eps = parse_eps(eps, "--eps")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist: give the path of a .pt/.pth file")
     ev = EvalConfig(n_clean=n, n_pgd=n_pgd, n_aa=n_pgd if n_aa is None else n_aa, batch_size=batch_size)

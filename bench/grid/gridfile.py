@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.core.config import ConfigError, EvalConfig, RunConfig, TrainConfig, coerce_like, with_parent_file
+from bench.core.config import (
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    coerce_like,
+    parse_eps,
+    with_parent_file,
+)
 from bench.data import DATASETS
 from bench.grid.runs import make_run
 from bench.models.architectures import MODELS
@@ -191,17 +199,11 @@ def _eps(chk: _Checker, raw: Any) -> float | None:
     """``eps``: a number or a fraction like "8/255", in (0, 1]."""
     if raw is None:
         return None
-    eps = raw
-    if isinstance(eps, str):
-        from fractions import Fraction
-
-        try:
-            eps = float(Fraction(eps))
-        except (ValueError, ZeroDivisionError):
-            chk.fail("eps", f"expected a number or a fraction like \"8/255\", got {eps!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        chk.fail("eps", f"must be in (0, 1] (pixels are in [0, 1]: write \"8/255\"), got {raw!r}")
-    return float(eps)
+    try:
+        return parse_eps(raw)
+    except ConfigError:
+        chk.fail("eps", f"a number or a fraction like \"8/255\" in (0, 1] (pixels are in [0, 1]: write \"8/255\"), "
+                        f"got {raw!r}")
 
 
 def _sweeps(chk: _Checker, hp_table: dict, methods: list[str]) -> dict[str, list[dict[str, Any]]]:
