@@ -22,7 +22,7 @@ from bench import schedules  # noqa: E402
 from bench.eval.attacks import pgd  # noqa: E402
 from bench.data import Loader, load_dataset  # noqa: E402
 from bench.models.architectures import build_model  # noqa: E402
-from methods import Context, StepInfo, get_method, make_hparams, resolve_hparams  # noqa: E402
+from methods import Context, StepInfo, build_method, get_method, make_hparams, resolve_hparams  # noqa: E402
 from methods.arrest import replay_window_end  # noqa: E402
 
 torch.set_num_threads(2)
@@ -142,8 +142,7 @@ def arrest_run(hp, n_steps):
     cfg = dataclasses.replace(get_method("arrest").recipe, epochs=2)
     ctx = Context(info=info, eps=EPS, device=torch.device("cpu"), epochs=2, steps_per_epoch=spe, seed=0,
                   train=train, parent_model=copy.deepcopy(parent).eval(), train_cfg=cfg)
-    m = get_method("arrest")(model, make_hparams("arrest", resolve_hparams("arrest", hp)), ctx)
-    m.optimizers = m.configure_optimizers(cfg)
+    m = build_method("arrest", model, make_hparams("arrest", resolve_hparams("arrest", hp)), ctx, cfg)
     ds, ns = [], []
     torch.manual_seed(0)
     for i, b in enumerate(loader.epoch(0)):
@@ -189,8 +188,7 @@ model = copy.deepcopy(parent)
 cfg = dataclasses.replace(get_method("arrest").recipe, epochs=2)
 ctx = Context(info=info, eps=EPS, device=torch.device("cpu"), epochs=2, steps_per_epoch=spe, seed=0, train=train,
               parent_model=copy.deepcopy(parent).eval(), train_cfg=cfg)
-m = get_method("arrest")(model, make_hparams("arrest", resolve_hparams("arrest", {})), ctx)
-m.optimizers = m.configure_optimizers(cfg)
+m = build_method("arrest", model, make_hparams("arrest", resolve_hparams("arrest", {})), ctx, cfg)
 torch.manual_seed(0)
 bs = list(loader.epoch(0))[:10 + K]
 for i in range(min(10, N_STEPS)):
