@@ -21,7 +21,7 @@ from bench.data import DATASETS, Batch, DataError, Loader, Split, load_dataset
 from bench.data.cifar import CIFAR10_CLASSES
 from bench.data.loader import augment_crop_flip
 
-REPO_ROOT = Path(cifar.__file__).resolve().parent.parent
+REPO_ROOT = Path(cifar.__file__).resolve().parents[2]  # bench/data/cifar.py -> the repository
 SHARED_CIFAR10_JPEG = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
