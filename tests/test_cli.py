@@ -168,6 +168,16 @@ def test_speed_eval_checkpoint_without_cifar_is_refused(tmp_path, monkeypatch, c
     assert f"not found under {tmp_path / 'data'}: set BENCH_DATA_ROOT" in err, err
 
 
+def test_existing_empty_results_folder_is_read_and_plan_needs_none(tmp_path, capsys):
+    """Only a MISSING results folder is refused where results are read: an existing empty one is a grid that has
+    not run (an empty table), and `bench plan` predicts a grid without any folder."""
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--grid", "demo", "--results", str(tmp_path / "empty")]) == 0
+    assert main(["status", "--grid", "demo", "--results", str(tmp_path / "empty")]) == 0
+    assert main(["plan", "--grid", "demo", "--results", str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     code = main(["run", "--grid", "demo", "--set", f"dataset=folder:{tmp_path / 'empty'}",
