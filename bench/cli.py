@@ -166,6 +166,19 @@ def grid_runs(args, procs: int = 1) -> list[RunConfig]:
     return runs
 
 
+def results_folder(args, must_exist: bool = True) -> Path:
+    """--results of a command that reads results (report, status, plot, compare; plan with ``must_exist`` False,
+    since it predicts a grid that has not run). A folder that is missing is refused rather than read as "nothing
+    has run": a typo in the path would otherwise print an empty table. An existing empty folder is fine."""
+    path = Path(args.results)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--results {path} is a file, not a results folder: give the folder that `bench run` wrote")
+    if must_exist and not path.exists():
+        raise UsageError(f"--results {path} does not exist: check the path (the folder given to `bench run "
+                         "--results`, default: results)")
+    return path
+
+
 # -- --only -------------------------------------------------------------------------------------------------
 ONLY_KEYS = ("method", "model", "dataset", "seed")
 
@@ -236,6 +249,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench.report.tables import report
 
+    results = results_folder(args)
     if args.evals:
         from bench.report.evals import evals_report
 
@@ -244,13 +258,13 @@ def cmd_report(args) -> int:
                                 ("--compare", args.compare), ("--claims", args.claims)) if v]
         if given:
             raise UsageError(f"--evals renders every result of bench eval: leave out {', '.join(given)}")
-        out = evals_report(Path(args.results), args.format)
+        out = evals_report(results, args.format)
     elif args.claims:
         from bench.report.claims import claims
 
-        out = claims(grid_runs(args), Path(args.results), name=args.grid)  # --seeds and --set as for `run`
+        out = claims(grid_runs(args), results, name=args.grid)  # --seeds and --set as for `run`
     else:
-        out = report(grid_runs(args), Path(args.results), args.format, table=args.table or args.grid,
+        out = report(grid_runs(args), results, args.format, table=args.table or args.grid,
                      compare=args.compare)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -265,18 +279,20 @@ def cmd_compare(args) -> int:
     """One method against another on a grid's results, per metric and model / data set, under the noise rule."""
     from bench.report.compare import compare
 
-    sys.stdout.write(compare(grid_runs(args), Path(args.results), args.a, args.b, args.format, name=args.grid))
+    results = results_folder(args)
+    sys.stdout.write(compare(grid_runs(args), results, args.a, args.b, args.format, name=args.grid))
     return 0
 
 
 def cmd_plot(args) -> int:
     from bench.report.plots import FIG1_METHODS, plot
 
+    results = results_folder(args)
     methods = FIG1_METHODS if args.methods is None else (
         None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     for m in methods or ():
         get_method(m)  # an unknown name is bad input: one line, exit 2
-    for path in plot(args.figure, grid_runs(args), Path(args.results), Path(args.out or Path(args.results) / "figures"),
+    for path in plot(args.figure, grid_runs(args), results, Path(args.out or results / "figures"),
                      name=args.grid, run=args.run, n=args.n, data_root=args.data_root, methods=methods):
         print(f"wrote {path}")
     return 0
@@ -288,7 +304,7 @@ def cmd_status(args) -> int:
     `bench run --executor slurm`); the last line counts each state ("stale" apart from "done")."""
     from bench.grid.slurm import grid_status
 
-    statuses = grid_status(grid_runs(args), Path(args.results))
+    statuses = grid_status(grid_runs(args), results_folder(args))
     counts: dict[str, int] = {}
     for st in statuses:
         cfg = st.cfg
@@ -306,7 +322,8 @@ def cmd_plan(args) -> int:
 
     if args.gpus_per_run < 1:
         raise UsageError(f"--gpus-per-run must be >= 1 (got {args.gpus_per_run})")
-    sys.stdout.write(render(args.grid, grid_runs(args), Path(args.results), gpus_per_run=args.gpus_per_run))
+    results = results_folder(args, must_exist=False)
+    sys.stdout.write(render(args.grid, grid_runs(args), results, gpus_per_run=args.gpus_per_run))
     return 0
 
 

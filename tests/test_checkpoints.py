@@ -56,6 +56,8 @@ def test_mismatch_is_one_line_naming_keys(tmp_path):
 def test_unreadable_garbled_and_unsafe_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pt")
+    with pytest.raises(ConfigError, match="is a folder, not a checkpoint file"):  # it exists: not "does not exist"
+        read_state_dict(tmp_path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot be read safely"):
         read_state_dict(tmp_path / "junk.pt")

@@ -64,6 +64,21 @@ BAD = [
     (["speed-eval", "--save-model", "{file}/m.pt"], "its folder does not exist"),
     (["speed-eval", "--n-images", "501"], "--n-images must be <= 500"),
     (["speed", "--eval", "--n-images", "200"], "bench speed-eval"),
+    # a results folder that is a file, or that does not exist, where a command only reads results
+    (["status", "--grid", "demo", "--results", "{file}"], "is a file, not a results folder"),
+    (["plan", "--grid", "demo", "--results", "{file}"], "is a file, not a results folder"),
+    (["report", "--grid", "demo", "--results", "{file}"], "is a file, not a results folder"),
+    (["report", "--grid", "demo", "--results", "{missing}"], "does not exist"),
+    (["report", "--grid", "demo", "--claims", "--results", "{missing}"], "does not exist"),
+    (["report", "--evals", "--results", "{missing}"], "does not exist"),
+    (["status", "--grid", "demo", "--results", "{missing}"], "does not exist"),
+    (["compare", "--grid", "demo", "--a", "vaft", "--b", "afd", "--results", "{missing}"], "does not exist"),
+    (["plot", "--figure", "fig1", "--grid", "demo", "--results", "{missing}"], "does not exist"),
+    # seeds are bounded before a grid is expanded in memory (this once ran for minutes)
+    (["run", "--grid", "demo", "--seeds", "100000000", "--dry-run"], "at most 10000"),
+    (["plan", "--grid", "demo", "--seeds", "100000000"], "at most 10000"),
+    (["eval", "--model", "small_cnn", "--checkpoint", "{folder}", "--dataset", "digits", "--n", "10"],
+     "is a folder, not a checkpoint file"),
 ]
 
 
@@ -88,7 +103,8 @@ def _bad_setup(tmp_path, argv: list[str], results):
         png.rename(tmp_path / "flat" / f"{png.parent.name}_{png.name}")
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    subs = {"{empty}": str(tmp_path / "empty"), "{flat}": str(tmp_path / "flat"), "{file}": str(blocker)}
+    subs = {"{empty}": str(tmp_path / "empty"), "{flat}": str(tmp_path / "flat"), "{file}": str(blocker),
+            "{missing}": str(tmp_path / "no-such-results"), "{folder}": str(tmp_path / "empty")}
     if any("{tiny}" in a for a in argv):
         subs["{tiny}"] = str(write_tiny_folder(tmp_path / "tiny"))
     out = []
@@ -132,6 +148,34 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys
     assert "Traceback" not in err
     assert _snapshot(results) == before
     assert (tmp_path / "file").read_text() == blocker
+
+
+def test_speed_eval_checkpoint_without_cifar_is_refused(tmp_path, monkeypatch, capsys):
+    """A CIFAR-10 checkpoint is never timed on the synthetic stand-in images (it would score near chance, and
+    AutoAttack would look faster): one line naming BENCH_DATA_ROOT, exit 2."""
+    from bench.data import DataError
+    from bench.perf import speed_eval
+
+    def no_data(*args, **kwargs):
+        raise DataError("CIFAR-10 (JPEG) not found")
+
+    monkeypatch.setattr(speed_eval, "load_dataset", no_data)  # whatever this machine holds
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    (tmp_path / "m.pt").write_bytes(b"")
+    code = main(["speed-eval", "--checkpoint", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"not found under {tmp_path / 'data'}: set BENCH_DATA_ROOT" in err, err
+
+
+def test_existing_empty_results_folder_is_read_and_plan_needs_none(tmp_path, capsys):
+    """Only a MISSING results folder is refused where results are read: an existing empty one is a grid that has
+    not run (an empty table), and `bench plan` predicts a grid without any folder."""
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--grid", "demo", "--results", str(tmp_path / "empty")]) == 0
+    assert main(["status", "--grid", "demo", "--results", str(tmp_path / "empty")]) == 0
+    assert main(["plan", "--grid", "demo", "--results", str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_empty_data_folder(tmp_path, capsys):

@@ -124,6 +124,8 @@ def rewrite(cmd: str, tmp: Path, n: int) -> tuple[str, dict[str, str]]:
         src = REPO / given
         if src.is_dir():
             shutil.copytree(src, dst, ignore=NOT_COPIED)
+        else:  # an empty folder, as a fresh `bench run` leaves (commands that read results refuse a missing one)
+            dst.mkdir(parents=True, exist_ok=True)
         back[str(dst)] = given
         return f"{m.group(1)}{shlex.quote(str(dst))}"
 
@@ -137,6 +139,7 @@ def rewrite(cmd: str, tmp: Path, n: int) -> tuple[str, dict[str, str]]:
     cmd = re.sub(r"(--results(?:\s+|=))(\S+)", results, cmd)
     cmd = re.sub(r"(--out(?:\s+|=))(\S+)", out, cmd)
     empty = work / "empty-results"
+    empty.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"({re.escape(PYTHON)}\s+-m\s+bench\s+({'|'.join(TAKES_RESULTS)}))(?=\s|$)")
     if "--results" not in cmd:
         cmd = pattern.sub(lambda m: f"{m.group(1)} --results {shlex.quote(str(empty))}", cmd)

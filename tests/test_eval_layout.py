@@ -12,7 +12,7 @@ import torch
 
 from bench.eval.attacks import _AAModel
 from bench.core.config import ConfigError, EvalConfig
-from bench.data import load_dataset
+from bench.data import DataError, load_dataset
 from bench.eval.evaluator import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
 from bench.models.architectures import MODELS, build_model
 from conftest import SHARED_CIFAR, write_tiny_folder
@@ -209,9 +209,14 @@ def test_speed_eval_contenders_and_saved_model(tmp_path):
     assert rows["aa"]["flips_plain"] is None and rows["aa"]["speedup_plain"] is None
     assert "ours_plain_s" not in rows["aa"] and rows["aa"]["ours_s"] > 0 and rows["aa"]["direct_s"] > 0
     assert "| aa | " in render_eval(rep) and "(-)" in render_eval(rep)
-    again = measure_eval(model="small_cnn", checkpoint=str(saved), n=6, reps=1, device="cpu",
-                         contenders=["ours", "direct"])
-    assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in rep["rows"]]
+    if rep["data"] == "cifar10-jpeg":
+        again = measure_eval(model="small_cnn", checkpoint=str(saved), n=6, reps=1, device="cpu",
+                             contenders=["ours", "direct"])
+        assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in rep["rows"]]
+    else:  # a checkpoint is never measured on synthetic images
+        assert "data: synthetic colour classes" in render_eval(rep)
+        with pytest.raises(ConfigError, match="BENCH_DATA_ROOT"):
+            measure_eval(model="small_cnn", checkpoint=str(saved), n=6, reps=1, device="cpu")
     for bad in (["ours"], ["ours", "direct", "mine"]):
         with pytest.raises(ConfigError, match="--contenders"):
             measure_eval(model="small_cnn", n=6, contenders=bad)
@@ -228,3 +233,25 @@ def test_speed_eval_render_small_rates_and_absent_plain():
            "rows": [row]}
     line = next(l for l in render_eval(rep).splitlines() if l.startswith("| aa |"))
     assert line == "| aa | 0.122 | - | 0.108 | x1.12 | - | 0.219 | 0 (-) |"
+    assert "synthetic" not in render_eval(rep)
+
+
+def test_speed_eval_names_synthetic_data(monkeypatch, tmp_path):
+    """Without CIFAR-10-JPEG, the model made here trains and is measured on synthetic images: the JSON's ``data``
+    and the printed header say so (they once showed no sign of it); a checkpoint is refused instead."""
+    from bench.perf import speed_eval
+
+    def no_data(*args, **kwargs):
+        raise DataError("CIFAR-10 (JPEG) not found")
+
+    monkeypatch.setattr(speed_eval, "load_dataset", no_data)  # whatever this machine holds
+    monkeypatch.setattr(speed_eval, "_rounds", lambda runs, reps, log: (
+        {c: [{k: 1.0 for k in speed_eval.MEASURES}] for c in runs},
+        {c: {k: torch.ones(4, dtype=torch.bool) for k in speed_eval.MEASURES} for c in runs}))
+    rep = speed_eval.measure_eval(model="small_cnn", n=4, reps=1, train_steps=0, device="cpu")
+    assert rep["data"] == speed_eval.SYNTHETIC
+    assert "data: synthetic colour classes" in speed_eval.render_eval(rep).splitlines()[1]
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not found under .*BENCH_DATA_ROOT"):
+        speed_eval.measure_eval(model="small_cnn", checkpoint=str(ckpt), n=4, reps=1, device="cpu")

@@ -28,6 +28,7 @@ BAD = [
     ("methods = [\"vaft\"]\nmodels = [\"small_cnn\"]\ndatasets = [\"cifar11\"]\n", "unknown name 'cifar11'"),
     ("methods = \"\"\nmodels = [\"small_cnn\"]\ndatasets = [\"digits\"]\n", "non-empty list"),
     ("seeds = 0\n" + GOOD, "seeds: must be >= 1"),
+    ("seeds = 100000000\n" + GOOD, "seeds: at most 10000 seeds"),
     ("seeds = \"two\"\n" + GOOD, "seeds: expected"),
     (GOOD.replace("epochs = 1", "epochs = 0"), "epochs: expected a whole number >= 1"),
     ("eps = 8\n" + GOOD, "write \"8/255\""),

@@ -58,13 +58,21 @@ def _strip_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def check_checkpoint_path(path: str | Path) -> None:
+    """ConfigError (one line) unless ``path`` is a file: a folder is said to be one, since it does exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {path} is a folder, not a checkpoint file: give the path of a .pt/.pth file")
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist: give the path of a .pt/.pth file")
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The state dict inside ``path`` and the metadata beside it (our exported models' model name, classes).
 
     ConfigError (one line) when the file is missing, unreadable, garbled, or holds no state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist: give the path of a .pt/.pth file")
+    check_checkpoint_path(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, a pickle with code in it, not a torch file: all refused

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from torch import nn
 
 from bench.core import determinism
-from bench.core.checkpoints import load_into
+from bench.core.checkpoints import check_checkpoint_path, load_into
 from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
@@ -75,8 +75,8 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
         raise ConfigError(f"--n-aa must be in [0, --n-pgd] = [0, {n_pgd}] (got {n_aa}): AA <= PGD-20 is checked on "
                           "the images they share")
     eps = parse_eps(eps, "--eps")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint {checkpoint} does not exist: give the path of a .pt/.pth file")
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)
     ev = EvalConfig(n_clean=n, n_pgd=n_pgd, n_aa=n_pgd if n_aa is None else n_aa, batch_size=batch_size)
     ev.validate()
     return EvalSpec(model=model if zoo is None else f"zoo:{zoo}",

@@ -177,6 +177,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"grid file {path}: not a UTF-8 text file") from None
 
 
+# The most seeds a grid may repeat its runs with. The paper reports 3 and a careful sweep uses tens; a bigger number
+# is a typo, and the runs are expanded in memory before anything else looks at them (10^8 seeds never answered).
+MAX_SEEDS = 10_000
+
+
 def _seeds(chk: _Checker, raw: Any, seeds: int | None) -> list[int]:
     """``seeds``: a count (seeds 0..n-1) or a list of seeds; the command line's --seeds > 1 wins."""
     if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, list) and raw and all(
@@ -185,6 +190,8 @@ def _seeds(chk: _Checker, raw: Any, seeds: int | None) -> list[int]:
     if isinstance(raw, int):
         if raw < 1:
             chk.fail("seeds", f"must be >= 1 (got {raw})")
+        if raw > MAX_SEEDS:
+            chk.fail("seeds", f"at most {MAX_SEEDS} seeds (got {raw})")
         seed_list = list(range(raw))
     else:
         if any(s < 0 for s in raw):

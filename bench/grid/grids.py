@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from bench.core.config import ConfigError, EvalConfig, RunConfig
-from bench.grid.gridfile import is_grid_file, load
+from bench.grid.gridfile import MAX_SEEDS, is_grid_file, load
 from bench.grid.runs import make_run, seeded, unique
 from methods import get_method, parent_method
 
@@ -27,6 +27,8 @@ def get_grid(name: str, seeds: int = 1) -> list[RunConfig]:
     """A grid's runs: a name from GRIDS, or a grid file (``*.toml``, bench/grid/gridfile.py)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1 (got {seeds})")
+    if seeds > MAX_SEEDS:  # checked before the runs are expanded in memory
+        raise ConfigError(f"--seeds {seeds}: at most {MAX_SEEDS} seeds (a sweep of seeds 0..N-1 never needs more)")
     if is_grid_file(name):
         return load(name, seeds).runs
     if "/" in name or "\\" in name:

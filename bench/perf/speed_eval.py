@@ -23,8 +23,9 @@ AutoAttack on a CPU); ``--save-model`` keeps the model made here for a later ``-
 The model has to be partly robust or AutoAttack has nothing to do: ``--checkpoint`` evaluates any checkpoint
 (``bench.core.checkpoints``: our exported models, bare state dicts, common wrappers); without one, the model is made
 partly robust here by ``train_steps`` steps of FGSM-RS adversarial training (Wong et al. 2020: uniform start,
-one step of 1.25 eps) on CIFAR-10-JPEG (synthetic colour-coded images if that is not on the machine), and the
-report says what was measured.
+one step of 1.25 eps) on CIFAR-10-JPEG (synthetic colour-coded images if that is not on the machine, named as such
+in the report's ``data`` field and header), and the report says what was measured. A checkpoint is measured on
+CIFAR-10-JPEG only: without it, one line asks for BENCH_DATA_ROOT.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from bench.core.cpu import cpu_info, describe_cpu
 from bench.core.checkpoints import load_into
 from bench.core.config import EPS_8, ConfigError, EvalConfig
 from bench.core.runtime import resolve_device, set_threads
-from bench.data import DataError, Split, load_dataset
+from bench.data import DataError, Split, default_data_root, load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import MODELS, build_model
@@ -51,13 +52,21 @@ MEASURES = ("clean", "pgd20", "aa")
 CONTENDERS = ("ours", "ours_plain", "direct")
 
 
-def _data(n_train: int, n_test: int, seed: int) -> tuple[Split, Split, str]:
-    """CIFAR-10-JPEG (train subset, first n_test test images) when available, else synthetic colour classes."""
+SYNTHETIC = "synthetic colour classes"
 
+
+def _data(n_train: int, n_test: int, seed: int, checkpoint: str | None) -> tuple[Split, Split, str]:
+    """CIFAR-10-JPEG (train subset, first n_test test images) when available, else synthetic colour classes, but
+    only for a model made here: a checkpoint's CIFAR-10 model would score near chance on them (7.5% for 42.5%) and
+    AutoAttack would look several times faster, so without the data a checkpoint is refused."""
     try:
         train, test, _ = load_dataset("cifar10-jpeg", None, None)
         return train.sample(n_train), Split(test.images[:n_test], test.labels[:n_test]), "cifar10-jpeg"
     except (DataError, ConfigError, FileNotFoundError):
+        if checkpoint is not None:
+            raise ConfigError(f"--checkpoint {checkpoint}: CIFAR-10-JPEG (cifar10-jpeg/ or cifar10-jpeg.tar.gz) is not "
+                              f"found under {default_data_root()}: set BENCH_DATA_ROOT to the folder that holds it "
+                              "(a checkpoint is never measured on synthetic images)") from None
         g = torch.Generator().manual_seed(seed)
 
         def make(n: int) -> Split:
@@ -66,7 +75,7 @@ def _data(n_train: int, n_test: int, seed: int) -> tuple[Split, Split, str]:
             noise = torch.randn(n, 3, 32, 32, generator=g) * 40
             return Split((base + noise).clamp(0, 255).to(torch.uint8), labels)
 
-        return make(n_train), make(n_test), "synthetic colour classes"
+        return make(n_train), make(n_test), SYNTHETIC
 
 
 def partly_robust_model(model: str, steps: int, train: Split, device: torch.device, seed: int,
@@ -151,7 +160,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     contenders = _checked(model, contenders, n, reps, train_steps)
     dev = resolve_device(device)
     set_threads(threads)
-    train, test, data = _data(max(128, 10_000), n, seed)
+    train, test, data = _data(max(128, 10_000), n, seed, checkpoint)
     net, what = _model_to_evaluate(model, checkpoint, train_steps, train, data, dev, seed, save_model, log)
     # One chunk (batch = n, at most 500): AutoAttack then sees the same batch and seed in every contender.
     cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=n)
@@ -166,7 +175,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     except OSError:  # pragma: no cover
         load = None
     cpu = cpu_info()
-    return {"model": what, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
+    return {"model": what, "data": data, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
             "rows": _rows(secs, flags, n)}
@@ -253,6 +262,8 @@ def render_eval(rep: dict) -> str:
     head = (f"bench speed-eval: {rep['model']}, first {rep['n']} test images, fp32, median of {rep['reps']} "
             f"interleaved rounds, {rep['device']}: {device}, {rep['threads']} threads"
             + (f", load average {rep['loadavg'][0]:.1f}" if rep.get("loadavg") else ""))
+    if rep.get("data") == SYNTHETIC:  # said apart from the model's name: these numbers are not CIFAR-10's
+        head += f"\ndata: {SYNTHETIC} (CIFAR-10-JPEG not found: set BENCH_DATA_ROOT), not CIFAR-10 test images"
     cols = ["measure", "ours img/s", "ours plain img/s", "direct img/s", "speedup", "speedup plain", "accuracy",
             "flips (plain)"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
