@@ -74,8 +74,8 @@ def test_seeds_give_mean_and_std_and_the_cells_say_how_many():
     assert len(two) == 2 and math.isclose(two.clean.mean(), 85.025, abs_tol=1e-9)
     assert set(two.n_aa) == {50.0}  # the count the result records
     csv = report(table_runs(), RESULTS, "csv", table="table1")
-    assert csv.splitlines()[0] == "Method,group,column,mean,std,n,n_runs,mark"
-    assert "AFD,CIFAR-10,Clean,85.03,0.18,2,2," in csv and "AFD,CIFAR-100,Clean,64.90,,1,1," in csv
+    assert csv.splitlines()[0] == "Method,group,column,mean,std,n,n_runs,mark,unreliable"
+    assert "AFD,CIFAR-10,Clean,85.03,0.18,2,2,," in csv and "AFD,CIFAR-100,Clean,64.90,,1,1,," in csv
     assert "\n# Quantitative evaluations of all methods on ResNet18 (accuracy, %). One run (seed)" in csv
 
 

@@ -23,6 +23,8 @@ from bench.report.labels import (
     MODEL_LABELS,
     NETWORK_NOTES,
     SANITY,
+    UNRELIABLE,
+    UNRELIABLE_WORDS,
     method_label,
     runs_per_device,
 )
@@ -42,7 +44,8 @@ class Cell:
     paper: float = math.nan
     paper_note: str = ""
     digits: int = 2
-    flag: str = ""  # SANITY when a finished run in the cell violates clean >= PGD-20 >= AA
+    flag: str = ""  # the marks after the value: SANITY (a finished run violates clean >= PGD-20 >= AA), UNRELIABLE
+    unreliable: tuple[str, ...] = ()  # the indicators tripped in the evaluation of a run averaged here (UNRELIABLE)
     n_note: str = ""  # "n=2" where the cell averages another number of seeds than the table says
     key: str = ""  # the metric's column in load()'s DataFrame
     values: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # the finished runs' values
@@ -88,10 +91,20 @@ def _cell(runs: pd.DataFrame, metric: Metric) -> Cell:
         cell.mean = float(vals.mean())
         if done["violations"].fillna("").astype(bool).any():
             cell.flag = SANITY
+        # a DataFrame made by hand (a researcher's, the tests') may lack the column that load() always adds
+        cell.unreliable = tripped(done.loc[vals.index, "unreliable"]) if "unreliable" in done else ()
+        if cell.unreliable:
+            cell.flag += UNRELIABLE
         cell.std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         if metric.key in COUNTS:
             cell.n_test = float(done.loc[vals.index, list(COUNTS[metric.key])].min().min())
     return cell
+
+
+def tripped(unreliable: pd.Series) -> tuple[str, ...]:
+    """The indicators tripped in any of some runs' evaluations, from load()'s ``unreliable`` column ("a; b" per run;
+    empty for a clean evaluation, None for a run not finished or a result written before they were checked)."""
+    return tuple(sorted({n for v in unreliable if isinstance(v, str) and v for n in v.split("; ")}))
 
 
 def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
@@ -232,6 +245,14 @@ def _notes(selected: dict[str, pd.Series], cells: list[list[Cell]]) -> list[str]
         notes += [f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
                   f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): {r.violations}"
                   for r in violated]
+    unreliable = [r for r in selected.values() if r.status == "done" and isinstance(r.get("unreliable"), str)
+                  and r.unreliable]
+    if unreliable:  # the indicators of bench/eval: the numbers stand, marked, as the order check's violations do
+        notes.append(f"{UNRELIABLE}: {len(unreliable)} run{'s' * (len(unreliable) > 1)} with an {UNRELIABLE_WORDS} "
+                     "(reliability indicators tripped):")
+        notes += [f"\t{method_label(r.method)} {MODEL_LABELS.get(r.model, r.model)}/"
+                  f"{DATASET_LABELS.get(r.dataset, r.dataset)} seed {r.seed} (run {r.run_id}): {r.unreliable}"
+                  for r in unreliable]
     stale = [r for r in selected.values() if r.status == "done" and bool(r.get("stale", False))]
     if stale:  # results of other code than the current one: bench/core/fingerprint.py
         notes.append(f"{len(stale)} of the {len(selected)} runs {'was' if len(stale) == 1 else 'were'} computed by "

@@ -26,7 +26,7 @@ TEST_COUNTS = ("n_clean", "n_pgd", "n_aa")  # test images each accuracy was meas
 FLOAT_COLUMNS = ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
                  "train_seconds", "wall_seconds", "wall_processes", "probe_seconds", "peak_train_bytes",
                  "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES), *TEST_COUNTS)
-OBJECT_COLUMNS = ("reason", "device_name", "violations", "epoch_log", "feature_gap_of", "peak_train_of",
+OBJECT_COLUMNS = ("reason", "device_name", "violations", "unreliable", "epoch_log", "feature_gap_of", "peak_train_of",
                   "peak_eval_of")
 
 
@@ -103,6 +103,7 @@ def _result_fields(store: Store, rid: str) -> dict[str, Any]:
         if _is_num(m.get(k)):
             row[k] = float(m[k])
     row["violations"] = "; ".join(m.get("violations") or [])
+    row["unreliable"] = "; ".join(m.get("unreliable") or [])
     for k in ("seconds_per_epoch", "train_seconds", "wall_seconds", "wall_processes"):
         row[k] = float(res[k]) if _is_num(res.get(k)) else math.nan
     secs = m.get("seconds") or {}  # the final evaluation's seconds per measurement (bench/eval/evaluator.py)

@@ -1,5 +1,6 @@
 """How the tables, figures and claims name methods, models, data sets, devices and counts of runs, and the marks
-they share (a dash for no value, a double dagger for a run that failed its sanity check)."""
+they share (a dash for no value, a double dagger for a run that failed its sanity check, a section sign for a run
+whose evaluation is potentially unreliable)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,6 +9,10 @@ from methods import REGISTRY
 
 DASH = "—"
 SANITY = "‡"  # marks a value from a run whose evaluation violated clean >= PGD-20 >= AA (footnote lists them)
+# marks a value from a run whose evaluation's reliability indicators tripped (the result's metrics.unreliable names
+# them; a footnote lists the runs and the names): the numbers stand, but they may overstate robustness
+UNRELIABLE = "§"
+UNRELIABLE_WORDS = "evaluation potentially unreliable"  # what every report says beside the tripped names
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny-ImageNet",
                   "cifar10-jpeg": "CIFAR-10 (JPEG)", "digits": "Digits"}

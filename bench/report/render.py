@@ -138,7 +138,8 @@ def _tex_end(notes: list[str], caption: str) -> list[str]:
 
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
         "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "—": "---", "–": "--",
-        "±": "$\\pm$", "Δ": "$\\Delta$", "−": "$-$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", "×": "$\\times$", "<": "$<$", ">": "$>$"}
+        "±": "$\\pm$", "Δ": "$\\Delta$", "−": "$-$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", "×": "$\\times$", "<": "$<$", ">": "$>$",
+        "§": "\\S{}"}
 
 
 def _tex(s: str) -> str:
@@ -147,15 +148,16 @@ def _tex(s: str) -> str:
 
 def render_csv(b: Built) -> str:
     """Long format, one line per cell: the row's labels, group, column, mean, std, seeds averaged (``n``), runs
-    selected, mark (and the paper's number and the difference with --compare paper); the caption and the notes as
-    trailing comment lines."""
+    selected, mark, the indicators tripped in its runs' evaluations (``unreliable``: "a; b", empty where none
+    tripped; and the paper's number and the difference with --compare paper); the caption and the notes as trailing
+    comment lines."""
     recs = []
     spans = [lab for lab, span in b.groups for _ in range(span)] or [""] * len(b.col_labels)
     for lab, line in zip(b.row_labels, b.cells):
         for g, col, c in zip(spans, b.col_labels, line):
             rec = {h or "row": x for h, x in zip(b.row_header, lab)}
             rec.update(group=g, column=col, mean=_fmt_csv(c.mean, c.digits), std=_fmt_csv(c.std, c.digits),
-                       n=c.n, n_runs=c.n_runs, mark=c.mark)
+                       n=c.n, n_runs=c.n_runs, mark=c.mark, unreliable="; ".join(c.unreliable))
             if b.compare:
                 rec.update(paper=_fmt_csv(c.paper, c.digits), paper_note=c.paper_note,
                            delta=_fmt_csv(math.nan if c.no_delta else c.mean - c.paper, c.digits))

@@ -1,0 +1,109 @@
+"""A result whose reliability indicators tripped (``metrics.unreliable``) is marked "evaluation potentially
+unreliable" with the tripped names wherever it is reported: the tables in every format, `bench report --evals`,
+`bench status` and the claims. A clean result (indicators checked, none tripped) and a result written before the
+indicators existed (neither key: not checked) carry no mark."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_report_fixtures import RESULTS, cfg, fig4_runs, table_runs  # noqa: E402
+
+from bench.core.config import run_id  # noqa: E402
+from bench.report import report  # noqa: E402
+from bench.report.labels import UNRELIABLE, UNRELIABLE_WORDS  # noqa: E402
+
+TRIPPED = ["grad_vanishing", "pgd_aa_gap"]  # the result's sorted list of tripped indicator names
+
+
+def _indicators(tripped: list[str]) -> dict:
+    """The indicators a result records: every name checked, those of ``tripped`` over their threshold."""
+    names = sorted({*TRIPPED, "restart_spread"})
+    return {n: {"value": 0.4 if n in tripped else 0.01, "threshold": 0.1, "tripped": n in tripped, "n": 100,
+                "what": f"what {n} measures"} for n in names}
+
+
+def _mark(path: Path, tripped: list[str]) -> None:
+    res = json.loads(path.read_text())
+    res["metrics"]["indicators"] = _indicators(tripped)
+    res["metrics"]["unreliable"] = sorted(tripped)
+    path.write_text(json.dumps(res))
+
+
+@pytest.fixture
+def marked(tmp_path) -> Path:
+    """The report fixture's results with AFD's seed 1 (ResNet18, CIFAR-10) unreliable, vAFT's seed 0 checked and
+    clean, and every other result written before the indicators (no keys)."""
+    root = tmp_path / "r"
+    shutil.copytree(RESULTS, root)
+    _mark(root / "runs" / f"{run_id(cfg('afd', seed=1))}.json", TRIPPED)
+    _mark(root / "runs" / f"{run_id(cfg('vaft'))}.json", [])
+    return root
+
+
+def _rows(md: str) -> dict[str, str]:
+    return {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+
+
+def test_a_cell_of_an_unreliable_run_is_marked_in_markdown_with_a_note(marked):
+    md = report(table_runs(), marked, "markdown", table="table1")
+    afd, vaft = _rows(md)["AFD"], _rows(md)["vAFT"]
+    cells = [c.strip() for c in afd.split("|")[2:-1]]
+    assert cells[:4] == [f"85.03 ± 0.18{UNRELIABLE} (n=2)", f"52.76 ± 0.08{UNRELIABLE} (n=2)",
+                         f"47.47 ± 0.09{UNRELIABLE} (n=2)", f"61.75 ± 0.12{UNRELIABLE} (n=2)"]
+    assert UNRELIABLE not in "".join(cells[4:])  # AFD on CIFAR-100: another run, not marked
+    assert UNRELIABLE not in vaft  # checked, nothing tripped
+    rid = run_id(cfg("afd", seed=1))
+    assert (f"- {UNRELIABLE}: 1 run with an {UNRELIABLE_WORDS} (reliability indicators tripped):\n"
+            f"  - AFD RN18/CIFAR-10 seed 1 (run {rid}): grad\\_vanishing; pgd\\_aa\\_gap") in md
+
+
+def test_old_and_clean_results_carry_no_mark():
+    """The fixture's results predate the indicators: the tables are as they were (test_report compares them byte
+    for byte), and nothing says unreliable."""
+    for fmt in ("markdown", "latex", "csv"):
+        text = report(table_runs(), RESULTS, fmt, table="table1")
+        assert UNRELIABLE_WORDS not in text and "\\S{}" not in text and UNRELIABLE not in text
+    csv = pd.read_csv(io.StringIO(report(table_runs(), RESULTS, "csv", table="table1")), comment="#")
+    assert csv.unreliable.isna().all()
+
+
+def test_a_run_with_both_marks_gets_both(marked):
+    path = marked / "runs" / f"{run_id(cfg('afd', seed=1))}.json"
+    res = json.loads(path.read_text())
+    res["metrics"]["violations"] = ["AA above PGD-20 on 2 images"]
+    path.write_text(json.dumps(res))
+    md = report(table_runs(), marked, "markdown", table="table1")
+    assert f"85.03 ± 0.18‡{UNRELIABLE} (n=2)" in _rows(md)["AFD"]
+    assert "- ‡: 1 run violate clean >= PGD-20 >= AA" in md and f"- {UNRELIABLE}: 1 run with an" in md
+
+
+def test_csv_has_the_tripped_names_in_a_column(marked):
+    csv = pd.read_csv(io.StringIO(report(table_runs(), marked, "csv", table="table1")), comment="#")
+    afd = csv[(csv.Method == "AFD") & (csv.group == "CIFAR-10")]
+    assert afd.unreliable.tolist() == ["grad_vanishing; pgd_aa_gap"] * 4
+    assert csv[~((csv.Method == "AFD") & (csv.group == "CIFAR-10"))].unreliable.isna().all()
+    text = report(table_runs(), marked, "csv", table="table1")
+    assert f"# {UNRELIABLE}: 1 run with an {UNRELIABLE_WORDS}" in text
+
+
+def test_latex_marks_the_cells_and_compiles(marked, tmp_path):
+    tex = report(table_runs(), marked, "latex", table="table1")
+    assert "85.03 $\\pm$ 0.18\\S{} (n=2)" in tex and "\\S{}: 1 run with an evaluation potentially unreliable" in tex
+    assert "?" not in tex.split("\\midrule", 1)[1]  # no character the LaTeX mapping does not know
+    if shutil.which("pdflatex") is None:
+        pytest.skip("no pdflatex here: structure checked only")
+    doc = tmp_path / "marked.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
+                   "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n" + tex + "\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
