@@ -107,3 +107,43 @@ def test_latex_marks_the_cells_and_compiles(marked, tmp_path):
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def _evals(root: Path) -> Path:
+    """The fixture's two results of `bench eval`: aaaaaaaaaaaa unreliable, bbbbbbbbbbbb written before the
+    indicators."""
+    shutil.copytree(RESULTS / "evals", root / "evals")
+    _mark(root / "evals" / "aaaaaaaaaaaa.json", ["pgd_aa_gap"])
+    return root
+
+
+def test_report_evals_marks_an_unreliable_evaluation_in_every_format(tmp_path, capsys):
+    from bench.cli import main
+
+    results = _evals(tmp_path / "r")
+    assert main(["report", "--evals", "--results", str(results)]) == 0
+    md = capsys.readouterr().out
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert f"| 81.25{UNRELIABLE} (1000) | 43.75{UNRELIABLE} (1000) | 31.00{UNRELIABLE} (200) | ok |" in rows[2]
+    assert UNRELIABLE not in rows[1]  # written before the indicators: not checked, no mark
+    assert f"- {UNRELIABLE}: {UNRELIABLE_WORDS} (reliability indicators tripped):\n  - aaaaaaaaaaaa: pgd\\_aa\\_gap" in md
+    assert main(["report", "--evals", "--results", str(results), "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    csv = pd.read_csv(io.StringIO(out), comment="#")
+    assert csv.loc[1, "unreliable"] == "pgd_aa_gap" and pd.isna(csv.loc[0, "unreliable"])
+    assert csv.loc[1, "clean"] == 81.25  # the number stays a number
+    assert main(["report", "--evals", "--results", str(results), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert "81.25\\S{} (1000)" in tex and "\\S{}: evaluation potentially unreliable" in tex
+
+
+def test_report_evals_of_clean_and_old_evaluations_has_no_mark(tmp_path, capsys):
+    from bench.cli import main
+
+    results = tmp_path / "r"
+    shutil.copytree(RESULTS / "evals", results / "evals")
+    _mark(results / "evals" / "aaaaaaaaaaaa.json", [])  # checked, nothing tripped
+    for fmt in ("markdown", "csv", "latex"):
+        assert main(["report", "--evals", "--results", str(results), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert UNRELIABLE not in out and "\\S{}" not in out and UNRELIABLE_WORDS not in out

@@ -1,7 +1,8 @@
 """``bench report --evals``: the results of ``bench eval`` (``<results>/evals/*.json``) as one table, a row per
 evaluation: the model, the checkpoint's file name, the data set, clean / PGD-20 / AutoAttack accuracy with the
 number of test images each was measured on, the order check, the checkpoint keys mapped to load it, and when and on
-what device it ran. A file that is unreadable or not finished is a note, never silently dropped.
+what device it ran. A file that is unreadable or not finished is a note, never silently dropped. An evaluation whose
+reliability indicators tripped has its accuracies marked (labels.UNRELIABLE) and its tripped indicators in a note.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.frame import device_label
-from bench.report.labels import DASH
+from bench.report.labels import DASH, UNRELIABLE, UNRELIABLE_WORDS
 from bench.report.render import RENDERERS, Listing, render_listing
 
 # (the label, the metric in the result, its image count)
@@ -42,11 +43,14 @@ def load_evals(results: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _acc(m: dict, key: str, count: str) -> tuple[str, float, float]:
-    """(the cell's text, the accuracy in percent, its image count); NaN where not measured (AutoAttack off)."""
+    """(the cell's text, the accuracy in percent, its image count); NaN where not measured (AutoAttack off). The
+    text carries the mark of an evaluation whose indicators tripped (``metrics.unreliable``; none where the result
+    predates them)."""
     acc, n = m.get(key), m.get(count)
     if not isinstance(acc, (int, float)) or not n:
         return DASH, math.nan, float(n or 0)
-    return f"{100 * acc:.2f} ({n})", 100 * float(acc), float(n)
+    flag = UNRELIABLE if m.get("unreliable") else ""
+    return f"{100 * acc:.2f}{flag} ({n})", 100 * float(acc), float(n)
 
 
 def _when(stamp: Any) -> str:
@@ -73,13 +77,18 @@ def listing(results: str | Path) -> Listing:
                         "dataset": spec.get("dataset"),
                         **{k: v for (_, key, count), (_, acc, n) in zip(MEASURES, accs)
                            for k, v in ((key, "" if math.isnan(acc) else f"{acc:.2f}"), (count, int(n)))},
-                        "sanity": res.get("sanity"), "key_mapping": "; ".join(keys),
+                        "sanity": res.get("sanity"), "unreliable": "; ".join(m.get("unreliable") or []),
+                        "key_mapping": "; ".join(keys),
                         "finished": res.get("finished"), "device": rows[-1][-1]})
     notes = ([f"{DASH}: no finished result of bench eval under evals/."] if not evals else []) + problems
     violated = [f"\t{r['eval_id']}: " + "; ".join((r.get("metrics") or {}).get("violations") or [])
                 for r in evals if r.get("sanity") == "violated"]
     if violated:
         notes += ["Order violated (gradient masking or a bug):", *violated]
+    unreliable = [f"\t{r['eval_id']}: " + "; ".join(r["metrics"]["unreliable"])
+                  for r in evals if (r.get("metrics") or {}).get("unreliable")]
+    if unreliable:
+        notes += [f"{UNRELIABLE}: {UNRELIABLE_WORDS} (reliability indicators tripped):", *unreliable]
     if mapped:
         notes += ["Checkpoint keys mapped:", *mapped]
     return Listing(header=header, align="llll" + "r" * len(MEASURES) + "llll", rows=rows, records=records,
