@@ -301,8 +301,10 @@ def cmd_plot(args) -> int:
 def cmd_status(args) -> int:
     """Per run (parents included): done / done (stale: the modules whose code changed since) / running / queued /
     failed (reason) / corrupt / missing, from the result files, local locks and the SLURM queue (jobs recorded by
-    `bench run --executor slurm`); the last line counts each state ("stale" apart from "done")."""
+    `bench run --executor slurm`); the last line counts each state ("stale" apart from "done"). A finished run whose
+    evaluation's reliability indicators tripped says so with their names, and the last line counts those runs."""
     from bench.grid.slurm import grid_status
+    from bench.report.labels import UNRELIABLE_WORDS
 
     statuses = grid_status(grid_runs(args), results_folder(args))
     counts: dict[str, int] = {}
@@ -311,9 +313,13 @@ def cmd_status(args) -> int:
         counts[st.state] = counts.get(st.state, 0) + 1
         job = f"  [job {st.job_id}]" if st.job_id and st.state not in ("done", "stale") else ""
         reason = f"  ({st.reason})" if st.reason and st.state not in ("done", "stale") else ""
-        state = f"done (stale: {st.reason})" if st.state == "stale" else st.state
+        said = ([f"stale: {st.reason}"] if st.state == "stale" else []) + (
+            [f"{UNRELIABLE_WORDS}: {', '.join(st.unreliable)}"] if st.unreliable else [])
+        state = f"done ({'; '.join(said)})" if said else st.state
         print(f"{st.run_id}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed}: {state}{reason}{job}")
-    print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    unreliable = sum(1 for st in statuses if st.unreliable)
+    print(", ".join(f"{v} {k}" for k, v in counts.items())
+          + (f"; {unreliable} run{'s' * (unreliable > 1)} with an {UNRELIABLE_WORDS}" if unreliable else ""))
     return 0
 
 
@@ -569,8 +575,9 @@ def _plot_parser(sub) -> None:
 
 
 def _status_and_plan_parsers(sub) -> None:
-    sp = sub.add_parser("status", help="per run: done / done (stale: computed by code that changed since) / running "
-                        "/ queued / failed (with reason) / corrupt / missing")
+    sp = sub.add_parser("status", help="per run: done / done (stale: computed by code that changed since; evaluation "
+                        "potentially unreliable: the indicators tripped) / running / queued / failed (with reason) / "
+                        "corrupt / missing")
     _add_grid(sp)
     sp.set_defaults(func=cmd_status)
     sp = sub.add_parser("plan", help="runs, epochs and estimated GPU-hours of a grid; nothing is run")

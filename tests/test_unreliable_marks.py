@@ -147,3 +147,54 @@ def test_report_evals_of_clean_and_old_evaluations_has_no_mark(tmp_path, capsys)
         assert main(["report", "--evals", "--results", str(results), "--format", fmt]) == 0
         out = capsys.readouterr().out
         assert UNRELIABLE not in out and "\\S{}" not in out and UNRELIABLE_WORDS not in out
+
+
+def _demo_results(root: Path) -> list[str]:
+    """Results of the demo grid's three runs: the parent written before the indicators, vAFT checked and clean,
+    AFD unreliable."""
+    from bench.core.store import Store
+    from bench.grid.grids import get_grid
+    from bench.grid.runs import expand
+
+    ids = [run_id(c) for c in expand(get_grid("demo"))]
+    store = Store(root)
+    for rid, tripped in zip(ids, (None, [], TRIPPED)):
+        m = {"clean": 0.5} if tripped is None else {"clean": 0.5, "indicators": _indicators(tripped),
+                                                    "unreliable": tripped}
+        store.write(rid, {"run_id": rid, "status": "done", "metrics": m})
+    return ids
+
+
+def test_status_names_the_tripped_indicators_and_counts_the_runs(tmp_path, capsys):
+    from bench.cli import main
+
+    parent, vaft, afd = _demo_results(tmp_path / "r")
+    assert main(["status", "--grid", "demo", "--results", str(tmp_path / "r")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines[afd].endswith(f": done ({UNRELIABLE_WORDS}: grad_vanishing, pgd_aa_gap)")
+    assert lines[vaft].endswith(": done") and lines[parent].endswith(": done")
+    assert lines["3"] == f"3 done; 1 run with an {UNRELIABLE_WORDS}"
+
+
+def test_status_of_a_stale_and_unreliable_run_says_both(tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+    from bench.grid.slurm import status
+
+    _, _, afd = _demo_results(tmp_path / "r")
+    monkeypatch.setattr(status, "stale_modules", lambda res: ["methods/afd.py"] if res["run_id"] == afd else [])
+    monkeypatch.setattr(status, "describe_changes", lambda changed: ", ".join(changed))
+    assert main(["status", "--grid", "demo", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f": done (stale: methods/afd.py changed; {UNRELIABLE_WORDS}: grad_vanishing, pgd_aa_gap)" in out
+    assert out.splitlines()[-1] == f"2 done, 1 stale; 1 run with an {UNRELIABLE_WORDS}"
+
+
+def test_status_of_results_without_indicators_is_as_before(tmp_path, capsys):
+    from bench.cli import main
+    from bench.core.store import Store
+
+    for rid in _demo_results(tmp_path / "r"):  # rewritten as results from before the indicators
+        Store(tmp_path / "r").write(rid, {"run_id": rid, "status": "done", "metrics": {"clean": 0.5}})
+    assert main(["status", "--grid", "demo", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert UNRELIABLE_WORDS not in out and out.splitlines()[-1] == "3 done"

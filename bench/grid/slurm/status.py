@@ -41,6 +41,9 @@ class RunStatus:
     # corrupt / missing / unknown
     reason: str = ""
     job_id: str | None = None
+    # done or stale: the reliability indicators tripped in its evaluation (the result's metrics.unreliable); none
+    # where nothing tripped or the result predates the indicators
+    unreliable: tuple[str, ...] = ()
 
 
 def grid_status(runs: list[RunConfig], results: Path, *, query: Callable[[list[str]], dict] = query_jobs,
@@ -85,9 +88,10 @@ def _run_status(cfg: RunConfig, store: Store, rec: dict | None, job: JobState | 
                          "will train again", job_id)
     if result is not None and result["status"] == "done":
         changed = stale_modules(result)
+        tripped = tuple((result.get("metrics") or {}).get("unreliable") or ())
         if changed:
-            return RunStatus(cfg, rid, "stale", f"{describe_changes(changed)} changed", job_id)
-        return RunStatus(cfg, rid, "done", job_id=job_id)
+            return RunStatus(cfg, rid, "stale", f"{describe_changes(changed)} changed", job_id, tripped)
+        return RunStatus(cfg, rid, "done", job_id=job_id, unreliable=tripped)
     if job is not None and job.state in QUEUED_STATES:
         return RunStatus(cfg, rid, "queued", job.reason, job_id)
     if job is not None and job.state in RUNNING_STATES:
