@@ -198,3 +198,48 @@ def test_status_of_results_without_indicators_is_as_before(tmp_path, capsys):
     assert main(["status", "--grid", "demo", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert UNRELIABLE_WORDS not in out and out.splitlines()[-1] == "3 done"
+
+
+def test_claims_verdicts_resting_on_an_unreliable_run_say_so(marked):
+    from bench.report.claims import claims
+
+    sweep = run_id(cfg("afd", alpha=0.2))
+    _mark(marked / "runs" / f"{sweep}.json", ["pgd_aa_gap"])
+    text = claims(table_runs() + fig4_runs(), marked)
+    afd = f"AFD seed 1 (run {run_id(cfg('afd', seed=1))}: grad_vanishing; pgd_aa_gap)"
+    said = f" Rests on an {UNRELIABLE_WORDS} ({UNRELIABLE}): "
+    lines = text.splitlines()
+    runs = next(s for s in lines if s.startswith("Runs:"))
+    assert runs.endswith(f"; 2 of 18 with an {UNRELIABLE_WORDS} ({UNRELIABLE}: the verdicts that rest on them say so).")
+    for start in ("- PGD-20: AFD", "- AA: AFD", "- Noise ", "- beta: ranges", "- gamma: ranges",
+                  "- AFD against vAFT+D", "- AFD against vAFT+A"):
+        line = next(s for s in lines if s.startswith(start))
+        assert line.endswith(said + afd + "."), line
+    alpha = next(s for s in lines if s.startswith("- alpha: ranges"))
+    assert alpha.endswith(said + afd + f"; AFD seed 0 (run {sweep}: pgd_aa_gap).")
+    # the claims' tables mark AFD's numbers as the report's tables do; vAFT (checked, clean) stays unmarked
+    assert f"| AFD | 2 | 85.03 ± 0.18{UNRELIABLE} | 52.76 ± 0.08{UNRELIABLE} | 47.47 ± 0.09{UNRELIABLE} |" in text
+    assert not any(UNRELIABLE in s for s in lines if s.startswith("| vAFT |"))
+    # the gap and the training times rest on the per-epoch probes and the training clock: not on the evaluation
+    assert not any(said in s for s in lines if "feature gap" in s or "Verdict" in s or "AFD / vAFT" in s)
+
+
+def test_claims_of_old_and_clean_results_are_unchanged(marked):
+    from bench.report.claims import claims
+
+    _mark(marked / "runs" / f"{run_id(cfg('afd', seed=1))}.json", [])  # checked, nothing tripped
+    text = claims(table_runs() + fig4_runs(), marked)
+    assert text == claims(table_runs() + fig4_runs(), RESULTS)  # the fixture's results predate the indicators
+    assert UNRELIABLE_WORDS not in text and UNRELIABLE not in text
+
+
+def test_compare_verdicts_resting_on_an_unreliable_run_say_so(marked):
+    from bench.report.compare import compare
+
+    for fmt in ("markdown", "csv"):
+        text = compare(table_runs(), marked, "afd", "vaft", fmt)
+        marked_lines = [s for s in text.splitlines() if UNRELIABLE_WORDS in s]
+        assert len(marked_lines) == 4 and all("CIFAR-10" in s and "CIFAR-100" not in s for s in marked_lines)
+        assert all(f"; rests on an {UNRELIABLE_WORDS}: AFD seed 1 (run {run_id(cfg('afd', seed=1))}: "
+                   "grad_vanishing; pgd_aa_gap)" in s for s in marked_lines)
+        assert compare(table_runs(), RESULTS, "afd", "vaft", fmt).count(UNRELIABLE_WORDS) == 0

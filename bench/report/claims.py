@@ -20,6 +20,11 @@ The claims (AFD, Zhou et al., AAAI 2025):
   6. Both of AFD's parts are needed: AFD above vAFT with the disentangler alone (+D) and with the alignment
      alone (+A) (Table 3, the ablation).
 
+A verdict on accuracies (claims 1, 3, 5 and 6) that rests on a run whose evaluation's reliability indicators tripped
+says so at the end of its line, naming the run and the indicators, and such a run's numbers in the claims' tables
+carry the tables' mark; claims 2 and 4 rest on the per-epoch probes and the training times, not on the final
+evaluation the indicators check.
+
 A claim whose methods the grid does not run says so in one line (the `cpu20` grid has no RiFT and no sweep).
 A method from outside the suite (a plugin) that fine-tunes a natural parent joins "the fine-tuning methods" of
 claims 1 and 2: AFD is measured against it as against vAFT, AFKD and ARREST.
@@ -35,11 +40,20 @@ import pandas as pd
 
 from bench.report.build import load_paper, paper_value
 from bench.report.frame import load
-from bench.report.labels import DATASET_LABELS, MODEL_FAMILIES, MODEL_LABELS, method_label, n_runs, runs_per_device
+from bench.report.labels import (
+    DATASET_LABELS,
+    MODEL_FAMILIES,
+    MODEL_LABELS,
+    UNRELIABLE,
+    UNRELIABLE_WORDS,
+    method_label,
+    n_runs,
+    runs_per_device,
+)
 from bench.report.noise import binomial_noise, noise, verdict
 from bench.report.plots import at_defaults, hparam_sweeps
 from bench.report.render import markdown_table
-from methods import REGISTRY, plugins
+from methods import REGISTRY, plugins, resolve_hparams
 
 FINETUNE = ("vaft", "rift", "afkd", "arrest", "afd")
 GAP_METHODS = ("vaft", "afkd", "arrest", "afd")
@@ -59,6 +73,29 @@ def _ms(vals: pd.Series, d: int = 2) -> str:
     if len(vals) == 1:
         return _f(float(vals.iloc[0]), d)
     return f"{vals.mean():.{d}f} ± {vals.std(ddof=1):.{d}f}"
+
+
+def unreliable_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs among ``runs`` whose evaluation's reliability indicators tripped (once each)."""
+    if "unreliable" not in runs:
+        return runs.iloc[:0]
+    return runs[runs.unreliable.map(lambda v: isinstance(v, str) and bool(v))].drop_duplicates("run_id")
+
+
+def _rests_on(*groups: pd.DataFrame) -> str:
+    """What a verdict's line adds when one of the runs it rests on has an evaluation potentially unreliable: the
+    runs and the indicators tripped (nothing where none tripped or the results predate the indicators)."""
+    bad = unreliable_runs(pd.concat(groups)) if groups else pd.DataFrame()
+    if not len(bad):
+        return ""
+    return (f" Rests on an {UNRELIABLE_WORDS} ({UNRELIABLE}): "
+            + "; ".join(f"{method_label(r.method)} seed {r.seed} (run {r.run_id}: {r.unreliable})"
+                        for r in bad.itertuples()) + ".")
+
+
+def _ms_marked(g: pd.DataFrame, key: str) -> str:
+    """``_ms`` of a column, with the tables' mark where one of its runs' evaluation is potentially unreliable."""
+    return _ms(g[key]) + (UNRELIABLE if len(unreliable_runs(g[g[key].notna()])) else "")
 
 
 def _paper(name: str, method: str, key: str) -> float:
@@ -103,7 +140,9 @@ def claims(runs: str | list, results: str | Path, name: str | None = None) -> st
     n_viol = int(done.violations.fillna("").astype(bool).sum())
     out += [f"Runs: {len(done)} of {len(df)} finished"
             + (f" ({n_bad} not finished: the verdicts below are provisional)" if n_bad else "")
-            + f"; {len(done) - n_viol} of {len(done)} pass the order check AA <= PGD-20 <= clean.",
+            + f"; {len(done) - n_viol} of {len(done)} pass the order check AA <= PGD-20 <= clean"
+            + (f"; {len(unreliable_runs(done))} of {len(done)} with an {UNRELIABLE_WORDS} ({UNRELIABLE}: the verdicts that "
+               "rest on them say so)" if len(unreliable_runs(done)) else "") + ".",
             _compute_line(df, done),
             f"Test images: clean {sizes.get('clean', '—')}, PGD-20 {sizes.get('pgd20', '—')}, "
             f"AutoAttack {sizes.get('aa', '—')}. Noise rule: a difference is real when it exceeds twice the larger "
@@ -163,7 +202,7 @@ def _claim1(df: pd.DataFrame, sizes: dict, in_grid: set, finetune: tuple[str, ..
         diff = afd[key].mean() - b.mean()
         nz = noise(afd[key], b, sizes.get(key, 1))
         out.append(f"- {label}: AFD {afd[key].mean():.2f} vs the best other, {method_label(best)} {b.mean():.2f}: "
-                   f"difference {diff:+.2f}, noise {nz:.2f} -> {verdict(diff, nz)}.")
+                   f"difference {diff:+.2f}, noise {nz:.2f} -> {verdict(diff, nz)}." + _rests_on(afd, _by(df, best)))
     out.append("")
     return out
 
@@ -174,7 +213,7 @@ def _accuracy_table(df: pd.DataFrame, methods: list[str], paper_table: str) -> l
     for m in methods:
         g = _by(df, m)
         paper = " / ".join(_f(_paper(paper_table, m, k)) for k in ("clean", "pgd20", "aa"))
-        rows.append([method_label(m), str(len(g)), _ms(g.clean), _ms(g.pgd20), _ms(g.aa), paper])
+        rows.append([method_label(m), str(len(g)), *(_ms_marked(g, k) for k in ("clean", "pgd20", "aa")), paper])
     return markdown_table(["Method", "seeds", "Clean", "PGD-20", "AA", "paper Clean / PGD-20 / AA (RN18, CIFAR-10)"],
                           "lrrrrl", rows, pad_empty=False)
 
@@ -296,7 +335,7 @@ def _claim3(df: pd.DataFrame) -> list[str]:
     out += [f"- f1 {_ms(afd.f1_clean)}, f2 {_ms(afd.f2_clean)}, Δ = f1 − f2 {_ms(d)} (seeds: "
             + ", ".join(f"{v:.2f}" for v in d) + f"); paper (RN18, CIFAR-10): f1 {_f(_paper('table4', 'afd', 'f1_clean'))}, "
             f"f2 {_f(_paper('table4', 'afd', 'f2_clean'))}, Δ {_f(_paper('table4', 'afd', 'f_delta'))}.",
-            f"- Noise {nz:.2f} -> {verdict(float(d.mean()), nz)}.", ""]
+            f"- Noise {nz:.2f} -> {verdict(float(d.mean()), nz)}." + _rests_on(afd), ""]
     return out
 
 
@@ -353,9 +392,21 @@ def _claim5(done: pd.DataFrame, defaults: pd.DataFrame, sizes: dict) -> list[str
             lim_c, lim_p = 2 * max(sc, bc), 2 * max(sp, bp)
             ok = rc <= lim_c and rp <= lim_p
             out.append(f"- {name}: ranges {rc:.2f} (clean) / {rp:.2f} (PGD-20) against 2 x noise {lim_c:.2f} / "
-                       f"{lim_p:.2f} -> " + ("insensitive within noise" if ok else "sensitive beyond noise") + ".")
+                       f"{lim_p:.2f} -> " + ("insensitive within noise" if ok else "sensitive beyond noise") + "."
+                       + _rests_on(base, _swept(done, name)))
         out.append("")
     return out
+
+
+def _swept(done: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The finished AFD runs behind one hyperparameter's sweep: the other two at their defaults, as Figure 4 (and
+    ``plots.hparam_sweeps``) selects them."""
+    defaults = dict(resolve_hparams("afd", {}))
+    runs = done[done.method == "afd"]
+    for n in SWEEP:
+        if n != name and f"hp.{n}" in runs:
+            runs = runs[np.isclose(runs[f"hp.{n}"].astype(float), float(defaults[n]))]
+    return runs
 
 
 def _claim6(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
@@ -374,6 +425,6 @@ def _claim6(df: pd.DataFrame, sizes: dict, in_grid: set) -> list[str]:
             diff = float(afd[key].mean() - g[key].mean())
             nz = noise(afd[key], g[key], sizes.get(key, 1))
             cells.append(f"{label} {diff:+.2f} (noise {nz:.2f}: {verdict(diff, nz)})")
-        out.append(f"- AFD against {method_label(part)}: " + "; ".join(cells) + ".")
+        out.append(f"- AFD against {method_label(part)}: " + "; ".join(cells) + "." + _rests_on(afd, g))
     out.append("")
     return out

@@ -7,7 +7,8 @@ The accuracies' test-sample error is the binomial one of the claims. The feature
 test-sample error is the one each result records (``feature_gap_se``), the two methods' taken as independent, and
 a smaller gap is the better one; two gaps measured on different features (AFD's f1 against another method's
 penultimate layer) get no verdict. A method's runs are those at its defaults, or at the one setting the grid gives
-it, as in the claims (``at_defaults``): a sweep's other variants are left out and counted in a note.
+it, as in the claims (``at_defaults``): a sweep's other variants are left out and counted in a note. A verdict that
+rests on a run whose evaluation's reliability indicators tripped says so, naming the runs and the indicators.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.config import ConfigError, RunConfig
-from bench.report.claims import noise, verdict
+from bench.report.claims import noise, unreliable_runs, verdict
 from bench.report.frame import load
-from bench.report.labels import DATASET_LABELS, MODEL_LABELS, method_label
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, UNRELIABLE_WORDS, method_label
 from bench.report.plots import at_defaults
 from bench.report.render import markdown_table
 
@@ -86,8 +87,18 @@ def rows(df: pd.DataFrame, a: str, b: str) -> list[list[str]]:
         if not len(ga) or not len(gb):
             continue
         where = f"{MODEL_LABELS.get(model, model)} / {DATASET_LABELS.get(dataset, dataset)}"
-        out += [[where, *r] for m in METRICS if (r := _row(ga, gb, m, labels)) is not None]
+        rests = _rests_on(g)
+        out += [[where, *r[:-1], r[-1] + rests] for m in METRICS if (r := _row(ga, gb, m, labels)) is not None]
     return out
+
+
+def _rests_on(runs: pd.DataFrame) -> str:
+    """What a verdict adds when a run behind it has an evaluation potentially unreliable: the runs and the
+    indicators tripped (nothing where none tripped or the results predate the indicators)."""
+    bad = unreliable_runs(runs)
+    return f"; rests on an {UNRELIABLE_WORDS}: " + "; ".join(
+        f"{method_label(r.method)} seed {r.seed} (run {r.run_id}: {r.unreliable})" for r in bad.itertuples()
+    ) if len(bad) else ""
 
 
 def compare(runs: str | list[RunConfig], results: str | Path, a: str, b: str, fmt: str = "markdown",
