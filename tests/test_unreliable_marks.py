@@ -126,7 +126,8 @@ def test_report_evals_marks_an_unreliable_evaluation_in_every_format(tmp_path, c
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert f"| 81.25{UNRELIABLE} (1000) | 43.75{UNRELIABLE} (1000) | 31.00{UNRELIABLE} (200) | ok |" in rows[2]
     assert UNRELIABLE not in rows[1]  # written before the indicators: not checked, no mark
-    assert f"- {UNRELIABLE}: {UNRELIABLE_WORDS} (reliability indicators tripped):\n  - aaaaaaaaaaaa: pgd\\_aa\\_gap" in md
+    assert (f"- {UNRELIABLE}: {UNRELIABLE_WORDS} (reliability indicators tripped):\n"
+            "  - aaaaaaaaaaaa: pgd\\_aa\\_gap") in md
     assert main(["report", "--evals", "--results", str(results), "--format", "csv"]) == 0
     out = capsys.readouterr().out
     csv = pd.read_csv(io.StringIO(out), comment="#")

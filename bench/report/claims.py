@@ -138,11 +138,12 @@ def claims(runs: str | list, results: str | Path, name: str | None = None) -> st
         out += [f"Setting: {MODEL_LABELS.get(model, model)}, {DATASET_LABELS.get(dataset, dataset)}.", ""]
     n_bad = int((df.status != "done").sum())
     n_viol = int(done.violations.fillna("").astype(bool).sum())
+    n_unreliable = len(unreliable_runs(done))
     out += [f"Runs: {len(done)} of {len(df)} finished"
             + (f" ({n_bad} not finished: the verdicts below are provisional)" if n_bad else "")
             + f"; {len(done) - n_viol} of {len(done)} pass the order check AA <= PGD-20 <= clean"
-            + (f"; {len(unreliable_runs(done))} of {len(done)} with an {UNRELIABLE_WORDS} ({UNRELIABLE}: the verdicts that "
-               "rest on them say so)" if len(unreliable_runs(done)) else "") + ".",
+            + (f"; {n_unreliable} of {len(done)} with an {UNRELIABLE_WORDS} ({UNRELIABLE}: the verdicts that rest "
+               "on them say so)" if n_unreliable else "") + ".",
             _compute_line(df, done),
             f"Test images: clean {sizes.get('clean', '—')}, PGD-20 {sizes.get('pgd20', '—')}, "
             f"AutoAttack {sizes.get('aa', '—')}. Noise rule: a difference is real when it exceeds twice the larger "
