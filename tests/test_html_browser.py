@@ -191,3 +191,14 @@ def test_no_sideways_scrolling_at_phone_width(browser, pages, name):
           var box = t.parentElement; return !(box.classList.contains('scroll')
             && getComputedStyle(box).overflowX === 'auto'); }).length;""")
     assert outside == 0
+
+
+def test_run_ids_sort_as_text(browser, pages):
+    """A run id of digits and one e (2205e114db19) is text, not a number in exponent notation."""
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, pages["cpu"][0])
+    table = browser.find_element(By.ID, "runs-table")
+    table.find_element(By.CSS_SELECTOR, 'thead th[data-col="0"] button').click()
+    ids = column(table, 0)
+    assert "2205e114db19" in ids and ids == sorted(ids)

@@ -71,17 +71,18 @@ dd{margin:0;overflow-wrap:anywhere}
 @media (max-width:600px){body{font-size:14px}th,td{padding:2px 5px}}
 """
 
-# Sort a table by the clicked column (numbers by value, text alphabetically, empty cells last) and say so in
-# aria-sort; open a run's details when a link leads to it.
+# Sort a table by the clicked column (numbers by value, text alphabetically, empty cells last; Number, not
+# parseFloat, which reads a run id such as 2205e114db19 as a number) and say so in aria-sort; open a run's details
+# when a link leads to it.
 SCRIPT = """
 function sortBy(th){var table=th.closest('table'),col=+th.dataset.col,body=table.tBodies[0];
 var dir=th.getAttribute('aria-sort')==='ascending'?'descending':'ascending';
 table.querySelectorAll('th[aria-sort]').forEach(function(h){h.setAttribute('aria-sort','none')});
 th.setAttribute('aria-sort',dir);var rows=Array.prototype.slice.call(body.rows);
 function key(r){var c=r.cells[col];return c?c.getAttribute('data-v'):''}
-var numeric=rows.every(function(r){var k=key(r);return k===''||!isNaN(parseFloat(k))});
+var numeric=rows.every(function(r){var k=key(r);return k===''||!isNaN(Number(k))});
 rows.sort(function(a,b){var x=key(a),y=key(b);if(x===''||y==='')return (x==='')-(y==='');
-var d=numeric?parseFloat(x)-parseFloat(y):x.localeCompare(y);return dir==='ascending'?d:-d});
+var d=numeric?Number(x)-Number(y):x.localeCompare(y);return dir==='ascending'?d:-d});
 rows.forEach(function(r){body.appendChild(r)});table.classList.add('sorted')}
 document.querySelectorAll('th[data-col] button').forEach(function(b){
 b.addEventListener('click',function(){sortBy(b.parentNode)})});
@@ -359,9 +360,8 @@ def _runs_section(runs: list[RunConfig], df: pd.DataFrame, files: dict[str, dict
         rid = run_id(cfg)
         r, res, st = rows.loc[rid], files.get(rid), statuses[rid]
         device = r.device_name if isinstance(r.device_name, str) else ""  # None / NaN where not recorded
-        peak = max(r.peak_train_bytes, r.peak_eval_bytes) if not (
-            math.isnan(r.peak_train_bytes) and math.isnan(r.peak_eval_bytes)) else math.nan
-        peak = math.nan if math.isnan(peak) else peak
+        peaks = [v for v in (r.peak_train_bytes, r.peak_eval_bytes) if not math.isnan(v)]
+        peak = max(peaks) if peaks else math.nan  # the larger of training's and evaluation's
         cells = [(f'<a href="#run-{rid}">{rid}</a>', rid), (escape(method_label(cfg.method)), cfg.method),
                  (escape(MODEL_LABELS.get(cfg.model, cfg.model)), cfg.model),
                  (escape(DATASET_LABELS.get(cfg.dataset, cfg.dataset)), cfg.dataset), (str(cfg.seed), cfg.seed),
@@ -404,14 +404,13 @@ def _run_view(cfg: RunConfig, rid: str, r: pd.Series, res: dict | None, st: Any,
     res = res or {}
     summary = (f"{rid}: {method_label(cfg.method)}, {MODEL_LABELS.get(cfg.model, cfg.model)}/"
                f"{DATASET_LABELS.get(cfg.dataset, cfg.dataset)}, seed {cfg.seed}: {st.state}")
-    facts = [("Status", _status_text(st))]
+    facts = [("Status", escape(_status_text(st)))]
     if cfg.parent is not None:
         facts.append(("Parent", f'<a href="#run-{run_id(cfg.parent)}">{run_id(cfg.parent)}</a> '
                                 f"({escape(method_label(cfg.parent.method))})"))
     facts += [("Time", escape(_times(r))), ("Peak memory", escape(_memory(r))),
               ("Ran on", escape(_machine(r, res))), ("Evaluated", escape(_evaluation(cfg, r, res, tripped)))]
-    dl = "".join(f"<dt>{k}</dt><dd>{v if k in ('Parent',) else v if k != 'Status' else escape(v)}</dd>"
-                 for k, v in facts)
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)  # each value escaped above
     config = to_dict(cfg)
     if cfg.parent is not None:
         config["parent"] = run_id(cfg.parent)  # the parent's own view has its config

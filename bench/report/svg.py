@@ -48,7 +48,7 @@ def _label(v: float) -> str:
 
 def chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
           xticks: Sequence[tuple[float, str]] | None = None) -> str:
-    """An SVG line chart (markers on each point, a legend under it when there are several curves) that scales to
+    """An SVG line chart (markers on each point, the legend under it, two curves a row) that scales to
     its container's width. ``xticks`` labels x positions (a swept hyperparameter's values); else round numbers."""
     ys = [y for s in series for _, y in s.points if math.isfinite(y)]
     xs = [x for s in series for x, _ in s.points]
@@ -67,7 +67,7 @@ def chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
     def py(y: float) -> float:
         return TOP + ph - (y - y0) / (y1 - y0) * ph
 
-    legend_rows = math.ceil(len(series) / 2) if len(series) > 1 else 0
+    legend_rows = math.ceil(len(series) / 2)  # one curve too: its label says which accuracy it is
     height = HEIGHT + 18 * legend_rows
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
