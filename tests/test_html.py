@@ -88,7 +88,16 @@ def parsed(html: str) -> _Parse:
 
 
 def test_the_page_is_self_contained_and_its_links_resolve(tmp_path):
-    html = fixture_page(tmp_path)
+    assert_self_contained(fixture_page(tmp_path))
+
+
+def test_a_grid_without_results_has_its_page_without_figures_and_no_broken_link(tmp_path):
+    html = page("demo", tmp_path)
+    assert_self_contained(html)
+    assert 'id="figures"' not in html and 'href="#figures"' not in html and ": missing</summary>" in html
+
+
+def assert_self_contained(html: str) -> None:
     p = parsed(html)
     ids = {a["id"] for _, a in p.tags if "id" in a}
     for tag, a in p.tags:
@@ -157,6 +166,17 @@ def test_a_stale_run_is_marked_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(status, "stale_modules", lambda res: ["bench/train/loop.py"] if res["run_id"] == afd else [])
     html = page(fixture_runs(), results, name="fixture", table="table1")
     assert f"{afd}: AFD, RN18/CIFAR-10, seed 0: stale" in html
+
+
+def test_a_run_in_progress_is_marked_running(tmp_path):
+    from bench.core.store import Store
+
+    results = fixture_results(tmp_path)
+    atas = run_id(fixtures.cfg("atas"))
+    with Store(results).lock(atas):  # as `bench run` holds it while the run trains
+        html = page(fixture_runs(), results, name="fixture", table="table1")
+    view = html[html.index(f'<details id="run-{atas}">'):]
+    assert "running: locked by a process on this machine" in view[:view.index("</details>")]
 
 
 def test_the_cli_writes_the_page_and_refuses_it_for_evaluations(tmp_path):

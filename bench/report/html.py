@@ -109,20 +109,22 @@ def page(grid: str | list[RunConfig], results: str | Path = "results", seeds: in
         compare = "paper"  # the paper's numbers beside ours wherever the table names them
     tables = built_tables(df, which, compare)
     statuses = {st.run_id: st for st in grid_status(runs, results, expand_parents=False)}
-    sections = [_tables_section(tables, df, unreliable), _figures_section(df, results, name),
-                _claims_section(runs, results, name), _runs_section(runs, df, files, statuses, unreliable)]
+    sections = {"Tables": _tables_section(tables, df, unreliable), "Figures": _figures_section(df, results, name),
+                "Claims": _claims_section(runs, results, name),
+                "Runs": _runs_section(runs, df, files, statuses, unreliable)}
+    sections = {k: v for k, v in sections.items() if v}  # a grid without figures has no section (nor link) for them
     counts: dict[str, int] = {}
     for st in statuses.values():
         counts[st.state] = counts.get(st.state, 0) + 1
     title = f"Grid {name}: results"
     head = (f'<header><h1>{escape(title)}</h1><p>{len(runs)} runs: '
             + ", ".join(f"{n} {escape(s)}" for s, n in counts.items())
-            + '.</p><nav aria-label="sections"><a href="#tables">Tables</a><a href="#figures">Figures</a>'
-            '<a href="#claims">Claims</a><a href="#runs">Runs</a></nav></header>')
+            + '.</p><nav aria-label="sections">' + "".join(f'<a href="#{k.lower()}">{k}</a>' for k in sections)
+            + "</nav></header>")
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>{head}<main>\n"
-            + "\n".join(s for s in sections if s) + f"\n</main><script>{SCRIPT}</script></body></html>\n")
+            + "\n".join(sections.values()) + f"\n</main><script>{SCRIPT}</script></body></html>\n")
 
 
 def _read(store: Store, rid: str) -> dict | None:
