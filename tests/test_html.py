@@ -179,6 +179,7 @@ def test_a_run_in_progress_is_marked_running(tmp_path):
     assert "running: locked by a process on this machine" in view[:view.index("</details>")]
 
 
+@pytest.mark.slow
 def test_the_cli_writes_the_page_and_refuses_it_for_evaluations(tmp_path):
     out = tmp_path / "cpu.html"
     cmd = [sys.executable, "-m", "bench", "report", "--grid", "cpu20", "--results", str(RESULTS / "cpu20"),

@@ -20,9 +20,10 @@ from bench.report.tables import built_tables  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no chromium / chromedriver on PATH (Debian: apt-get install chromium "
-                                       "chromium-driver)")
+pytestmark = [pytest.mark.slow,  # a browser starts: about half a minute for the file
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="no chromium / chromedriver on PATH (Debian: apt-get install chromium "
+                                        "chromium-driver)")]
 PHONE = 375  # px: the narrowest common phone
 
 
