@@ -107,6 +107,7 @@ def assert_self_contained(html: str) -> None:
         href = a.get("href")
         if href is not None:
             assert href.startswith("#") and href[1:] in ids, href
+    assert html.count("<table") == html.count("<caption") > 0  # every table says what it holds
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
 
 
@@ -196,8 +197,9 @@ def test_the_claims_markdown_becomes_html():
                          "| x | 1 |\n\n- one\n  - nested\n")
     assert html.startswith("<h3>Head</h3>")
     assert "<p>A <strong>bold</strong> <code>code</code> line and its next.</p>" in html
-    assert '<th scope="col">b | c</th>' in html and '<th scope="row">x</th><td>1</td>' in html
+    assert '<caption class="sr">Head</caption>' in html and '<th scope="col">b | c</th>' in html and '<th scope="row">x</th><td>1</td>' in html
     assert '<li>one</li><li class="sub">nested</li>' in html
+    assert markdown_html("- a\nafter\n") == "<ul><li>a</li></ul>\n<p>after</p>"  # in the order written
 
 
 def test_charts_are_deterministic_svg_with_round_ticks():

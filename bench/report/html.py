@@ -295,14 +295,15 @@ def _claims_section(runs: list[RunConfig], results: Path, name: str) -> str:
 
 def markdown_html(text: str) -> str:
     """The Markdown the claims block is written in (headings, paragraphs, lists, tables, **bold**, `code`) as
-    HTML; its headings one level below the page's sections."""
+    HTML; its headings one level below the page's sections, a table captioned by the heading above it."""
     out, para, rows, items = [], [], [], []
+    heading = ""
 
     def flush() -> None:
         if para:
             out.append("<p>" + " ".join(para) + "</p>")
         if rows:
-            out.append(_md_table(rows))
+            out.append(_md_table(rows, heading))
         if items:
             out.append("<ul>" + "".join(items) + "</ul>")
         para.clear(), rows.clear(), items.clear()
@@ -313,12 +314,14 @@ def markdown_html(text: str) -> str:
                 flush()
             rows.append(line)
             continue
-        if rows or not line.strip() or line.startswith("#") or (line.startswith("- ") and para):
+        item = line.lstrip().startswith("- ")
+        if rows or not line.strip() or line.startswith("#") or (item and para) or (items and not item):
             flush()
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")) + 1, 6)
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.lstrip().startswith("- "):
+            heading = _inline(line.lstrip("#").strip())
+            out.append(f"<h{level}>{heading}</h{level}>")
+        elif item:
             sub = ' class="sub"' if line.startswith(" ") else ""
             items.append(f"<li{sub}>{_inline(line.lstrip()[2:])}</li>")
         elif line.strip():
@@ -327,10 +330,12 @@ def markdown_html(text: str) -> str:
     return "\n".join(out)
 
 
-def _md_table(rows: list[str]) -> str:
+def _md_table(rows: list[str], caption: str) -> str:
+    """A Markdown table as HTML: its first column the row headings; the caption (the heading above it, which a
+    sighted reader has just read) for screen readers only."""
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip())[1:-1]] for r in rows]
     head, body = cells[0], [r for r in cells[1:] if not all(set(c) <= set(":-") for c in r)]
-    return ('<div class="scroll"><table><thead><tr>' + "".join(f'<th scope="col">{_inline(c)}</th>' for c in head)
+    return (f'<div class="scroll"><table><caption class="sr">{caption}</caption><thead><tr>' + "".join(f'<th scope="col">{_inline(c)}</th>' for c in head)
             + "</tr></thead><tbody>" + "".join("<tr>" + "".join(
                 (f'<th scope="row">{_inline(c)}</th>' if j == 0 else f"<td>{_inline(c)}</td>") for j, c in enumerate(r))
                 + "</tr>" for r in body) + "</tbody></table></div>")
