@@ -91,6 +91,11 @@ def test_the_page_is_self_contained_and_its_links_resolve(tmp_path):
     assert_self_contained(fixture_page(tmp_path))
 
 
+@pytest.mark.parametrize("grid", ["cpu", "cpu20"])
+def test_the_committed_pages_are_self_contained(grid):
+    assert_self_contained((RESULTS / grid / "index.html").read_text(encoding="utf-8"))
+
+
 def test_a_grid_without_results_has_its_page_without_figures_and_no_broken_link(tmp_path):
     html = page("demo", tmp_path)
     assert_self_contained(html)
@@ -99,7 +104,8 @@ def test_a_grid_without_results_has_its_page_without_figures_and_no_broken_link(
 
 def assert_self_contained(html: str) -> None:
     p = parsed(html)
-    ids = {a["id"] for _, a in p.tags if "id" in a}
+    ids = [a["id"] for _, a in p.tags if "id" in a]
+    assert len(ids) == len(set(ids)), "an id twice: a link would lead to the first only"
     for tag, a in p.tags:
         assert tag not in ("link", "iframe") and not (tag == "script" and "src" in a), (tag, a)
         src = a.get("src") or ""
