@@ -215,6 +215,8 @@ def test_charts_are_deterministic_svg_with_round_ticks():
     assert svg == chart(s, title="t", xlabel="epoch", ylabel="gap") and svg.startswith("<svg")
     assert svg.count("<polyline") == 1  # a's two points are apart (NaN between): markers only, b one line
     assert chart([Series("none", ((1, float("nan")),))], title="t", xlabel="x", ylabel="y") == ""
+    banded = chart([Series("a", ((1, 0.3), (2, 0.35)), (0.01, 0.02))], title="t", xlabel="x", ylabel="y")
+    assert banded.count("<polygon") == 1 and "<polygon" not in svg  # the ± band where errors are given
 
 
 def runs_100() -> list:

@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import re
+import statistics
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -240,22 +241,32 @@ def _figures_section(df: pd.DataFrame, results: Path, name: str) -> str:
 
 
 def _fig1(df: pd.DataFrame) -> str:
-    """Figure 1a: each fine-tuning method's feature gap after every epoch, the mean over its seeds."""
+    """Figure 1a: each fine-tuning method's feature gap after every epoch, the mean over its seeds, with a band of
+    ±1 SE: the larger of the seed SE (std / √k) and the mean test-sample SE, as ``bench plot --figure fig1`` draws."""
     series = []
     for method, d in gap_curves(df, FIG1_METHODS).items():
-        by_epoch: dict[int, list[float]] = {}
-        for curve in d["curves"]:
-            for epoch, gap in curve:
-                by_epoch.setdefault(int(epoch), []).append(float(gap))
-        if len(by_epoch) > 1:
-            series.append(Series(method_label(method), tuple((e, sum(v) / len(v)) for e, v in sorted(by_epoch.items()))))
+        gaps: dict[int, list[float]] = {}
+        ses: dict[int, list[float]] = {}
+        for curve, errors in zip(d["curves"], d["ses"]):
+            for (epoch, gap), (_, se) in zip(curve, errors):
+                gaps.setdefault(int(epoch), []).append(float(gap))
+                if se is not None:
+                    ses.setdefault(int(epoch), []).append(float(se))
+        if len(gaps) < 2:
+            continue
+        epochs = sorted(gaps)
+        seed_se = [statistics.stdev(gaps[e]) / math.sqrt(len(gaps[e])) if len(gaps[e]) > 1 else 0.0 for e in epochs]
+        test_se = [statistics.fmean(ses[e]) if ses.get(e) else 0.0 for e in epochs]
+        series.append(Series(method_label(method), tuple((e, statistics.fmean(gaps[e])) for e in epochs),
+                             tuple(max(a, b) for a, b in zip(seed_se, test_se))))
     if not series:
         return ""
     svg = chart(series, title="Figure 1a: feature gap per epoch", xlabel="fine-tuning epoch",
                 ylabel="feature gap (L∞)")
     return (f"<figure>{svg}<figcaption>Figure 1a: the feature gap (mean L∞ distance between the features of clean "
             "and PGD-20 test images that each method classifies from) after every fine-tuning epoch, the mean over "
-            "seeds; the claims below state its noise.</figcaption></figure>")
+            "seeds; the band is ±1 SE (the larger of the seed-to-seed and the test-sample error).</figcaption>"
+            "</figure>")
 
 
 def _fig4(df: pd.DataFrame) -> str:

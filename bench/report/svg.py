@@ -16,9 +16,11 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 40  # the plot area's margins: tick label
 
 @dataclass(frozen=True)
 class Series:
-    """One curve: its legend label and its points; a NaN y leaves a gap."""
+    """One curve: its legend label and its points; a NaN y leaves a gap. ``errors`` (one per point, or none): a
+    band of ± that much around the curve."""
     label: str
     points: tuple[tuple[float, float], ...]
+    errors: tuple[float, ...] = ()
 
 
 def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -50,7 +52,8 @@ def chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
           xticks: Sequence[tuple[float, str]] | None = None) -> str:
     """An SVG line chart (markers on each point, the legend under it, two curves a row) that scales to
     its container's width. ``xticks`` labels x positions (a swept hyperparameter's values); else round numbers."""
-    ys = [y for s in series for _, y in s.points if math.isfinite(y)]
+    ys = [y + sign * e for s in series for (_, y), e in zip(s.points, s.errors or [0.0] * len(s.points))
+          for sign in (-1, 1) if math.isfinite(y + e)]
     xs = [x for s in series for x, _ in s.points]
     if not ys:
         return ""
@@ -100,4 +103,15 @@ def _curve(s: Series, color: str, px, py) -> str:
         runs[-1].append(f"{_fmt(px(x))},{_fmt(py(y))}")
         marks.append(f'<circle cx="{_fmt(px(x))}" cy="{_fmt(py(y))}" r="2.5"/>')
     lines = "".join(f'<polyline points="{" ".join(r)}" fill="none" stroke-width="2"/>' for r in runs if len(r) > 1)
-    return f'<g stroke="{color}" fill="{color}"><title>{escape(s.label)}</title>{lines}{"".join(marks)}</g>'
+    return (f'<g stroke="{color}" fill="{color}"><title>{escape(s.label)}</title>{_band(s, px, py)}{lines}'
+            f'{"".join(marks)}</g>')
+
+
+def _band(s: Series, px, py) -> str:
+    """The ± band of a curve's errors: a light polygon along the top, back along the bottom."""
+    pts = [(x, y, e) for (x, y), e in zip(s.points, s.errors) if math.isfinite(y) and math.isfinite(e) and e > 0]
+    if len(pts) < 2:
+        return ""
+    edge = [f"{_fmt(px(x))},{_fmt(py(y + e))}" for x, y, e in pts]
+    edge += [f"{_fmt(px(x))},{_fmt(py(y - e))}" for x, y, e in reversed(pts)]
+    return f'<polygon points="{" ".join(edge)}" fill-opacity="0.15" stroke="none"/>'
