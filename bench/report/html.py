@@ -168,8 +168,10 @@ def table_html(b: Built, df: pd.DataFrame, unreliable: dict[str, str], ident: st
             f'<th scope="colgroup" colspan="{span * len(kinds)}">{escape(g)}</th>' for g, span in b.groups) + "</tr>")
     labels = _column_labels(b)
     if b.compare:
+        # under a group's heading, the column's own label (the group is the row above)
         head.append(f'<tr><td colspan="{nlab}"></td>' + "".join(
-            f'<th scope="colgroup" colspan="3">{escape(c)}</th>' for c in labels) + "</tr>")
+            f'<th scope="colgroup" colspan="3">{escape(c if not b.groups else own)}</th>'
+            for c, own in zip(labels, b.col_labels)) + "</tr>")
     leaf = [_sort_th(h, i, left=True, hidden="" if h else "row") for i, h in enumerate(b.row_header)]
     for c in labels:
         for kind in kinds:
