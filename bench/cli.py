@@ -258,11 +258,17 @@ def cmd_report(args) -> int:
                                 ("--compare", args.compare), ("--claims", args.claims)) if v]
         if given:
             raise UsageError(f"--evals renders every result of bench eval: leave out {', '.join(given)}")
+        if args.format == "html":
+            raise UsageError("--format html renders a grid's page: leave out --evals")
         out = evals_report(results, args.format)
     elif args.claims:
         from bench.report.claims import claims
 
         out = claims(grid_runs(args), results, name=args.grid)  # --seeds and --set as for `run`
+    elif args.format == "html":
+        from bench.report.html import page
+
+        out = page(grid_runs(args), results, name=args.grid, table=args.table or args.grid, compare=args.compare)
     else:
         out = report(grid_runs(args), results, args.format, table=args.table or args.grid,
                      compare=args.compare)
@@ -540,7 +546,8 @@ def _report_parser(sub) -> None:
     sp = sub.add_parser("report", help="render a grid's table from the result files (or, with --evals, those of "
                         "`bench eval`)")
     _add_grid(sp, or_evals=True)
-    sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
+    sp.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "html"],
+                    help="html: one self-contained page of the grid (tables, figures, claims, every run)")
     sp.add_argument("--out", default=None, help="write to this file instead of stdout")
     sp.add_argument("--compare", default=None, choices=["paper"],
                     help="put the paper's published numbers and the difference under ours")

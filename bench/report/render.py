@@ -49,6 +49,12 @@ def _text(c: Cell, kind: str, pm: str, minus: str = "−") -> str:
     return ("+" if d >= 0 else minus) + _num(abs(d), c.digits)
 
 
+def cell_text(c: Cell, kind: str) -> str:
+    """A cell's text as the Markdown table shows it: ``kind`` "ours" (mean ± std, the flag, "(n=k)"), "paper" (its
+    number and †) or "delta" (ours − paper); "—" where there is none."""
+    return _text(c, kind, "±")
+
+
 def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]], *,
                    pad_empty: bool = True) -> list[str]:
     """The lines of a Markdown table: the header, the alignment row (``align``: "l" or "r" per column) and one line

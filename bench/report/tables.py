@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.core.config import ConfigError, RunConfig
 from bench.grid.gridfile import load as load_grid_file
-from bench.report.build import build, load_paper
+from bench.report.build import Built, build, load_paper
 from bench.report.declarations import (
     ACC,
     GRID_TABLES,
@@ -44,9 +44,15 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
         raise ValueError(f"unknown --compare {compare}; known: paper")
     df = load(grid, results, seeds)
     name = table or (grid if isinstance(grid, str) else None)
+    # one document: tables separated by a blank line (CSV: each table's own header line starts its block)
+    return "\n".join(RENDERERS[fmt](b) for b in built_tables(df, name, compare))
+
+
+def built_tables(df: pd.DataFrame, name: str | None, compare: str | None = None) -> list[Built]:
+    """The built tables of ``report`` (every renderer's, the HTML page's): the declared tables of a grid named
+    ``name``, the declared table ``name``, a grid file's table, or the generic accuracy table."""
     if name in GRID_TABLES:
-        # one document: tables separated by a blank line (CSV: each table's own header line starts its block)
-        return "\n".join(RENDERERS[fmt](build(TABLES[t], df, compare)) for t in GRID_TABLES[name])
+        return [build(TABLES[t], df, compare) for t in GRID_TABLES[name]]
     if name in TABLES:
         # a grid's methods that the table does not declare get rows (or columns) of their own after its own
         t = with_extra_methods(TABLES[name], df)
@@ -67,7 +73,7 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
                and r.where["method"] not in PAPER_METHODS] if compare and t.paper else []
     if unknown:
         built.notes.append(f"{NOT_IN_PAPER}: {', '.join(unknown)}.")
-    return RENDERERS[fmt](built)
+    return [built]
 
 
 def _with_paper(t: Table, df: pd.DataFrame, name: str) -> Table:
