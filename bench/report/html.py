@@ -27,7 +27,7 @@ from bench.grid.slurm import grid_status
 from bench.report.build import Built, Cell
 from bench.report.claims import claims
 from bench.report.frame import load
-from bench.report.labels import DATASET_LABELS, MODEL_LABELS, SANITY, method_label
+from bench.report.labels import DATASET_LABELS, MODEL_LABELS, SANITY, UNRELIABLE, method_label
 from bench.report.plots import FIG1_METHODS, gap_curves, hparam_sweeps
 from bench.report.render import cell_text
 from bench.report.svg import Series, chart
@@ -150,7 +150,7 @@ def _unreliable(df: pd.DataFrame, files: dict[str, dict | None]) -> dict[str, st
 # -- tables ---------------------------------------------------------------------------------------------------
 def _tables_section(tables: list[Built], df: pd.DataFrame, unreliable: dict[str, str]) -> str:
     key = ('<p class="key">Marks: <span class="flag-order">' + escape(SANITY) + '</span>order check violated '
-           '<span class="flag-unreliable">!</span>evaluation potentially unreliable (hover a cell for the reason). '
+           '<span class="flag-unreliable">' + escape(UNRELIABLE) + '</span>evaluation potentially unreliable (hover a cell for the reason). '
            'Click a column heading to sort by it.</p>')
     parts = [f'<section id="tables" aria-labelledby="h-tables"><h2 id="h-tables">Tables</h2>{key}']
     for i, b in enumerate(tables, 1):
