@@ -10,6 +10,7 @@ import argparse
 import ast
 import dataclasses
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -134,6 +135,9 @@ def _check_threads(args) -> None:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads}); leave it out for torch's default "
                          "($SLURM_CPUS_PER_TASK under SLURM)")
+    most = 8 * (os.cpu_count() or 1)  # 10^8 threads never answered
+    if threads is not None and threads > most:
+        raise UsageError(f"--threads must be <= {most} on this machine (8 per CPU core; got {threads})")
 
 
 def _procs(args) -> int:

@@ -18,6 +18,7 @@ import argparse
 import os
 import signal
 import stat
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class Hang(Exception):
 
 
 # -- the values --------------------------------------------------------------------------------------------
-NUMBERS = ["-1", "0", "1", "2", "3", "-0", "1e8", "100000000", "99999999999999999999", "nan", "inf", "-inf",
+NUMBERS = ["-1", "0", "1", "2", "3", "-0", "1e8", "100000000", "10001", "500", "501", "99999999999999999999", "nan", "inf", "-inf",
            "0.5", "1.5", "1/2", "8/255", "0x10", "1_000", "", " ", "٣", "+7", "2**40"]
 STRINGS = ["", " ", "x", "é", "日本語", "a" * 3000, "$(touch pwned)", "; touch pwned", "`touch pwned`", "-",
            "--", "a\nb", "a b", "%s%n", "../..", "*", "\\", "'", '"', "\t"]
@@ -234,6 +235,24 @@ def stand_ins(mp: pytest.MonkeyPatch):
         torch.backends.cudnn.deterministic = cudnn
 
 
+@contextmanager
+def plugins_undone():
+    """A --plugin loaded by one call is forgotten after it (the registry, $BENCH_PLUGINS and the imported example
+    module), so that no call and no later test sees another call's methods."""
+    from methods import REGISTRY
+
+    env, registry, modules = dict(os.environ), dict(REGISTRY), set(sys.modules)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        REGISTRY.clear()
+        REGISTRY.update(registry)
+        for name in [m for m in set(sys.modules) - modules if m.split(".")[0] == "examples"]:
+            del sys.modules[name]
+
+
 def call(argv: list[str], box: dict[str, str], capsys) -> None:
     """Run one generated call and check the promise."""
     root = Path(box["{box}"])
@@ -244,7 +263,7 @@ def call(argv: list[str], box: dict[str, str], capsys) -> None:
     capsys.readouterr()
     reached = False
     try:
-        with bounded(BOUND_S):
+        with bounded(BOUND_S), plugins_undone():
             code = main(argv)
     except Reached:
         code, reached = 0, True
@@ -278,6 +297,33 @@ def box(tmp_path_factory):
         with stand_ins(mp):
             yield paths
     os.chdir(old)
+
+
+# Bounds where a typo costs hours or the machine: refused before anything is expanded or allocated, with what fits.
+BOUNDS = [
+    (["run", "--grid", "demo", "--dry-run", "--set", "train.epochs=100000000"], "train.epochs must be <= 10000"),
+    (["plan", "--grid", "demo", "--set", "train.batch_size=1000000000000"], "train.batch_size must be at most"),
+    (["run", "--grid", "demo", "--dry-run", "--set", "eval.batch_size=1000000000000"], "eval.batch_size must be at"),
+    (["eval", "--model", "small_cnn", "--checkpoint", "{checkpoint}", "--dataset", "digits", "--batch-size",
+      "1000000000000"], "eval.batch_size must be at most"),
+    (["speed", "--batch-size", "1000000000000"], "--batch-size must be at most"),
+    (["speed", "--batch-size", "100000", "--steps", "9000"], "(--steps + --warmup + 2) must be at most"),
+    (["speed", "--steps", "100000000"], "--steps + --warmup must be <= 10000"),
+    (["speed", "--matmul-size", "10000000"], "--matmul-size must be in [1, "),
+    (["speed", "--baseline-workers", "100000"], "--baseline-workers must be in [0, "),
+    (["speed-eval", "--train-steps", "100000000"], "--train-steps <= 100000"),
+    (["speed-eval", "--reps", "100000000"], "--reps <= 100"),
+    (["run", "--grid", "demo", "--dry-run", "--threads", "100000000"], "--threads must be <= "),
+    (["run", "--grid", "demo", "--dry-run", "--seeds", "100000000"], "at most 10000 seeds"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BOUNDS, ids=[" ".join(a) for a, _ in BOUNDS])
+def test_bounds_are_refused_with_what_fits(box, capsys, argv, message):
+    call(argv, box, capsys)  # call() reads the line: run again to see what it says
+    assert main([a.replace("{checkpoint}", box["{checkpoint}"]) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
 
 
 # Found by the search and kept: each failed once.
