@@ -141,3 +141,138 @@ def test_damaged_result_is_read_reported_or_refused(fuzz_env, capsys, damage, re
                 assert ": corrupt" in line, line
     finally:
         target.write_bytes(original)
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------
+class RunsCode:
+    """A pickle that would run code when loaded: ``torch.load(weights_only=True)`` must refuse it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def small_cnn_state(classes: int = 10, channels: int = 3) -> dict:
+    from bench.models.architectures import build_model
+
+    return build_model("small_cnn", classes, channels).state_dict()
+
+
+@st.composite
+def damaged_checkpoints(draw, marker: str) -> bytes:
+    """A checkpoint of the small CNN, damaged: cut short, tensors of other shapes or dtypes, keys missing or
+    added, wrapped oddly, a pickle that runs code, bytes that are no checkpoint at all."""
+    state = small_cnn_state(10, draw(st.sampled_from([1, 3])))
+    keys = sorted(state)
+    kind = draw(st.sampled_from(["ok", "truncate", "shape", "dtype", "drop", "extra", "wrap", "code", "bytes"]))
+    if kind == "shape":
+        k = draw(st.sampled_from(keys))
+        state[k] = torch.zeros(draw(st.sampled_from([(), (1,), (3, 3), (0,), (2, 2, 2, 2, 2)])))
+    elif kind == "dtype":
+        k = draw(st.sampled_from(keys))
+        state[k] = state[k].to(draw(st.sampled_from([torch.float16, torch.int64, torch.bool, torch.complex64,
+                                                     torch.uint8])))
+    elif kind == "drop":
+        del state[draw(st.sampled_from(keys))]
+    elif kind == "extra":
+        state[draw(st.sampled_from(["zzz", "fc.weight", "module.x", "0.mean", ""]))] = torch.ones(2)
+    obj: object = state
+    if kind == "wrap":
+        obj = draw(st.sampled_from([{"state_dict": state}, {"model": "small_cnn"}, {"net": [1, 2]}, [state],
+                                    torch.ones(3), {"state_dict": {"a": 1}}, {}, None, "x"]))
+    if kind == "code":
+        obj = {"state_dict": state, "payload": RunsCode(marker)}
+    if kind == "bytes":
+        return draw(st.sampled_from([b"", b"PK\x03\x04" + b"\x00" * 40, b"\x80\x04K\x01.", os.urandom(64)]))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    raw = buf.getvalue()
+    if kind == "truncate":
+        raw = raw[:draw(st.integers(0, len(raw) - 1))]
+    return raw
+
+
+@few(20)
+@given(data=st.data())
+def test_damaged_checkpoint_loads_or_is_refused(fuzz_env, capsys, data):
+    """`bench eval --checkpoint` and a parent model under results/models/: loaded or refused in one line; a
+    pickle's code never runs."""
+    marker = fuzz_env / "pwned"
+    raw = data.draw(damaged_checkpoints(str(marker)))
+    ckpt = fuzz_env / "ckpt.pt"
+    ckpt.write_bytes(raw)
+    results = fuzz_env / "ckpt-results"
+    results.mkdir(exist_ok=True)
+    answer(["eval", "--model", "small_cnn", "--checkpoint", str(ckpt), "--dataset", "digits", "--n", "4",
+            "--results", str(results), "--device", "cpu"], capsys, fuzz_env, may_write=(results,))
+    assert not marker.exists()
+    # the same bytes as the exported parent of the demo grid's fine-tuning runs
+    from bench.cli import apply_sets
+    from bench.core.config import run_id
+    from bench.grid.grids import get_grid
+
+    parent = next(c for c in apply_sets(get_grid("demo"), []) if c.parent is not None).parent
+    model = results / "models" / f"{run_id(parent)}.pt"
+    model.parent.mkdir(exist_ok=True)
+    model.write_bytes(raw)
+    answer(["run", "--grid", "demo", "--results", str(results), "--device", "cpu"], capsys, fuzz_env,
+           may_write=(results,))
+    assert model.read_bytes() == raw and not marker.exists()
+
+
+# -- grid and profile TOML ---------------------------------------------------------------------------------
+TOML_VALUES = ['1', '0', '-1', '1.5', 'nan', 'inf', '9223372036854775807', 'true', '""', '"x"', '"8/255"', '[]',
+               '[1, "a"]', '["vaft"]', '["nope"]', '{}', '{ a = 1 }', '1979-05-27T07:32:00Z', '"01:00:00"', '"16G"',
+               '"-1G"', '"99-00:00:00"', '"é日本"']
+GRID_KEYS = ["methods", "models", "datasets", "epochs", "seeds", "eps", "name", "plugins", "table", "nope",
+             "eval.n_aa", "eval.batch_size", "eval.nope", "train.lr", "train.batch_size", "hparams.afd.gamma",
+             "hparams.nope.x", "parent.epochs", "parent.nope"]
+PROFILE_KEYS = ["partition", "gpus", "cpus", "tasks", "nodes", "mem", "time", "account", "qos", "array_parallelism",
+                "nope", 'resources."small_cnn/*".time', 'resources."*".mem', "resources.x"]
+
+
+def toml_text(base: dict[str, str], key: str, value: str, cut: int | None) -> str:
+    """``base`` (dotted key -> TOML value) with ``key`` set to ``value``, written as TOML; cut at ``cut``."""
+    entries = {**base, key: value}
+    top = [f"{k} = {v}" for k, v in entries.items() if "." not in k]
+    tables: dict[str, list[str]] = {}
+    for k, v in entries.items():
+        if "." in k:
+            table, _, leaf = k.rpartition(".")
+            tables.setdefault(table, []).append(f"{leaf} = {v}")
+    text = "\n".join(top + [f"[{t}]\n" + "\n".join(lines) for t, lines in tables.items()]) + "\n"
+    return text if cut is None else text[:cut]
+
+
+GRID_BASE = {"methods": '["vaft", "afd"]', "models": '["small_cnn"]', "datasets": '["digits"]', "epochs": "1",
+             "eval.n_aa": "0"}
+
+
+@few(15)
+@given(key=st.sampled_from(GRID_KEYS), value=st.sampled_from(TOML_VALUES),
+       cut=st.none() | st.integers(0, 120), command=st.sampled_from(["plan", "run", "status"]))
+def test_damaged_grid_file_runs_or_is_refused(fuzz_env, capsys, key, value, cut, command):
+    grid = fuzz_env / "grid.toml"
+    grid.write_text(toml_text(GRID_BASE, key, value, cut), encoding="utf-8")
+    results = fuzz_env / "grid-results"
+    results.mkdir(exist_ok=True)
+    argv = [command, "--grid", str(grid), "--results", str(results)] + (["--dry-run"] if command == "run" else [])
+    answer(argv, capsys, fuzz_env)
+
+
+PROFILE_BASE = {"fz.partition": '"debug"', "fz.gpus": "0", "fz.cpus": "1", "fz.mem": '"2G"', "fz.time": '"01:00:00"'}
+
+
+@few(10)
+@given(key=st.sampled_from(PROFILE_KEYS), value=st.sampled_from(TOML_VALUES), cut=st.none() | st.integers(0, 90))
+def test_damaged_profile_file_plans_or_is_refused(fuzz_env, capsys, key, value, cut):
+    profiles = fuzz_env / "profiles.toml"
+    profiles.write_text(toml_text(PROFILE_BASE, f"fz.{key}", value, cut), encoding="utf-8")
+    results = fuzz_env / "profile-results"
+    results.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_SLURM_PROFILES", str(profiles))
+        answer(["run", "--grid", "demo", "--executor", "slurm", "--profile", "fz", "--dry-run", "--results",
+                str(results)], capsys, fuzz_env)
