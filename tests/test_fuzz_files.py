@@ -373,3 +373,98 @@ def test_damaged_data_archive_loads_or_is_refused(fuzz_env, capsys, kind, tmp_pa
     assert not (tmp_path.parent / "escaped.txt").exists()
     # a copy with other classes is read as it is (tests/test_data.py: other class names are sorted)
     assert code == (0 if kind in ("ok", "classes") else 2) or kind in ("escape", "symlink"), err
+
+
+# -- what a killed run leaves --------------------------------------------------------------------------------
+LEFTOVERS = ["last_garbage", "last_truncated", "prev_garbage", "both_garbage", "tmp", "lock", "chunk_garbage",
+             "ckpt_is_folder", "lock_is_folder"]
+
+
+@few(10)
+@given(kinds=st.lists(st.sampled_from(LEFTOVERS), min_size=1, max_size=4, unique=True),
+       command=st.sampled_from([["status"], ["plan"], ["run", "--dry-run"], ["report"]]))
+def test_killed_run_leftovers_are_reported_or_skipped(fuzz_env, capsys, kinds, command):
+    """A killed run's checkpoints, temporary files, locks and evaluation chunks, damaged: status, plan, report and
+    a dry run answer (the run on its own line in status), and leave them as they are."""
+    from bench.cli import apply_sets
+    from bench.core.config import run_id
+    from bench.grid.grids import get_grid
+
+    results = fuzz_env / "killed"
+    shutil.rmtree(results, ignore_errors=True)
+    rid = run_id(next(c for c in apply_sets(get_grid("demo"), []) if c.parent is not None))
+    ckpt = results / "ckpt" / rid
+    ckpt.mkdir(parents=True)
+    (results / "locks").mkdir()
+    def put(path: Path, data: bytes) -> None:  # a folder put there by another kind stays
+        if not path.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    if "ckpt_is_folder" in kinds:
+        (ckpt / "last.pt").mkdir()
+    if "lock_is_folder" in kinds:
+        (results / "locks" / f"{rid}.lock").mkdir()
+    for kind in kinds:
+        if kind in ("last_garbage", "both_garbage"):
+            put(ckpt / "last.pt", b"PK\x03\x04garbage")
+        if kind in ("prev_garbage", "both_garbage"):
+            put(ckpt / "prev.pt", b"\x00" * 10)
+        if kind == "last_truncated":
+            buf = io.BytesIO()
+            torch.save({"run_id": rid, "version": 2, "model": small_cnn_state()}, buf)
+            put(ckpt / "last.pt", buf.getvalue()[:500])
+        if kind == "tmp":
+            put(ckpt / ".last.pt.abc.tmp", b"half")
+        if kind == "lock":
+            put(results / "locks" / f"{rid}.lock", b"")
+        if kind == "chunk_garbage":
+            put(ckpt / "eval-0123" / "pgd20-00000.pt", b"garbage")
+    code, out, _ = answer([*command, "--grid", "demo", "--results", str(results)], capsys, fuzz_env)
+    if command == ["status"]:
+        assert code == 0 and any(line.startswith(rid) for line in out.splitlines()), out
+
+
+@few(10)
+@given(cut=st.integers(0, 4000), garbage=st.binary(max_size=64))
+def test_damaged_resume_checkpoint_falls_back(tmp_path_factory, cut, garbage):
+    """A resume reads last.pt, else prev.pt, else starts afresh: a damaged file is skipped with a line."""
+    from bench.core.store import Store, content_digest
+    from bench.train.resume import CKPT_VERSION, load_checkpoint
+
+    store = Store(tmp_path_factory.mktemp("resume"))
+    good = {"run_id": "r", "version": CKPT_VERSION, "epoch": 1, "model": small_cnn_state()}
+    buf = io.BytesIO()
+    torch.save({**good, "digest": content_digest(good)}, buf)
+    d = store.ckpt_dir("r")
+    d.mkdir(parents=True)
+    (d / "last.pt").write_bytes(buf.getvalue()[:cut] + garbage)
+    (d / "prev.pt").write_bytes(buf.getvalue())
+    lines: list[str] = []
+    ckpt = load_checkpoint(store, "r", lines.append)
+    assert ckpt is not None and ckpt["epoch"] == 1  # prev.pt, when last.pt was damaged
+    assert len(lines) <= 1
+
+
+def test_damaged_evaluation_chunks_are_recomputed(tmp_path):
+    """Chunks a killed evaluation left, garbled or cut short, are computed again: the same numbers as before."""
+    from bench.core.config import EvalConfig
+    from bench.data import load_dataset
+    from bench.eval.evaluator import Evaluator
+    from bench.models.architectures import build_model
+
+    _, test, info = load_dataset("digits", cache_dir=tmp_path / "cache")
+    torch.manual_seed(0)
+    model = build_model("small_cnn", info.num_classes, info.channels).eval()
+    ev = Evaluator(test, EvalConfig(n_clean=8, n_pgd=8, n_aa=0, n_gap=8, batch_size=4, pgd_steps=2), 8 / 255,
+                   torch.device("cpu"))
+    state = tmp_path / "chunks"
+    first = ev.run(model, log=lambda s: None, state_dir=state)
+    chunks = sorted(state.rglob("*.pt"))
+    assert chunks
+    for i, path in enumerate(chunks):
+        raw = path.read_bytes()
+        path.write_bytes([raw[: len(raw) // 2], b"", b"garbage", raw[:-1] + b"\x00"][i % 4])
+    again = ev.run(model, log=lambda s: None, state_dir=state)
+    for key in ("clean", "pgd20", "n_clean", "n_pgd"):
+        assert again[key] == first[key], key
