@@ -8,7 +8,7 @@ The work behind a valid call (training, evaluating, timing, submitting) is repla
 milliseconds a call, not of the work itself. The options come from the parser itself, so a new option is fuzzed
 the day it is added.
 
-CI runs a fixed budget (``BENCH_FUZZ_EXAMPLES``, default 150 calls, derandomized: the same calls every time);
+CI runs a fixed budget (``BENCH_FUZZ_EXAMPLES``, default 400 calls, derandomized: the same calls every time);
 ``BENCH_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_cli.py`` searches longer. What a search found is kept below as
 a fixed ``@example``.
 """
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from bench.cli import build_parser, main
 from conftest import REPO, write_tiny_folder
 
-EXAMPLES = int(os.environ.get("BENCH_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("BENCH_FUZZ_EXAMPLES", "400"))
 BOUND_S = 60  # one call, valid or not, answers within this (the slowest valid one here takes about a second)
 
 

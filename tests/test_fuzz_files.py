@@ -4,7 +4,7 @@ loads, is reported as corrupt by `bench status` on the line of the run it belong
 (exit 2); no traceback, and nothing already finished is lost or overwritten.
 
 The commands run in-process with the stand-ins of tests/test_fuzz_cli.py (the real work replaced by ``Reached``
-once every check has passed). Budget: ``BENCH_FUZZ_EXAMPLES`` (default 150) split over the tests below, fixed seed.
+once every check has passed). Budget: ``BENCH_FUZZ_EXAMPLES`` (default 400) split over the tests below, fixed seed.
 """
 from __future__ import annotations
 
@@ -119,6 +119,9 @@ READERS = [["status", "--grid", "cpu"], ["report", "--grid", "cpu"], ["report", 
 @few(25)
 @given(damage=damaged_results(), reader=st.sampled_from(READERS))
 @example(damage=("9672e32dea77", b'{"run_id": "9672e32dea77", "status": "done"}'), reader=READERS[1])
+@example(damage=("9672e32dea77", b"\xff\xfe\x00"), reader=READERS[0])  # not UTF-8: a traceback, now corrupt
+@example(damage=("9672e32dea77", b'{"run_id": "9672e32dea77", "status": "done", "metrics": {"violations": -1}}'),
+         reader=READERS[1])  # a table's traceback, now corrupt
 def test_damaged_result_is_read_reported_or_refused(fuzz_env, capsys, damage, reader):
     results = fuzz_env / "results"
     if not results.exists():
@@ -383,6 +386,7 @@ LEFTOVERS = ["last_garbage", "last_truncated", "prev_garbage", "both_garbage", "
 @few(10)
 @given(kinds=st.lists(st.sampled_from(LEFTOVERS), min_size=1, max_size=4, unique=True),
        command=st.sampled_from([["status"], ["plan"], ["run", "--dry-run"], ["report"]]))
+@example(kinds=["lock_is_folder"], command=["status"])  # status failed on it
 def test_killed_run_leftovers_are_reported_or_skipped(fuzz_env, capsys, kinds, command):
     """A killed run's checkpoints, temporary files, locks and evaluation chunks, damaged: status, plan, report and
     a dry run answer (the run on its own line in status), and leave them as they are."""
@@ -468,3 +472,62 @@ def test_damaged_evaluation_chunks_are_recomputed(tmp_path):
     again = ev.run(model, log=lambda s: None, state_dir=state)
     for key in ("clean", "pgd20", "n_clean", "n_pgd"):
         assert again[key] == first[key], key
+
+
+# -- what the search found, kept as fixed cases ---------------------------------------------------------------
+@pytest.mark.parametrize("content,why", [
+    (b"\xff\xfe\x00", "not a UTF-8 text file"),
+    (b'{"run_id": "RID", "status": "done", "metrics": {"clean": 0.5, "violations": -1}}', "metrics.violations"),
+    (b'{"run_id": "RID", "status": "done", "metrics": {"clean": 5e31}}', "not an accuracy in [0, 1]"),
+    (b'{"run_id": "RID", "status": "done", "config": {"eval": {"n_aa": "x"}}}', "config.eval.n_aa"),
+    (b'{"run_id": "RID", "status": "done", "epochs": {}}', "field epochs"),
+])
+def test_found_result_shapes_are_corrupt(tmp_path, content, why):
+    from bench.core.store import CorruptFile, Store
+
+    store = Store(tmp_path)
+    store.result_path("0123456789ab").parent.mkdir(parents=True)
+    store.result_path("0123456789ab").write_bytes(content.replace(b"RID", b"0123456789ab"))
+    with pytest.raises(CorruptFile) as e:
+        store.read("0123456789ab")
+    assert why in str(e.value)
+
+
+@pytest.mark.parametrize("obj,message", [
+    ({k: v.to(torch.complex64) for k, v in small_cnn_state().items()}, "not floating point"),
+    ({k: v.to(torch.int64) for k, v in small_cnn_state().items()}, "not floating point"),
+    ({1: "a", "b": 2}, "holds no state dict"),  # keys of mixed types
+])
+def test_found_checkpoints_are_refused(tmp_path, obj, message):
+    from bench.core.checkpoints import load_into
+    from bench.core.config import ConfigError
+    from bench.models.architectures import build_model
+
+    torch.save(obj, tmp_path / "m.pt")
+    with pytest.raises(ConfigError, match=message):
+        load_into(build_model("small_cnn", 10, 3), tmp_path / "m.pt")
+
+
+def test_found_unreadable_checkpoint_without_message(tmp_path):
+    """torch.load's EOFError of a cut pickle has no message: still one line."""
+    from bench.core.checkpoints import read_state_dict
+    from bench.core.config import ConfigError
+
+    (tmp_path / "m.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(ConfigError, match="cannot be read safely"):
+        read_state_dict(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("line,message", [("array_parallelism = []", "array_parallelism must be an integer"),
+                                          ("resources = 1", "resources must be a table")])
+def test_found_profiles_are_refused(tmp_path, line, message):
+    from bench.grid.slurm.profiles import ProfileError, resources_for
+
+    with pytest.raises(ProfileError, match=message):
+        resources_for("fz", {"partition": "debug", **_toml_line(line)}, "small_cnn", "digits")
+
+
+def _toml_line(line: str) -> dict:
+    import tomllib
+
+    return tomllib.loads(line)
