@@ -209,8 +209,9 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
 
 def allowed_writes(argv: list[str], box: Path) -> list[Path]:
     """Where a valid call may write: report --out, plot's figures folder, and (run, eval) its results folder."""
-    def opt(name, default=None):
-        return argv[argv.index(name) + 1] if name in argv[:-1] else default
+    def opt(name, default=None):  # the last one given wins, as in argparse
+        at = [i for i, a in enumerate(argv[:-1]) if a == name]
+        return argv[at[-1] + 1] if at else default
 
     results = Path(box, opt("--results", "results"))
     return {"report": [Path(box, opt("--out", "-"))],
