@@ -361,6 +361,7 @@ def test_bounds_are_refused_with_what_fits(box, capsys, argv, message):
 # Found by the search and kept: each failed once.
 @example(["run", "--grid", "demo", "--seeds", "100000000", "--dry-run"])
 @example(["plan", "--grid", "demo", "--seeds", "100000000"])
+@example(["run", "--grid", "demo", "--seeds", "1e8", "--dry-run"])
 @example(["status", "--grid", "demo", "--results", "{file}"])
 @example(["report", "--grid", "demo", "--results", "{missing}"])
 @example(["eval", "--model", "small_cnn", "--checkpoint", "{folder}", "--dataset", "digits", "--n", "10"])
