@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -133,6 +135,9 @@ def _check_threads(args) -> None:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads}); leave it out for torch's default "
                          "($SLURM_CPUS_PER_TASK under SLURM)")
+    most = 8 * (os.cpu_count() or 1)  # 10^8 threads never answered
+    if threads is not None and threads > most:
+        raise UsageError(f"--threads must be <= {most} on this machine (8 per CPU core; got {threads})")
 
 
 def _procs(args) -> int:
@@ -177,6 +182,23 @@ def results_folder(args, must_exist: bool = True) -> Path:
         raise UsageError(f"--results {path} does not exist: check the path (the folder given to `bench run "
                          "--results`, default: results)")
     return path
+
+
+def output_path(path: str, what: str, folder: bool) -> Path:
+    """Where a command writes what it made (report --out: a file, plot --out: a folder), checked before anything
+    is computed: a folder where a file is due or the reverse, or a place below a file, is one line."""
+    out = Path(path)
+    want, other = ("folder", "file") if folder else ("file", "folder")
+    if out.exists() and out.is_dir() != folder:
+        raise UsageError(f"{what} {out} is a {other}, not a {want}: give the path of a {want}")
+    above = out if out.is_symlink() and not out.exists() else out.parent
+    while not above.exists() and not above.is_symlink():
+        above = above.parent
+    if above.is_symlink() and not above.exists():
+        raise UsageError(f"{what} {out}: the link {above} leads nowhere (a loop, or to nothing): give another path")
+    if not above.is_dir():
+        raise UsageError(f"{what} {out}: {above} is a file, so nothing can be written below it: give another path")
+    return out
 
 
 # -- --only -------------------------------------------------------------------------------------------------
@@ -250,6 +272,8 @@ def cmd_report(args) -> int:
     from bench.report.tables import report
 
     results = results_folder(args)
+    if args.out:  # checked before the table is computed
+        output_path(args.out, "--out", folder=False)
     if args.evals:
         from bench.report.evals import evals_report
 
@@ -294,11 +318,12 @@ def cmd_plot(args) -> int:
     from bench.report.plots import FIG1_METHODS, plot
 
     results = results_folder(args)
+    out = output_path(args.out or str(results / "figures"), "--out", folder=True)
     methods = FIG1_METHODS if args.methods is None else (
         None if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     for m in methods or ():
         get_method(m)  # an unknown name is bad input: one line, exit 2
-    for path in plot(args.figure, grid_runs(args), results, Path(args.out or results / "figures"),
+    for path in plot(args.figure, grid_runs(args), results, out,
                      name=args.grid, run=args.run, n=args.n, data_root=args.data_root, methods=methods):
         print(f"wrote {path}")
     return 0
@@ -674,8 +699,16 @@ def _eval_parser(sub) -> None:
     sp.set_defaults(func=cmd_eval, compile=False, procs_per_run=None, gpus_per_run=None)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals as one line with where to look, like the suite's own: its usage block would bury the
+    line that says what is wrong (a subcommand's parser is made by the same class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
+    p = _OneLineParser(prog="bench", description="afd-bench: adversarial fine-tuning benchmark")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_run_parser, _report_parser, _compare_parser, _plot_parser, _status_and_plan_parsers, _speed_parser,
                 _speed_eval_parser, _doctor_parser, _eval_parser):
@@ -684,6 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin(sp)
     sp.set_defaults(func=cmd_list)
     return p
+
+
+# A path that the operating system refuses as a path (too long, a symlink loop, a file where a folder is due, no
+# permission), wherever in a command it is first used, is bad input: one line naming it.
+PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.ENOENT, errno.EROFS}
+
+
+def one_line(message: str) -> str:
+    """A message on one line whatever it quotes (a name given with a line break in it)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -703,7 +746,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins.load_modules(getattr(args, "plugin", None) or [])
         return args.func(args)
     except (ConfigError, DataError, ModelError) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
+        print(f"bench: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in PATH_ERRNOS:  # a disk that fills up mid-run is no bad input: its traceback stands
+            raise
+        print(f"bench: error: {one_line(str(e.filename))}: {e.strerror}: check the path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted; run the same command again to resume", file=sys.stderr)

@@ -76,7 +76,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, a pickle with code in it, not a torch file: all refused
-        raise ConfigError(f"checkpoint {path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+        raise ConfigError(f"checkpoint {path} cannot be read safely ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
                           "save it with torch.save(model.state_dict(), path)") from None
     meta: dict[str, Any] = {}
     if isinstance(blob, Mapping) and "digest" in blob:
@@ -95,7 +95,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
                     meta = {k: v for k, v in blob.items() if k != key and not isinstance(v, (Mapping, Tensor))}
                     break
         if state is None:
-            keys = sorted(blob)[:6] if isinstance(blob, Mapping) else type(blob).__name__
+            keys = sorted(map(str, blob))[:6] if isinstance(blob, Mapping) else type(blob).__name__
             raise ConfigError(f"checkpoint {path} holds no state dict (found {keys}); expected a state dict or "
                               f"one under {', '.join(repr(k) for k in WRAPPER_KEYS)}")
     return _strip_prefixes(state), meta
@@ -182,5 +182,12 @@ def load_into(model: nn.Module, path: str | Path, *, allow_normalization: bool =
         raise ConfigError(f"checkpoint {path} does not fit this architecture: {'; '.join(parts)}; "
                           "check --model (`bench list`; resnet18_afd is the AFD code's ResNet18) and the number of "
                           "classes, or give --model pkg.module:factory with the checkpoint's own architecture")
+    # a float weight saved in another float precision is cast; one of integers, booleans or complex numbers is no
+    # weight of this model (the cast would drop digits or an imaginary part without a word)
+    kinds = [f"{k} {state[k].dtype}" for k, v in mine.items()
+             if v.is_floating_point() and not state[k].is_floating_point()]
+    if kinds:
+        raise ConfigError(f"checkpoint {path} holds weights that are not floating point ({', '.join(kinds[:2])}"
+                          f"{' ...' if len(kinds) > 2 else ''}): save the model's own state dict")
     model.load_state_dict({k: state[k].to(mine[k].dtype) for k in mine})
     return meta

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -63,6 +64,30 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message is one line saying what is wrong and how to fix it."""
 
 
+# Bounds that only a typo crosses (10^8 epochs, a batch of 10^9 images): refused while a config is checked, before
+# a grid is expanded or anything allocated, with the number that fits in the line. The paper's longest recipe
+# trains 200 epochs; ten thousand is still days of a small CNN.
+MAX_EPOCHS = 10_000
+IMAGE_BYTES = 3 * 32 * 32 * 4  # one 32x32 RGB image in fp32: a step's input; activations and larger images need more
+
+
+def machine_memory() -> int:
+    """Bytes of this machine's memory (0 where the OS does not say: then no batch is refused for its size)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_batch(what: str, batch: int, image_bytes: int = IMAGE_BYTES) -> None:
+    """ConfigError when ``batch`` images of ``image_bytes`` each fill more than this machine's memory."""
+    mem = machine_memory()
+    if mem and batch * image_bytes > mem:
+        raise ConfigError(f"{what} must be at most {mem // image_bytes} on this machine (got {batch}): that many "
+                          f"images alone are {batch * image_bytes / 2**30:,.0f} GiB, the machine has "
+                          f"{mem / 2**30:,.0f} GiB")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimizer and schedule. Defaults are overridden by each method's paper recipe."""
@@ -92,8 +117,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1 (got {self.epochs})")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"train.epochs must be <= {MAX_EPOCHS} (got {self.epochs}): a typo? the paper's "
+                              "recipes train 10 to 200")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1 (got {self.batch_size})")
+        check_batch("train.batch_size", self.batch_size)
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise ConfigError(f"train.lr must be a finite number >= 0 (got {self.lr})")
         if self.n_train < 0:
@@ -140,6 +169,7 @@ class EvalConfig:
             raise ConfigError(f"eval.pgd_steps must be >= 1 (got {self.pgd_steps})")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1 (got {self.batch_size})")
+        check_batch("eval.batch_size", self.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)

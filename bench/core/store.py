@@ -20,6 +20,7 @@ Test hook: with ``BENCH_TEST_SLOW_WRITES=<seconds>`` in the environment, every a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bench.core.config import ConfigError
+from bench.core.config import ConfigError, EvalConfig, TrainConfig, coerce_like
 
 
 class CorruptFile(Exception):
@@ -117,6 +118,56 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+# The shape of a result that its readers (status, tables, claims, plan, figures) rely on: a field that is present
+# has this type. A file that differs (cut and mended by hand, of another schema version, written by other code) is
+# corrupt, reported as such on its run's line, and never half-read by a table. NUMBER admits the strings that
+# _json_safe stores for NaN and inf; None stands for a measurement that was not taken.
+NUMBER = (int, float, str, type(None))
+RESULT_SHAPE: dict[str, Any] = {
+    "status": str, "reason": (str, type(None)), "config": dict, "metrics": dict, "epochs": list, "extra": dict,
+    "seconds_per_epoch": NUMBER, "train_seconds": NUMBER, "wall_seconds": NUMBER, "wall_processes": NUMBER,
+    "peak_memory": dict, "versions": dict, "device": str, "device_name": (str, type(None)),
+}
+METRICS_SHAPE: dict[str, Any] = {"violations": (list, type(None)), "seconds": dict, "per_example": dict}
+CONFIG_SHAPE: dict[str, Any] = {"method": str, "model": str, "dataset": str, "seed": int, "eps": (int, float),
+                                "train": dict, "eval": dict, "hparams": list, "parent": (dict, type(None))}
+
+
+def misshapen(result: dict) -> str | None:
+    """What in ``result`` is not of the shape its readers rely on (RESULT_SHAPE), else None."""
+    def wrong(where: str, d: dict, shape: dict[str, Any]) -> str | None:
+        for key, kind in shape.items():
+            if key in d and (not isinstance(d[key], kind) or isinstance(d[key], bool) and kind in ((int, float), int)):
+                return f"field {where}{key} is a {type(d[key]).__name__}, not what a result holds there"
+        return None
+
+    metrics, config = result.get("metrics") or {}, result.get("config") or {}
+    why = wrong("", result, RESULT_SHAPE) or wrong("metrics.", metrics, METRICS_SHAPE) \
+        or wrong("config.", config, CONFIG_SHAPE)
+    if why:
+        return why
+    for key in ("clean", "pgd20", "aa", "f1_clean", "f2_clean"):  # accuracies: fractions (NaN: not measured)
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and not (0 <= v <= 1 or math.isnan(v)):
+            return f"metrics.{key} is {v}, not an accuracy in [0, 1]"
+    for key in ("n_clean", "n_pgd", "n_aa"):
+        v = metrics.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            return f"metrics.{key} is {v!r}, not a count of test images"
+    for part, cls in (("train", TrainConfig), ("eval", EvalConfig)):
+        given = config.get(part) or {}
+        for f in dataclasses.fields(cls):
+            if f.name in given and not coerce_like(f.default, given[f.name])[0]:
+                return f"config.{part}.{f.name} is {given[f.name]!r}, not a {type(f.default).__name__}"
+    nested = [("epochs", result.get("epochs") or [], dict), ("metrics.violations", metrics.get("violations") or [], str),
+              ("metrics.seconds", list((metrics.get("seconds") or {}).values()), NUMBER),
+              ("peak_memory", list((result.get("peak_memory") or {}).values()), (dict, type(None)))]
+    for where, items, kind in nested:
+        if any(not isinstance(v, kind) for v in items):
+            return f"an entry of {where} is not of the kind a result holds there"
+    return None
+
+
 class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -151,15 +202,20 @@ class Store:
         """The result of a run, None if it has none; raises CorruptFile if the file is unreadable."""
         path = self.result_path(rid)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as e:
+            raise CorruptFile(path, f"not a UTF-8 text file (byte {e.start})") from None
         try:
             result = json.loads(text)
         except json.JSONDecodeError as e:
             raise CorruptFile(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(result, dict) or result.get("run_id") != rid or "status" not in result:
             raise CorruptFile(path, "not a result file of this run (run_id or status missing)")
+        wrong = misshapen(result)
+        if wrong:
+            raise CorruptFile(path, wrong)
         return result
 
     def status(self, rid: str) -> str:

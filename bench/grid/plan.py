@@ -18,9 +18,11 @@ a robust one; ~45% robust for these models).
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from bench.core.config import RunConfig, run_id
 from bench.core.store import CorruptFile, Store
@@ -78,26 +80,43 @@ def _scale(model: str, dataset: str) -> tuple[float, str]:
 
 def measured_throughput(results: Path) -> dict[tuple, list[tuple[float, str]]]:
     out: dict[tuple, list[tuple[float, str]]] = {}
-    for _, r in Store(results).all_results():
-        if isinstance(r, CorruptFile) or r.get("status") != "done" or not r.get("epochs"):
+    for r, c in _finished(results):
+        if not r.get("epochs"):
             continue
-        c = r["config"]
-        key = (c["method"], c["model"], c["dataset"], c["train"]["batch_size"])
-        out.setdefault(key, []).append((float(r["seconds_per_epoch"]), str(r.get("device_name") or r.get("device"))))
+        with _unless_malformed():
+            key = (c["method"], c["model"], c["dataset"], c["train"]["batch_size"])
+            out.setdefault(key, []).append((float(r["seconds_per_epoch"]),
+                                            str(r.get("device_name") or r.get("device"))))
     return out
+
+
+def _finished(results: Path) -> Iterator[tuple[dict, dict]]:
+    """(result, its config) of each finished run. A file without a config (hand-edited, cut short, of another
+    schema) is no sample: `bench status` names such files; a plan learns nothing from them and does not fail."""
+    for _, r in Store(results).all_results():
+        if isinstance(r, CorruptFile) or r.get("status") != "done" or not isinstance(r.get("config"), dict):
+            continue
+        yield r, r["config"]
+
+
+@contextlib.contextmanager
+def _unless_malformed() -> Iterator[None]:
+    """Skip one sample whose fields are missing or of the wrong type (as ``_finished`` skips a whole file)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError):
+        pass
 
 
 def measured_peaks(results: Path) -> dict[tuple, float]:
     """(method, model, data set, batch size) -> median peak training memory in bytes of finished results that
     record it (bench/core/memory.py)."""
     samples: dict[tuple, list[float]] = {}
-    for _, r in Store(results).all_results():
-        if isinstance(r, CorruptFile) or r.get("status") != "done":
-            continue
-        b = ((r.get("peak_memory") or {}).get("train") or {}).get("bytes")
-        if isinstance(b, (int, float)) and b > 0:
-            c = r["config"]
-            samples.setdefault((c["method"], c["model"], c["dataset"], c["train"]["batch_size"]), []).append(b)
+    for r, c in _finished(results):
+        with _unless_malformed():
+            b = ((r.get("peak_memory") or {}).get("train") or {}).get("bytes")
+            if isinstance(b, (int, float)) and b > 0:
+                samples.setdefault((c["method"], c["model"], c["dataset"], c["train"]["batch_size"]), []).append(b)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -105,16 +124,15 @@ def measured_eval_rates(results: Path) -> dict[tuple, dict[str, float]]:
     """(model, dataset) -> median seconds per image of clean, of one PGD step, and of AutoAttack, from the
     per-measurement timings finished results record."""
     samples: dict[tuple, dict[str, list[float]]] = {}
-    for _, r in Store(results).all_results():
-        if isinstance(r, CorruptFile) or r.get("status") != "done":
-            continue
-        m, c = r.get("metrics") or {}, r["config"]
-        secs = m.get("seconds") or {}
-        per = samples.setdefault((c["model"], c["dataset"]), {})
-        for key, n, div in (("clean", m.get("n_clean"), 1), ("pgd20", m.get("n_pgd"), c["eval"]["pgd_steps"]),
-                            ("aa", m.get("n_aa"), 1)):
-            if isinstance(secs.get(key), (int, float)) and n:
-                per.setdefault(key, []).append(secs[key] / (n * div))
+    for r, c in _finished(results):
+        with _unless_malformed():
+            m = r.get("metrics") or {}
+            secs = m.get("seconds") or {}
+            per = samples.setdefault((c["model"], c["dataset"]), {})
+            for key, n, div in (("clean", m.get("n_clean"), 1), ("pgd20", m.get("n_pgd"), c["eval"]["pgd_steps"]),
+                                ("aa", m.get("n_aa"), 1)):
+                if isinstance(secs.get(key), (int, float)) and n:
+                    per.setdefault(key, []).append(secs[key] / (n * div))
     return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in samples.items() if d}
 
 

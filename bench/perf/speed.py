@@ -43,7 +43,7 @@ import torch
 
 from bench.core import determinism, numerics
 from bench.core.cpu import cpu_info, describe_cpu
-from bench.core.config import EPS_8, PRECISIONS, ConfigError
+from bench.core.config import EPS_8, PRECISIONS, ConfigError, check_batch, machine_memory
 from bench.core.runtime import resolve_device, set_threads
 from bench.data import Batch, DatasetInfo, Loader, Split
 from bench.models.architectures import MODELS, build_model
@@ -56,6 +56,9 @@ from methods import Context, StepInfo, build_method, get_method, make_hparams, r
 CIFAR10_TRAIN = 50_000
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
+# Timed and warm-up steps per method together: the default is 12, a careful measurement a few hundred; more is a
+# typo that would keep the machine busy for hours.
+MAX_STEPS = 10_000
 
 
 @dataclass
@@ -234,6 +237,7 @@ def measure(model: str = "small_cnn", methods: Sequence[str] = (), precision: st
     """Measure every method side by side; return the JSON-able report (see the module docstring). ``precision``
     None: the fastest the device runs natively (``bench.core.numerics.fastest_native``)."""
     methods = _checked(model, methods, precision, steps, warmup, batch_size)
+    _check_sizes(batch_size, steps, warmup, matmul_size, baseline_workers)
     dev = resolve_device(device)
     precision = precision or numerics.fastest_native(dev)
     warmup = max(warmup, 1) if compile else warmup  # the first step compiles: never timed
@@ -324,6 +328,22 @@ def _checked(model: str, methods: Sequence[str], precision: str | None, steps: i
     for m in methods:
         get_method(m)  # unknown names fail here, with the list of known ones
     return methods
+
+
+def _check_sizes(batch_size: int, steps: int, warmup: int, matmul_size: int | None, baseline_workers: int) -> None:
+    """What a typo makes too long or too big for the machine, refused with what fits before anything is made."""
+    if steps + warmup > MAX_STEPS:
+        raise ConfigError(f"--steps + --warmup must be <= {MAX_STEPS} (got {steps} + {warmup})")
+    check_batch("--batch-size", batch_size)
+    check_batch("--batch-size x (--steps + --warmup + 2)", batch_size * (steps + warmup + 2), 3 * IMAGE_SIZE ** 2)
+    mem = machine_memory()
+    if matmul_size is not None and (matmul_size < 1 or (mem and 3 * 4 * matmul_size ** 2 > mem)):
+        most = math.isqrt(mem // 12) if mem else None
+        raise ConfigError(f"--matmul-size must be in [1, {most}] on this machine (got {matmul_size}): three "
+                          "square fp32 matrices of that side")
+    most = 8 * (os.cpu_count() or 1)
+    if not 0 <= baseline_workers <= most:
+        raise ConfigError(f"--baseline-workers must be in [0, {most}] (8 per CPU core; got {baseline_workers})")
 
 
 def _compile(runners: list[StepRunner], compile: bool, log: Callable[[str], None]) -> dict[str, bool]:

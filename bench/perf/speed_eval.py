@@ -50,6 +50,8 @@ from bench.models.architectures import MODELS, build_model
 
 MEASURES = ("clean", "pgd20", "aa")
 CONTENDERS = ("ours", "ours_plain", "direct")
+MAX_TRAIN_STEPS = 100_000  # FGSM-RS steps of the model made here (default 100)
+MAX_REPS = 100  # interleaved rounds (default 2)
 
 
 SYNTHETIC = "synthetic colour classes"
@@ -191,6 +193,9 @@ def _checked(model: str, contenders: Sequence[str], n: int, reps: int, train_ste
                           f"and direct (the speed-up is their ratio)")
     if n < 1 or reps < 1 or train_steps < 0:
         raise ConfigError(f"need --n-images >= 1, --reps >= 1, --train-steps >= 0 (got {n}, {reps}, {train_steps})")
+    if train_steps > MAX_TRAIN_STEPS or reps > MAX_REPS:  # a typo that would keep the machine busy for hours
+        raise ConfigError(f"need --train-steps <= {MAX_TRAIN_STEPS} and --reps <= {MAX_REPS} "
+                          f"(got {train_steps}, {reps})")
     if n > 500:
         raise ConfigError("--n-images must be <= 500 (one evaluation chunk, so AutoAttack's seeds line up)")
     return tuple(c for c in CONTENDERS if c in contenders)

@@ -551,6 +551,9 @@ def plot(figure: str, grid: str | list[RunConfig], results: Path, out: Path, *, 
             print(f"bench plot: {NO_RUN_NOTE} for {', '.join(no_run)}: run the grid first", file=sys.stderr)
         fig = fig1(df, methods=methods)
     elif figure == "fig4":
+        if not (df.method == "afd").any():  # its panels are AFD's hyperparameters: nothing to draw them from
+            raise PlotError(f"fig4 sweeps AFD's hyperparameters: grid {name or 'given'} has no AFD run "
+                            "(use --grid fig4)")
         fig = fig4(df)
     elif figure == "fig3":
         afd = df[(df.method == "afd") & (df.status == "done")]

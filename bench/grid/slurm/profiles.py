@@ -183,6 +183,14 @@ def _resources_from(entries: dict, base: Resources, where: str) -> Resources:
         raise ProfileError(f"profile {where}: tasks must be an integer >= 0 (0: one per GPU) (got {res.tasks!r})")
     if not isinstance(res.nodes, int) or res.nodes < 1:
         raise ProfileError(f"profile {where}: nodes must be an integer >= 1 (got {res.nodes!r})")
+    if not isinstance(res.array_parallelism, int) or isinstance(res.array_parallelism, bool) \
+            or res.array_parallelism < 1:
+        raise ProfileError(f"profile {where}: array_parallelism must be an integer >= 1 (got "
+                           f"{res.array_parallelism!r})")
+    if not isinstance(entries.get("resources", {}), dict) or not all(
+            isinstance(v, dict) for v in entries.get("resources", {}).values()):
+        raise ProfileError(f"profile {where}: resources must be a table of \"model/dataset\" patterns, each a table "
+                           "of the keys above (see slurm/profiles.toml)")
     if res.gpus > 1 and res.tasks not in (0, res.gpus):
         raise ProfileError(f"profile {where}: {res.gpus} GPUs per node need one task each (tasks = {res.gpus} or 0)")
     res.time_min, res.mem_gb  # noqa: B018 - validate now, not at submission

@@ -96,7 +96,7 @@ def _run_status(cfg: RunConfig, store: Store, rec: dict | None, job: JobState | 
         return RunStatus(cfg, rid, "queued", job.reason, job_id)
     if job is not None and job.state in RUNNING_STATES:
         return RunStatus(cfg, rid, "running", f"slurm job {job_id}", job_id)
-    if (store.root / "locks" / f"{rid}.lock").exists() and store.is_locked(rid):
+    if (store.root / "locks" / f"{rid}.lock").is_file() and store.is_locked(rid):  # a folder there locks nothing
         return RunStatus(cfg, rid, "running", "locked by a process on this machine", job_id)
     if corrupt is not None:
         return RunStatus(cfg, rid, "corrupt", corrupt, job_id)
