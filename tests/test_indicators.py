@@ -326,3 +326,14 @@ def test_honest_model_under_autoattack_trips_nothing(honest, digits):
     print({k: v["value"] for k, v in m["indicators"].items()})
     assert m["unreliable"] == [] and {k for k in m["indicators"] if k.startswith("aa_")} == {
         "aa_randomized", "aa_probabilities", "aa_dynamic", "aa_zero_gradients", "aa_square_beats_whitebox"}
+
+
+def test_speed_eval_reports_the_indicators_cost_beside_the_evaluation(tmp_path, monkeypatch):
+    from bench.perf.speed_eval import measure_eval, render_eval
+
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path))  # synthetic images: no CIFAR-10 here
+    rep = measure_eval(n=16, reps=1, train_steps=0, contenders=("ours", "direct"), device="cpu")
+    cost = rep["indicators"]
+    assert cost["indicators_s"] > 0 and cost["indicators_subset_s"] > 0 and cost["evaluation_s"] > 0
+    assert cost["indicators_share"] == pytest.approx(cost["indicators_s"] / cost["evaluation_s"])
+    assert "indicators of attack failure (ours, in the same rounds): " in render_eval(rep)
