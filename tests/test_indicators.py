@@ -337,3 +337,14 @@ def test_speed_eval_reports_the_indicators_cost_beside_the_evaluation(tmp_path, 
     assert cost["indicators_s"] > 0 and cost["indicators_subset_s"] > 0 and cost["evaluation_s"] > 0
     assert cost["indicators_share"] == pytest.approx(cost["indicators_s"] / cost["evaluation_s"])
     assert "indicators of attack failure (ours, in the same rounds): " in render_eval(rep)
+
+
+def test_command_line_options_reach_the_runtime():
+    from bench.cli import _runtime, build_parser
+
+    parse = build_parser().parse_args
+    for cmd in (["run", "--grid", "demo"], ["eval", "--model", "small_cnn", "--checkpoint", "m.pt", "--dataset", "digits"]):
+        default = _runtime(parse(cmd))
+        assert default.eval_checks and default.eval_checks_n == 50
+        off = _runtime(parse(cmd + ["--no-eval-checks", "--eval-checks-n", "7"]))
+        assert not off.eval_checks and off.eval_checks_n == 7

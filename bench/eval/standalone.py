@@ -35,7 +35,7 @@ from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
 from bench.data import load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
-from bench.eval.indicators import verdict
+from bench.eval.indicators import IndicatorOptions, verdict
 from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model
 
@@ -155,7 +155,7 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout],
-                   fold_bn=rt.eval_fold_bn)
+                   fold_bn=rt.eval_fold_bn, checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
     metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
                      state_dir=out.with_suffix(".chunks"))
     result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics, "key_mapping": mapping,
