@@ -17,6 +17,7 @@ from bench.eval import indicators
 from bench.eval.attacks import PGDTrace, pgd
 from bench.eval.evaluator import Evaluator
 from bench.eval.indicators import INDICATORS, IndicatorOptions
+from conftest import REPO, SHARED_CIFAR
 
 EPS = 0.1  # a radius at which the honest MLP is partly robust, so that there is something to defend
 N = 120
@@ -348,3 +349,21 @@ def test_command_line_options_reach_the_runtime():
         assert default.eval_checks and default.eval_checks_n == 50
         off = _runtime(parse(cmd + ["--no-eval-checks", "--eval-checks-n", "7"]))
         assert not off.eval_checks and off.eval_checks_n == 7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"{SHARED_CIFAR} not present")
+@pytest.mark.parametrize("rid", sorted(p.stem for p in (REPO / "results" / "cpu" / "models").glob("*.pt")))
+def test_committed_cifar_models_trip_nothing(rid):
+    """The committed SmallCNN checkpoints (results/cpu/models), under the cpu grid's PGD protocol on 500 images:
+    no indicator trips (docs/evaluation-checks.md lists their values)."""
+    from bench.core.checkpoints import load_into
+    from bench.models.architectures import build_model
+
+    _, test, _ = load_dataset("cifar10-jpeg", SHARED_CIFAR.parent, None)
+    net = build_model("small_cnn", 10, 3)
+    load_into(net, str(REPO / "results" / "cpu" / "models" / f"{rid}.pt"))
+    m = Evaluator(test, EvalConfig(n_clean=500, n_pgd=500, n_aa=0, batch_size=500), 8 / 255,
+                  torch.device("cpu")).run(net.eval())
+    print(rid, {k: v["value"] for k, v in m["indicators"].items()})
+    assert m["unreliable"] == []
