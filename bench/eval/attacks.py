@@ -291,11 +291,11 @@ def autoattack(
 ) -> dict:
     """Run pyautoattack's AutoAttack (L-inf) and return the per-example worst case.
 
-    Returns ``{"robust": BoolTensor[N], "accuracy": float, "x_adv": Tensor, "checks": dict}``, ``checks`` being
-    what AutoAttack's own checks of the model warned (:class:`AAChecks`). An example is robust only if
-    it is classified correctly clean, AutoAttack's own bookkeeping found no successful attack on it, AND the
-    model (eval mode) still classifies the returned ``x_adv`` correctly -- the AND makes the result the worst
-    case over all four attacks even if one of the two sources were wrong (fra31/auto-attack#45).
+    Returns ``{"robust": BoolTensor[N], "accuracy": float, "x_adv": Tensor, "checks": dict}`` (``checks``: what
+    AutoAttack's own checks warned, :class:`AAChecks`). An example is robust only if it is classified correctly
+    clean, AutoAttack's own bookkeeping found no successful attack on it, AND the model (eval mode) still classifies
+    the returned ``x_adv`` correctly -- the AND makes the result the worst case over all four attacks even if one
+    of the two sources were wrong (fra31/auto-attack#45).
 
     ``contiguous_weights``: attack with the weights made NCHW-contiguous for the duration (and restored), the safe
     default for a caller's training model; ``False`` keeps their layout (the evaluator's private channels_last copy:
@@ -314,19 +314,17 @@ def autoattack(
     device = _attack_device(model, x, device)
 
     # Contiguous NCHW input (the pitfall in methods.md); no autograd history from the caller.
-    x = x.detach().contiguous()
-    y = y.detach()
+    x, y = x.detach().contiguous(), y.detach()
     changed: list[tuple[nn.Parameter, Tensor]] = []
-    heard = AAChecks(len(x))  # AutoAttack's own checks, stored with the result rather than only logged
-    aa_logger = logging.getLogger("auto-attack")
+    heard, aa_logger = AAChecks(len(x)), logging.getLogger("auto-attack")
     old_level = aa_logger.level
     try:
         with attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
             # _ContiguousGrad guard as a second line of defence for models that permute internally).
             changed = _to_contiguous_format(model) if contiguous_weights else []
-            # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense,
-            # zero gradients, Square beating white-box attacks), silence the rest.
+            # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense, zero
+            # gradients, Square beating white-box attacks), silence the rest; ``heard`` stores the checks' warnings.
             aa_logger.setLevel(logging.WARNING)
             aa_logger.addHandler(heard)
             x_adv, clean_ok, adv_ok, bookkeeping_ok = _run_autoattack(
