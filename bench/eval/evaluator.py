@@ -21,6 +21,12 @@ killed or requeued evaluation continues from the last finished chunk with the sa
 holds the per-example correctness (``per_example``: one '0'/'1' character per image) and the seconds each
 measurement took (``seconds``: clean, pgd20 with the gap, aa), summed over chunks across restarts.
 
+Indicators of attack failure (``bench.eval.indicators``, a runtime choice: ``checks``). The cheap ones are read off
+PGD-20's own path in the same chunks (``pgd()`` with a trace: the same x_adv), the costlier ones measured on the
+first ``checks.n_costly`` images in chunks of their own, AutoAttack's own check warnings kept with its chunks; so
+they resume with the rest. The result then holds ``indicators`` (name -> value, threshold, tripped, n, what) and
+``unreliable`` (the tripped names), and their seconds apart (``indicators``, ``indicators_subset``).
+
 Layout. The evaluated copy keeps its weights in ``memory_format`` (default channels_last, the faster layout for
 fp32 convolutions on GPUs and on these CPUs: PGD-20 of the small CNN 1.3x, ResNet18 1.1x on 2 AMD Zen 4 cores);
 inputs stay NCHW (the first convolution converts them), so the attacks' random starts, projections and every
