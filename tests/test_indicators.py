@@ -367,3 +367,24 @@ def test_committed_cifar_models_trip_nothing(rid):
                   torch.device("cpu")).run(net.eval())
     print(rid, {k: v["value"] for k, v in m["indicators"].items()})
     assert m["unreliable"] == []
+
+
+def test_bench_run_prints_and_stores_the_verdict(tmp_path, tiny_folder):
+    """`bench run`'s final evaluation: the indicators in the result, the verdict in its printout; with
+    --no-eval-checks neither (the same run id: the option is not part of the run)."""
+    from bench.core.config import run_id
+    from bench.core.runtime import Runtime
+    from bench.train.loop import execute
+    from conftest import tiny_run
+
+    cfg = tiny_run("vaft", f"folder:{tiny_folder}").parent
+    lines: list[str] = []
+    rt = Runtime(results=tmp_path / "on", data_root=tiny_folder.parent, device="cpu", progress=False)
+    res = execute(cfg, rt, log=lines.append)
+    m = res["metrics"]
+    assert isinstance(m["unreliable"], list) and set(m["indicators"]) >= set(indicators.CHEAP)
+    verdict = indicators.verdict(m["unreliable"])
+    assert any(line.endswith(verdict) and line.startswith(f"[{run_id(cfg)}]") for line in lines), lines[-5:]
+    off = execute(cfg, Runtime(results=tmp_path / "off", data_root=tiny_folder.parent, device="cpu", progress=False,
+                               eval_checks=False), log=lambda s: None)
+    assert "indicators" not in off["metrics"] and off["metrics"]["per_example"] == m["per_example"]
