@@ -127,7 +127,16 @@ def _runtime(args) -> "Runtime":
     _check_threads(args)
     return Runtime(results=Path(args.results), data_root=Path(args.data_root) if args.data_root else None,
                    device=args.device, threads=args.threads, compile=args.compile, eval_layout=args.eval_layout,
-                   eval_fold_bn=args.eval_fold_bn, procs=_procs(args), determinism=args.determinism)
+                   eval_fold_bn=args.eval_fold_bn, procs=_procs(args), determinism=args.determinism,
+                   **_eval_checks(args))
+
+
+def _eval_checks(args) -> dict:
+    """--no-eval-checks / --eval-checks-n of the commands that evaluate (bench.eval.indicators)."""
+    n = getattr(args, "eval_checks_n", 50)
+    if n < 0:
+        raise UsageError(f"--eval-checks-n must be >= 0 (got {n}); 0 leaves out the eps sweep and unbounded PGD")
+    return {"eval_checks": getattr(args, "eval_checks", True), "eval_checks_n": n}
 
 
 def _check_threads(args) -> None:
@@ -522,6 +531,12 @@ def _add_runtime(sp, threads: bool = True, trains: bool = False, evaluates: bool
         g.add_argument("--no-eval-fold-bn", dest="eval_fold_bn", action="store_false",
                        help="evaluate the model as it is, without folding each conv -> BatchNorm pair into one "
                             "conv (a runtime option: same ids; folding is faster)")
+        g.add_argument("--no-eval-checks", dest="eval_checks", action="store_false",
+                       help="leave out the indicators of attack failure (docs/evaluation-checks.md; a runtime "
+                            "option: same ids and numbers, the result then says nothing about them)")
+        g.add_argument("--eval-checks-n", type=int, default=50, metavar="N",
+                       help="images (the first N of the PGD set) for the costlier indicators, the eps sweep and "
+                            "the unbounded PGD (default 50; 0 leaves them out)")
 
 
 def _add_json(sp) -> None:

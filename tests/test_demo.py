@@ -37,6 +37,9 @@ def test_demo_grid_end_to_end(tmp_path):
         assert r["status"] == "done" and m["violations"] == [] and r["sanity"] == "ok"
         assert 0 <= m["pgd20"] <= m["clean"] <= 1 and 0 <= m["aa"] <= 1
         assert m["n_aa"] == 50 and m["n_pgd"] == 300
+        # honest models: no indicator of attack failure trips (docs/evaluation-checks.md); values shown with -s
+        print(r["config"]["method"], {k: round(v["value"], 4) for k, v in m["indicators"].items()})
+        assert m["unreliable"] == [], m["indicators"]
     latex = subprocess.run([sys.executable, "-m", "bench", "report", "--grid", "demo", "--format", "latex",
                             "--results", str(results)], capture_output=True, text=True, cwd=REPO, env=env)
     assert latex.returncode == 0 and "\\begin{tabular}" in latex.stdout and "\\toprule" in latex.stdout

@@ -29,6 +29,10 @@ class Runtime:
     # Fold each conv -> BatchNorm pair of the evaluated copy into one conv (bench/eval/evaluator.py): the same function,
     # one memory-bound pass less per layer. Same run ids; flips counted as for the layout.
     eval_fold_bn: bool = True
+    # Indicators of attack failure measured with every evaluation (bench/eval/indicators.py), the costlier ones on
+    # the first eval_checks_n images of the PGD set. Same ids: they add to a result, they change none of its numbers.
+    eval_checks: bool = True
+    eval_checks_n: int = 50
     # Processes per run (bench/core/distributed.py): data-parallel training and sharded evaluation of ONE run on this
     # many local processes (GPUs: one each; CPUs: gloo). Not part of a run's meaning: same run id and files.
     procs: int = 1

@@ -79,6 +79,7 @@ def pgd(
     eval_mode: bool = True,
     generator: torch.Generator | None = None,
     clamp_start: bool = True,
+    trace: "PGDTrace | None" = None,
 ) -> Tensor:
     """L-inf PGD maximizing ``loss``; returns a detached ``x_adv`` in the eps-ball around ``x`` and in [0, 1].
 
@@ -95,6 +96,8 @@ def pgd(
         loss: ``"ce"`` (summed cross-entropy), ``"kl"`` (TRADES), or a callable ``(logits, y) -> scalar``.
         eval_mode: put the model in eval mode while attacking (its previous modes are restored).
         generator: optional RNG for the random start (reproducible attacks without touching the global RNG).
+        trace: optional :class:`PGDTrace`, handed every iterate's logits and input gradient (the attack's
+            checks, ``bench.eval.indicators``); it only reads them, so ``x_adv`` is the same with or without it.
     """
     _check_pgd_args(y, eps=eps, step_size=step_size, steps=steps, loss=loss)
     x = x.detach()
@@ -105,10 +108,42 @@ def pgd(
             x_adv = torch.clamp(x_adv, 0.0, 1.0)
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            value = objective(model(x_adv))
-            (grad,) = torch.autograd.grad(value, [x_adv])
+            logits = model(x_adv)
+            (grad,) = torch.autograd.grad(objective(logits), [x_adv])
+            if trace is not None:
+                trace.record(logits, grad)
             x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()
+
+
+class PGDTrace:
+    """What :func:`pgd` saw along its path, per example, for the checks of a failed attack (Pintor et al. 2022):
+    the margin ``z_y - max_{j != y} z_j`` of every iterate (``margins``: one tensor per step, iterate 0 = the
+    start; the margin, not the cross-entropy, because its sign is the prediction and it moves about linearly
+    with a sign step), whether the iterate was misclassified (``wrong``), and whether the first input gradient
+    was zero or not finite (``bad_first_grad``). Computed from detached copies, outside the attack's graph."""
+
+    def __init__(self, y: Tensor):
+        self.y = y
+        self.margins: list[Tensor] = []
+        self.wrong: list[Tensor] = []
+        self.bad_first_grad: Tensor | None = None
+
+    @torch.no_grad()
+    def record(self, logits: Tensor, grad: Tensor) -> None:
+        logits = logits.detach().float()
+        self.margins.append(margin(logits, self.y))
+        self.wrong.append(logits.argmax(1) != self.y)
+        if self.bad_first_grad is None:
+            g = grad.detach().flatten(1)
+            self.bad_first_grad = (g == 0).all(1) | ~torch.isfinite(g).all(1)
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Per example: the true class's logit minus the largest other one (negative = misclassified)."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.amax(1)
 
 
 def _check_pgd_args(y: Tensor | None, *, eps: float, step_size: float, steps: int, loss: LossArg) -> None:
@@ -256,10 +291,11 @@ def autoattack(
 ) -> dict:
     """Run pyautoattack's AutoAttack (L-inf) and return the per-example worst case.
 
-    Returns ``{"robust": BoolTensor[N], "accuracy": float, "x_adv": Tensor}``. An example is robust only if
-    it is classified correctly clean, AutoAttack's own bookkeeping found no successful attack on it, AND the
-    model (eval mode) still classifies the returned ``x_adv`` correctly -- the AND makes the result the worst
-    case over all four attacks even if one of the two sources were wrong (fra31/auto-attack#45).
+    Returns ``{"robust": BoolTensor[N], "accuracy": float, "x_adv": Tensor, "checks": dict}`` (``checks``: what
+    AutoAttack's own checks warned, :class:`AAChecks`). An example is robust only if it is classified correctly
+    clean, AutoAttack's own bookkeeping found no successful attack on it, AND the model (eval mode) still classifies
+    the returned ``x_adv`` correctly -- the AND makes the result the worst case over all four attacks even if one
+    of the two sources were wrong (fra31/auto-attack#45).
 
     ``contiguous_weights``: attack with the weights made NCHW-contiguous for the duration (and restored), the safe
     default for a caller's training model; ``False`` keeps their layout (the evaluator's private channels_last copy:
@@ -278,28 +314,75 @@ def autoattack(
     device = _attack_device(model, x, device)
 
     # Contiguous NCHW input (the pitfall in methods.md); no autograd history from the caller.
-    x = x.detach().contiguous()
-    y = y.detach()
+    x, y = x.detach().contiguous(), y.detach()
     changed: list[tuple[nn.Parameter, Tensor]] = []
-    aa_logger = logging.getLogger("auto-attack")
+    heard, aa_logger = AAChecks(len(x)), logging.getLogger("auto-attack")
     old_level = aa_logger.level
     try:
         with attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
             # _ContiguousGrad guard as a second line of defence for models that permute internally).
             changed = _to_contiguous_format(model) if contiguous_weights else []
-            # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense,
-            # zero gradients, Square beating white-box attacks), silence the rest.
+            # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense, zero
+            # gradients, Square beating white-box attacks), silence the rest; ``heard`` stores the checks' warnings.
             aa_logger.setLevel(logging.WARNING)
+            aa_logger.addHandler(heard)
             x_adv, clean_ok, adv_ok, bookkeeping_ok = _run_autoattack(
                 AutoAttack, model, x, y, eps=eps, version=version, batch_size=batch_size, device=device, seed=seed)
     finally:
+        aa_logger.removeHandler(heard)
         aa_logger.setLevel(old_level)
         for p, original in changed:  # give the caller back its (e.g. channels_last) weights, untouched
             p.data = original
 
     robust = _worst_case(x, x_adv, eps, clean_ok, adv_ok, bookkeeping_ok)
-    return {"robust": robust, "accuracy": robust.float().mean().item(), "x_adv": x_adv}
+    return {"robust": robust, "accuracy": robust.float().mean().item(), "x_adv": x_adv, "checks": heard.values()}
+
+
+class AAChecks(logging.Handler):
+    """Collects the warnings of pyautoattack's checks (its ``checks.py``) while it runs, as numbers:
+
+    * ``aa_randomized``: 1 when repeated forward passes gave other outputs (``check_randomized``);
+    * ``aa_probabilities``: 1 when the outputs look like probabilities rather than logits (``check_range_output``);
+    * ``aa_dynamic``: 1 when the forward pass itself calls autograd (``check_dynamic``);
+    * ``aa_zero_gradients``: the largest share of the attacked examples with an all-zero gradient that APGD
+      reported (``check_zero_gradients``);
+    * ``aa_square_beats_whitebox``: how much lower Square, black-box, put the robust accuracy than the best
+      white-box attack (``check_square_sr``; it warns above 0.002).
+    """
+
+    KEYS = ("aa_randomized", "aa_probabilities", "aa_dynamic", "aa_zero_gradients", "aa_square_beats_whitebox")
+
+    def __init__(self, n: int):
+        super().__init__(level=logging.WARNING)
+        self.n = max(1, n)
+        self.seen = dict.fromkeys(self.KEYS, 0.0)
+        try:  # pyautoattack's dynamic-defense check counts autograd calls in a module-level dict it never resets
+            from pyautoattack import checks
+            checks.funcs.update(dict.fromkeys(checks.funcs, 0))
+        except (ImportError, AttributeError):  # pragma: no cover - another packaging of AutoAttack
+            pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import re
+
+        msg = record.getMessage()
+        if "randomized defense" in msg:
+            self.seen["aa_randomized"] = 1.0
+        elif "probability distribution" in msg:
+            self.seen["aa_probabilities"] = 1.0
+        elif "dynamic defense" in msg:
+            self.seen["aa_dynamic"] = 1.0
+        elif "zero gradient" in msg:
+            count = re.search(r"there are (?:tensor\()?(\d+)", msg)  # the count is printed as a tensor
+            share = int(count.group(1)) / self.n if count else 1.0
+            self.seen["aa_zero_gradients"] = max(self.seen["aa_zero_gradients"], share)
+        elif "Square Attack has decreased" in msg:
+            drop = re.search(r"of ([0-9.]+)%", msg)
+            self.seen["aa_square_beats_whitebox"] = float(drop.group(1)) / 100 if drop else 1.0
+
+    def values(self) -> dict[str, float]:
+        return dict(self.seen)
 
 
 def _attack_device(model: nn.Module, x: Tensor, device) -> torch.device:

@@ -21,6 +21,12 @@ killed or requeued evaluation continues from the last finished chunk with the sa
 holds the per-example correctness (``per_example``: one '0'/'1' character per image) and the seconds each
 measurement took (``seconds``: clean, pgd20 with the gap, aa), summed over chunks across restarts.
 
+Indicators of attack failure (``bench.eval.indicators``, a runtime choice: ``checks``). The cheap ones are read off
+PGD-20's own path in the same chunks (``pgd()`` with a trace: the same x_adv), the costlier ones measured on the
+first ``checks.n_costly`` images in chunks of their own, AutoAttack's own check warnings kept with its chunks; so
+they resume with the rest. The result then holds ``indicators`` (name -> value, threshold, tripped, n, what) and
+``unreliable`` (the tripped names), and their seconds apart (``indicators``, ``indicators_subset``).
+
 Layout. The evaluated copy keeps its weights in ``memory_format`` (default channels_last, the faster layout for
 fp32 convolutions on GPUs and on these CPUs: PGD-20 of the small CNN 1.3x, ResNet18 1.1x on 2 AMD Zen 4 cores);
 inputs stay NCHW (the first convolution converts them), so the attacks' random starts, projections and every
@@ -62,7 +68,9 @@ from bench.core.distributed import all_gather_objects
 from bench.core.numerics import exact_fp32
 from bench.core.store import atomic_torch_save, content_digest
 from bench.data import Split
-from bench.eval.attacks import autoattack, fgsm, pgd
+from bench.eval import indicators
+from bench.eval.attacks import AAChecks, PGDTrace, autoattack, fgsm, pgd
+from bench.eval.indicators import IndicatorOptions
 from bench.models.architectures import feature_extractor_and_head
 
 PENULTIMATE = "penultimate features"  # FeatureMap's default: the last hidden layer of the exported model
@@ -96,6 +104,8 @@ class Evaluator:
     world: Any = None
     # Fold each conv -> BatchNorm pair of the evaluated copy into one conv (see the module doc); a runtime choice
     fold_bn: bool = True
+    # Indicators of attack failure measured with the evaluation (bench/eval/indicators.py); a runtime choice
+    checks: IndicatorOptions = IndicatorOptions()
 
     def _batches(self, n: int):
         n = min(n, len(self.test))
@@ -144,9 +154,9 @@ class Evaluator:
         ``features`` must already be prepared (``prepare``)."""
         correct, gaps = [], []
         for k, _ in enumerate(range(0, min(n, len(self.test)), self.cfg.batch_size)):
-            ok, gap = self._pgd_chunk(model, k, n, features)
-            correct.append(ok)
-            gaps.append(gap)
+            got = self._pgd_chunk(model, k, n, features)
+            correct.append(got["ok"])
+            gaps.append(got["gap"])
         correct = torch.cat(correct)
         return (correct, torch.cat(gaps)) if return_gap else correct
 
@@ -157,18 +167,26 @@ class Evaluator:
         x = self.test.images[i:j].to(self.device, non_blocking=True).float().div_(255)
         return x, self.test.labels[i:j].to(self.device, non_blocking=True)
 
-    def _pgd_chunk(self, model: nn.Module, k: int, n: int, features) -> tuple[Tensor, Tensor]:
-        """PGD-20 correctness and feature gap of chunk k; its random start depends only on (seed, k)."""
+    def _pgd_chunk(self, model: nn.Module, k: int, n: int, features, checks: bool = False) -> dict[str, Tensor]:
+        """PGD-20 correctness ("ok") and feature gap ("gap") of chunk k; its random start depends only on (seed, k).
+        With ``checks``, also the per-example flags of the cheap indicators (``indicators.cheap_flags``), read off
+        the same attack: its x_adv and every accuracy are the same with or without them."""
         x, y = self._chunk(k, n)
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * k)
         feats = features if features is not None else feature_extractor_and_head(model)[0]
+        trace = PGDTrace(y) if checks else None
         x_adv = pgd(model, x, y, eps=self.eps, step_size=self.cfg.pgd_step_size, steps=self.cfg.pgd_steps,
-                    random_start=True, generator=gen, clamp_start=self.cfg.pgd_clamp_start)
+                    random_start=True, generator=gen, clamp_start=self.cfg.pgd_clamp_start, trace=trace)
         with torch.inference_mode():
-            ok = model(x_adv).argmax(1) == y
+            logits = model(x_adv)
+            ok = logits.argmax(1) == y
             # Figure 1a: per-sample L-inf norm of the feature difference
             gap = (feats(x) - feats(x_adv)).flatten(1).abs().amax(1)
-        return ok.cpu(), gap.float().cpu()
+        got = {"ok": ok.cpu(), "gap": gap.float().cpu()}
+        if trace is not None:  # the noise corner has its own stream: the attack's draws stay as they were
+            noise = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * k + 1)
+            got.update(indicators.cheap_flags(model, x, y, x_adv, trace, logits, eps=self.eps, generator=noise))
+        return got
 
     @staticmethod
     def gap_stats(gaps: Tensor, features: nn.Module | None) -> dict:
@@ -231,23 +249,31 @@ class Evaluator:
         metrics: dict = {"clean": float(clean.float().mean()), "n_clean": len(clean)}
         per_example = {"clean": _bits(clean)}
         pgd_ok = aa_ok = None
+        checks = self.checks.enabled
+        pgd_flags = radii_ok = None
         if cfg.n_pgd:
-            def pgd_chunk(k: int) -> dict[str, Tensor]:
-                ok, gap = self._pgd_chunk(model, k, cfg.n_pgd, prepared)
-                return {"ok": ok, "gap": gap}
-
-            got = measure("pgd20", cfg.n_pgd, pgd_chunk)
+            got = self._measure("pgd20", cfg.n_pgd, lambda k: self._pgd_chunk(model, k, cfg.n_pgd, prepared, checks),
+                                chunks, seconds, need=("ok", "gap") + (indicators.CHEAP if checks else ()))
             pgd_ok = got["ok"]
+            if checks:
+                pgd_flags, radii_ok = self._checks_of(got, model, chunks, seconds)
             metrics.update(pgd20=float(pgd_ok.float().mean()), n_pgd=len(pgd_ok),
                            **self.gap_stats(got["gap"], features))
             per_example["pgd20"] = _bits(pgd_ok)
             log(f"PGD-{cfg.pgd_steps} {metrics['pgd20']:.4f} on {len(pgd_ok)}")
+        aa_checks = None
         if cfg.n_aa:
-            aa_ok = measure("aa", cfg.n_aa, lambda k: self._aa_chunk(model, k))["ok"]
+            got = self._measure("aa", cfg.n_aa, lambda k: self._aa_chunk(model, k), chunks, seconds,
+                                need=("ok", "aa_checks") if checks else ("ok",))
+            aa_ok, aa_checks = got["ok"], got.get("aa_checks")
             metrics.update(aa=float(aa_ok.float().mean()), n_aa=len(aa_ok))
             per_example["aa"] = _bits(aa_ok)
             log(f"AutoAttack {metrics['aa']:.4f} on {len(aa_ok)}")
         metrics["violations"] = self.check_order(clean, pgd_ok, aa_ok)
+        if checks:
+            found = indicators.summarise(pgd_flags, radii_ok, aa_checks, cfg.n_aa)
+            metrics["indicators"], metrics["unreliable"] = found, indicators.unreliable(found)
+            log(indicators.verdict(metrics["unreliable"]))
         metrics["per_example"] = per_example
         metrics["seconds"] = seconds
         metrics["eval_layout"] = layout_name(self.memory_format)
@@ -255,9 +281,10 @@ class Evaluator:
         return metrics
 
     def _measure(self, name: str, n: int, fn: Callable[[int], dict[str, Tensor]], chunks: "_Chunks | None",
-                 seconds: dict[str, float]) -> dict[str, Tensor]:
+                 seconds: dict[str, float], need: tuple[str, ...] = ()) -> dict[str, Tensor]:
         """fn(k) -> tensors of chunk k, concatenated over the chunks of the first n test images; chunks already
-        stored are loaded instead of recomputed, and ``seconds[name]`` is set to the compute they cost. With
+        stored are loaded instead of recomputed (unless they lack a tensor named in ``need``: stored before the
+        indicators, or without them), and ``seconds[name]`` is set to the compute they cost. With
         several ranks, rank r computes the chunks k = r mod size and every rank gathers all of them (a chunk's
         result depends only on k: the same per-example results as one process)."""
         rank, size = (self.world.rank, self.world.size) if self.world is not None else (0, 1)
@@ -266,7 +293,7 @@ class Evaluator:
             if k % size != rank:
                 continue
             got = chunks.load(name, k) if chunks is not None else None
-            if got is None:
+            if got is None or not set(need) <= set(got):
                 t0 = time.perf_counter()
                 got = fn(k)
                 got["seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
@@ -279,7 +306,32 @@ class Evaluator:
         parts = [mine[k] for k in sorted(mine)]
         # seconds: summed over chunks (and ranks): the compute the measurement cost
         seconds[name] = sum(float(p.pop("seconds")) for p in parts)
-        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        # only what every chunk holds: chunks stored with and without the indicators' flags can meet
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0] if all(key in p for p in parts)}
+
+    def _checks_of(self, got: dict[str, Tensor], model: nn.Module, chunks: "_Chunks | None",
+                   seconds: dict[str, float]) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The cheap indicators' flags taken out of the PGD-20 chunks (their seconds moved from ``pgd20`` to
+        ``indicators``), and the costly ones measured on the first ``checks.n_costly`` images of the PGD set
+        (seconds: ``indicators_subset``), stored in chunks of their own (named by the options, so other options
+        never reuse them)."""
+        flags = {name: got.pop(name) for name in indicators.CHEAP}
+        spent = float(got.pop("check_seconds").sum())
+        seconds["pgd20"] -= spent
+        seconds["indicators"] = spent
+        opts = self.checks
+        n = min(opts.n_costly, self.cfg.n_pgd)
+        if n < 1:
+            return flags, None
+        name = "checks-" + hashlib.sha256(repr(opts).encode()).hexdigest()[:8]
+
+        def chunk(k: int) -> dict[str, Tensor]:
+            x, y = self._chunk(k, n)
+            return indicators.costly_flags(model, x, y, eps=self.eps, opts=opts, seed=self.seed + 1_000_003 * k)
+
+        radii = self._measure(name, n, chunk, chunks, seconds)["radii_ok"]
+        seconds["indicators_subset"] = seconds.pop(name)
+        return flags, radii
 
     def _clean_chunk(self, model: nn.Module, k: int) -> dict[str, Tensor]:
         """Clean correctness of chunk k of the first eval.n_clean test images."""
@@ -296,7 +348,8 @@ class Evaluator:
         aa = autoattack(model, x, self.test.labels[i:j], eps=self.eps, version="standard",
                         batch_size=cfg.batch_size, device=self.device, seed=self.seed,
                         contiguous_weights=False)  # prepared in self.memory_format; grads made NCHW
-        return {"ok": aa["robust"].cpu()}
+        checks = torch.tensor([[aa["checks"][key] for key in AAChecks.KEYS]], dtype=torch.float64)
+        return {"ok": aa["robust"].cpu(), "aa_checks": checks}
 
     def _key(self, model: nn.Module, features: nn.Module | None) -> str:
         """What a stored chunk is valid for: the evaluated weights (and gap features) and the protocol."""

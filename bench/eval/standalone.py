@@ -7,7 +7,8 @@ returning an ``nn.Module`` that maps [0, 1] images to logits; called with ``num_
 RobustBench model (``--zoo NAME``, the ``zoo`` extra). The checkpoint may be any format of ``bench.core.checkpoints``.
 Evaluation is exactly a run's (``bench.eval.evaluator.Evaluator``): clean, PGD-20 (step 0.003, random start), AutoAttack
 standard with the per-example worst case, the feature gap on the last hidden layer, AA <= PGD-20 <= clean checked
-per example, eval mode, fp32. It is stored in chunks under ``<results>/evals/<eval_id>.chunks/`` and resumes from
+per example, the indicators of attack failure (``bench.eval.indicators``: a result whose indicators trip says
+"evaluation potentially unreliable" and names them), eval mode, fp32. It is stored in chunks under ``<results>/evals/<eval_id>.chunks/`` and resumes from
 the last finished chunk after a kill; the result is ``<results>/evals/<eval_id>.json`` (config, metrics,
 per-example correctness, seconds per measurement, provenance), ``eval_id`` a hash of the model, the checkpoint's
 content and the protocol.
@@ -34,6 +35,7 @@ from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
 from bench.data import load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
+from bench.eval.indicators import IndicatorOptions, verdict
 from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model
 
@@ -153,7 +155,7 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout],
-                   fold_bn=rt.eval_fold_bn)
+                   fold_bn=rt.eval_fold_bn, checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
     metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
                      state_dir=out.with_suffix(".chunks"))
     result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics, "key_mapping": mapping,
@@ -203,6 +205,10 @@ def render(result: dict) -> str:
         lines.append(f"checkpoint keys mapped: {note}")
     lines.append(f"AA <= PGD-20 <= clean: {result['sanity']}" + (f" ({'; '.join(m['violations'])})"
                                                                if m.get("violations") else ""))
+    if "unreliable" in m:  # evaluations stored before the indicators have none: nothing is said about them
+        lines.append(verdict(m["unreliable"]))
+        lines += [f"  {name}: {d['value']:.4g} > {d['threshold']:g} ({d['what']}, n={d['n']})"
+                  for name, d in sorted(m["indicators"].items()) if d["tripped"]]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,10 @@ Three contenders evaluate the same fp32 model on the same first ``n`` test image
   and pyautoattack's ``AutoAttack(...).run_standard_evaluation`` called directly, robust = the model still
   classifies the returned x_adv correctly.
 
+The indicators of attack failure (``bench.eval.indicators``) run inside ``ours`` as in every evaluation; their
+seconds are kept apart from the measurements' and reported beside them (``indicators``: on every image, and on
+the subset), as a share of the evaluation measured in the same rounds.
+
 Reported per measurement (clean, pgd20, aa): images/s of each contender, the speedup of ``ours`` over
 ``direct``, and the number of images whose flag differs between ``ours`` and ``direct`` (and ``ours_plain`` and
 ``direct``): float-order flips of the layout, counted, never hidden. The evaluation total (PGD-20 + AA) is the
@@ -49,6 +53,8 @@ from bench.eval.evaluator import Evaluator
 from bench.models.architectures import MODELS, build_model
 
 MEASURES = ("clean", "pgd20", "aa")
+# the indicators' own seconds (bench/eval/indicators.py): on every attacked image, and on the costlier subset
+INDICATOR_SECONDS = ("indicators", "indicators_subset")
 CONTENDERS = ("ours", "ours_plain", "direct")
 MAX_TRAIN_STEPS = 100_000  # FGSM-RS steps of the model made here (default 100)
 MAX_REPS = 100  # interleaved rounds (default 2)
@@ -180,7 +186,18 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     return {"model": what, "data": data, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
-            "rows": _rows(secs, flags, n)}
+            "rows": _rows(secs, flags, n), "indicators": indicator_cost(secs["ours"])}
+
+
+def indicator_cost(rounds: list[dict]) -> dict:
+    """What the indicators of attack failure (bench/eval/indicators.py) cost inside ``ours``, measured in the
+    same evaluations as the rest (median over the rounds): seconds on every image and on the subset, and each as
+    a share of the evaluation they come with (clean + PGD-20 + AA, their own seconds excluded)."""
+    med = {k: statistics.median(s.get(k, 0.0) for s in rounds) for k in MEASURES + INDICATOR_SECONDS}
+    evaluation = sum(med[k] for k in MEASURES)
+    share = {k: med[k] / evaluation if evaluation > 0 else None for k in INDICATOR_SECONDS}
+    return {"evaluation_s": evaluation, **{f"{k}_s": med[k] for k in INDICATOR_SECONDS},
+            **{f"{k}_share": share[k] for k in INDICATOR_SECONDS}}
 
 
 def _checked(model: str, contenders: Sequence[str], n: int, reps: int, train_steps: int) -> tuple[str, ...]:
@@ -278,6 +295,12 @@ def render_eval(rep: dict) -> str:
         ips = [_rate(r.get(f"{c}_images_per_s")) for c in CONTENDERS]
         plain = "-" if r["speedup_plain"] is None else f"x{r['speedup_plain']:.2f}"
         lines.append("| " + " | ".join([r["measure"], *ips, f"x{r['speedup']:.2f}", plain, acc, flips]) + " |")
+    cost = rep.get("indicators")
+    if cost:
+        lines += ["", f"indicators of attack failure (ours, in the same rounds): {cost['indicators_s']:.1f}s on every "
+                  f"image (+{100 * (cost['indicators_share'] or 0):.1f}% of the evaluation's "
+                  f"{cost['evaluation_s']:.1f}s), {cost['indicators_subset_s']:.1f}s on the subset "
+                  f"(+{100 * (cost['indicators_subset_share'] or 0):.1f}%)"]
     lines += ["", "direct = the plain NCHW model, TRADES-style PGD-20 loop, pyautoattack run_standard_evaluation; "
               "ours = channels_last + BatchNorm folded; plain = NCHW, unfolded; "
               "flips = images whose flag differs from direct's (ours, and ours plain)"]

@@ -36,6 +36,7 @@ from bench.core.runtime import Runtime, set_threads
 from bench.core.store import CorruptFile, Store, content_digest
 from bench.data import Batch, DatasetInfo, Loader, Split, load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
+from bench.eval.indicators import IndicatorOptions
 from bench.models.architectures import build_model
 from bench.train.compiling import compile_unless_declared
 from bench.train.ema import EMA
@@ -344,7 +345,8 @@ class Run:
             if why is not None:
                 opts.log(f"[{rid}] {cfg.method}: training not compiled: {why}")
         evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed,
-                              memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world)
+                              memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world,
+                              checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
         return cls(cfg=cfg, rt=rt, world=world, opts=opts, store=store, rid=rid, device=device, started=started,
                    info=info, test_split=test_split, parent_model=parent_model, loader=loader, method=method,
                    ema=ema, step_fn=step_fn, evaluator=evaluator, bn_note=bn_note, progress=progress,
