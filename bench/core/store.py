@@ -128,7 +128,8 @@ RESULT_SHAPE: dict[str, Any] = {
     "seconds_per_epoch": NUMBER, "train_seconds": NUMBER, "wall_seconds": NUMBER, "wall_processes": NUMBER,
     "peak_memory": dict, "versions": dict, "device": str, "device_name": (str, type(None)),
 }
-METRICS_SHAPE: dict[str, Any] = {"violations": (list, type(None)), "seconds": dict, "per_example": dict}
+METRICS_SHAPE: dict[str, Any] = {"violations": (list, type(None)), "seconds": dict, "per_example": dict,
+                                 "unreliable": (list, type(None)), "indicators": dict}
 CONFIG_SHAPE: dict[str, Any] = {"method": str, "model": str, "dataset": str, "seed": int, "eps": (int, float),
                                 "train": dict, "eval": dict, "hparams": list, "parent": (dict, type(None))}
 
