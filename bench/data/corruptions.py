@@ -123,7 +123,7 @@ def load_cifar_c(folder: Path, test: Split, *, dataset_name: str, label: str,
 
     def images(cor: str) -> torch.Tensor:
         # One read of the whole file (all severities), then a view: no re-reading per severity.
-        arr = np.ascontiguousarray(arrays[cor]).reshape(len(SEVERITIES), n, h, w, c)
+        arr = np.array(arrays[cor]).reshape(len(SEVERITIES), n, h, w, c)
         return torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
 
     return CorruptionSet(dataset_name, label, corruptions, test.labels.clone(), images)
