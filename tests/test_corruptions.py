@@ -188,3 +188,19 @@ def test_bench_eval_threat_corruptions(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1 of the 15 corruptions missing (snow)" in err
     assert not (tmp_path / "bad" / "evals").exists()
+
+
+def test_zoom_of_all_images_at_once_equals_make_cifar_c_image_by_image():
+    from scipy.ndimage import zoom
+
+    x = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+
+    def one(img, factor):  # make_cifar_c.py's clipped_zoom on one (H, W, C) image
+        ch = int(np.ceil(32 / factor))
+        top = (32 - ch) // 2
+        out = zoom(img[top:top + ch, top:top + ch], (factor, factor, 1), order=1)
+        trim = (out.shape[0] - 32) // 2
+        return out[trim:trim + 32, trim:trim + 32]
+
+    for factor in (1.0, 1.07, 1.25):
+        assert np.allclose(gen.clipped_zoom(x, factor), np.stack([one(img, factor) for img in x]), atol=1e-6)

@@ -121,9 +121,14 @@ def clipped_zoom(x, factor):
     h = x.shape[1]
     ch = int(np.ceil(h / factor))
     top = (h - ch) // 2
-    out = ndimage.zoom(x[:, top:top + ch, top:top + ch], (1, factor, factor, 1), order=1)
-    trim = (out.shape[1] - h) // 2
-    return out[:, trim:trim + h, trim:trim + h]
+    # All images at once as the channels of one (ch, ch, N * C) array: the same per-image zoom (the last axis is
+    # not zoomed, so images never mix), a 3-D instead of a 4-D linear interpolation (faster).
+    crop = x[:, top:top + ch, top:top + ch]
+    stacked = np.ascontiguousarray(crop.transpose(1, 2, 0, 3).reshape(ch, ch, -1))
+    out = ndimage.zoom(stacked, (factor, factor, 1), order=1)
+    trim = (out.shape[0] - h) // 2
+    out = out[trim:trim + h, trim:trim + h].reshape(h, h, len(x), x.shape[3])
+    return out.transpose(2, 0, 1, 3)
 
 
 def zoom_blur(x, s, rng):
