@@ -3,7 +3,9 @@ robustness of a linear model and against pyautoattack run directly, the L2 evalu
 from L-inf's, resume), and ``bench eval --threat`` with its bad input answered in one line, exit 2, nothing written."""
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from bench.core.config import EvalConfig
 from bench.data import L2_EPS, Split, load_dataset
 from bench.eval.evaluator import Evaluator
 from bench.eval.l2 import L2Evaluator, autoattack_l2, l2_norms, pgd_l2, project_l2
-from bench.eval.standalone import make_spec
+from bench.eval.standalone import EvalSpec
 from bench.models.architectures import build_model
 from conftest import write_tiny_folder
 
@@ -137,24 +139,15 @@ def test_l2_evaluator_orders_resumes_and_keeps_its_chunks_apart(tmp_path):
 
 def test_default_radius_per_data_set_and_unchanged_linf_ids():
     assert L2_EPS["cifar10"] == 0.5 and L2_EPS["tiny-imagenet"] == 1.0
-    kw = dict(model="small_cnn", zoo=None, checkpoint=None, dataset="cifar10", n=10, n_aa=0, eps=8 / 255,
-              batch_size=10)
-    with pytest.raises(Exception):
-        make_spec(**kw)  # a checkpoint is needed; the ids are checked on specs below
-    from dataclasses import replace
-
-    from bench.eval.standalone import EvalSpec
-
     base = EvalSpec(model="small_cnn", checkpoint=None, checkpoint_digest="d", dataset="cifar10",
                     eval=EvalConfig(n_clean=10, n_aa=0))
-    import hashlib
-    from dataclasses import asdict
-
-    old = asdict(base)
+    old = asdict(base)  # the spec as it was before threat models: its id must not move
     for key in ("checkpoint", "threats", "eps_l2", "corruptions"):
         old.pop(key)
     assert base.eval_id() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
     assert replace(base, threats=("linf", "l2"), eps_l2=0.5).eval_id() != base.eval_id()
+    assert replace(base, threats=("linf", "l2"), eps_l2=1.0).eval_id() != replace(base, threats=("linf", "l2"),
+                                                                                   eps_l2=0.5).eval_id()
 
 
 def _argv(folder, ckpt, results, *extra):
