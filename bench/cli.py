@@ -399,7 +399,8 @@ def cmd_eval(args) -> int:
 
     eps = parse_eps(args.eps, "--eps")
     spec = make_spec(model=args.model, zoo=args.zoo, checkpoint=args.checkpoint, dataset=args.dataset, n=args.n,
-                     n_pgd=args.n_pgd, n_aa=args.n_aa, eps=eps, batch_size=args.batch_size, seed=args.seed)
+                     n_pgd=args.n_pgd, n_aa=args.n_aa, eps=eps, batch_size=args.batch_size, seed=args.seed,
+                     threat=args.threat, eps_l2=args.eps_l2, corruptions=args.corruptions)
     result = evaluate(spec, _runtime(args), log=lambda s: print(s, file=sys.stderr, flush=True))
     print(render(result), end="")
     print(f"result: {Path(args.results) / 'evals' / (result['eval_id'] + '.json')}")
@@ -552,6 +553,13 @@ def _add_evaluation(sp) -> None:
     g.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
     g.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
     g.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+    g.add_argument("--threat", default="linf", help="threat models, comma-separated: linf, l2, corruptions "
+                   "(default linf)")
+    g.add_argument("--eps-l2", default=None, help="L2 radius of --threat l2 in [0, 1] pixels over the whole image "
+                   "(default: the data set's, 0.5 for CIFAR-10)")
+    g.add_argument("--corruptions", default=None, help="the set of --threat corruptions: published (CIFAR-10-C, "
+                   "CIFAR-100-C, Tiny-ImageNet-C under --data-root; the default) or generated (CIFAR-sized, seeded, "
+                   "12 of the 15 corruptions, named CIFAR-10-C-generated)")
 
 
 def _run_parser(sub) -> None:

@@ -16,10 +16,17 @@ from bench.data.images import load_image_folder_dataset
 from bench.data.split import DataError, DatasetInfo, Split
 from bench.data.tiny_imagenet import load_tiny_imagenet
 
-__all__ = ["DATASETS", "load_dataset", "default_data_root", "default_cache_dir"]
+__all__ = ["DATASETS", "L2_EPS", "load_dataset", "default_data_root", "default_cache_dir"]
 
 # Names accepted by load_dataset besides the parametrised "folder:<path>".
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "tiny-imagenet", "cifar10-jpeg")
+
+# The default L2 radius of each data set (pixels in [0, 1], the norm over C x H x W). CIFAR-10: 0.5, RobustBench's
+# L2 threat model. Elsewhere a choice, stated here: the radius with the same root-mean-square change per pixel value
+# as 0.5 on a 3 x 32 x 32 image, 0.5 * sqrt(C * H * W / 3072): CIFAR-100 0.5, Tiny-ImageNet (3 x 64 x 64) 1.0,
+# digits (1 x 32 x 32) 0.29. An image folder has no default: give the radius.
+L2_EPS: dict[str, float] = {"cifar10": 0.5, "cifar10-jpeg": 0.5, "cifar100": 0.5, "tiny-imagenet": 1.0,
+                            "digits": 0.29}
 
 
 def default_data_root() -> Path:

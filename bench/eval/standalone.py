@@ -12,6 +12,14 @@ per example, the indicators of attack failure (``bench.eval.indicators``: a resu
 the last finished chunk after a kill; the result is ``<results>/evals/<eval_id>.json`` (config, metrics,
 per-example correctness, seconds per measurement, provenance), ``eval_id`` a hash of the model, the checkpoint's
 content and the protocol.
+
+Threat models (``--threat``, comma-separated, default ``linf``): ``linf`` is the evaluation above; ``l2`` the same
+evaluation in L2 (``bench.eval.l2``: PGD-20 with step eps/4, AutoAttack standard with norm='L2') at ``--eps-l2``
+(default: the data set's, ``bench.data.L2_EPS``), stored under ``metrics["l2"]``; ``corruptions`` the accuracy on
+every corruption and severity of the common-corruption set (``--corruptions published``: the files of CIFAR-10-C,
+CIFAR-100-C or Tiny-ImageNet-C under the data root; ``generated``: ``bench.data.corruptions``' seeded CIFAR-sized
+set) and their mean over all of them, under ``metrics["corruptions"]``. An evaluation of L-inf alone keeps the id it
+always had.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,13 +38,16 @@ from torch import nn
 
 from bench.core import determinism
 from bench.core.checkpoints import check_checkpoint_path, load_into
-from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps
+from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps, parse_fraction
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
-from bench.data import load_dataset
+from bench.data import L2_EPS, load_dataset
+from bench.data.corruptions import SEVERITIES, check_corruption_dataset, load_corruption_set
+from bench.eval.corruption_accuracy import corruption_accuracy, render_corruptions
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.eval.indicators import IndicatorOptions, verdict
+from bench.eval.l2 import L2Evaluator
 from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model
 
@@ -51,17 +63,83 @@ class EvalSpec:
     eval: EvalConfig
     eps: float = EPS_8
     seed: int = 0
+    threats: tuple[str, ...] = ("linf",)  # in THREATS' order
+    eps_l2: float | None = None  # the L2 radius, with "l2" only
+    corruptions: str | None = None  # "published" or "generated", with "corruptions" only
 
     def eval_id(self) -> str:
         d = asdict(self)
         d.pop("checkpoint")  # the content names the weights, not the path
+        if self.threats == ("linf",):  # what every evaluation was before threat models: the same ids
+            for key in ("threats", "eps_l2", "corruptions"):
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+THREATS = ("linf", "l2", "corruptions")
+CORRUPTION_SOURCES = ("published", "generated")
+
+
+def parse_threats(text: str) -> tuple[str, ...]:
+    """``--threat linf,l2,corruptions`` -> the threat models in THREATS' order; ConfigError in one line."""
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    unknown = [t for t in names if t not in THREATS]
+    if unknown or not names:
+        raise ConfigError(f"--threat {text!r}: unknown threat model {unknown[0] if unknown else '(none)'!r}; known: "
+                          f"{', '.join(THREATS)} (comma-separated)")
+    return tuple(t for t in THREATS if t in names)
+
+
+def parse_eps_l2(value: Any, what: str = "--eps-l2") -> float:
+    """An L2 radius in [0, 1] pixels, > 0 and finite (a number or a fraction); the upper end, the diameter of the
+    pixel cube sqrt(C * H * W), is checked once the data set is known (:func:`check_eps_l2`)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        eps = parse_fraction(value) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r}: expected a number like 0.5") from None
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ConfigError(f"{what} must be a finite number > 0 (an L2 radius over the image in [0, 1] pixels), got "
+                          f"{value}")
+    return eps
+
+
+def check_eps_l2(eps: float, channels: int, size: int) -> None:
+    """No two images of C x H x W pixels in [0, 1] are further apart than sqrt(C * H * W) in L2."""
+    top = math.sqrt(channels * size * size)
+    if eps > top:
+        raise ConfigError(f"--eps-l2 {eps} is outside (0, {top:.4g}]: no two {channels}x{size}x{size} images in "
+                          f"[0, 1] are further apart in L2")
+
+
+def _threat_fields(dataset: str, threat: str, eps_l2: Any, corruptions: str | None) -> dict:
+    """EvalSpec's threat-model fields from the command line's values; ConfigError in one line."""
+    threats = parse_threats(threat)
+    if eps_l2 is not None and "l2" not in threats:
+        raise ConfigError("--eps-l2 is the radius of --threat l2: add l2 to --threat or leave --eps-l2 out")
+    if corruptions is not None and "corruptions" not in threats:
+        raise ConfigError("--corruptions chooses the set of --threat corruptions: add corruptions to --threat")
+    out: dict[str, Any] = {"threats": threats}
+    if "l2" in threats:
+        if eps_l2 is None and dataset not in L2_EPS:
+            raise ConfigError(f"--threat l2: data set {dataset!r} has no default L2 radius; give one with --eps-l2")
+        out["eps_l2"] = L2_EPS[dataset] if eps_l2 is None else parse_eps_l2(eps_l2)
+    if "corruptions" in threats:
+        corruptions = corruptions or "published"
+        if corruptions not in CORRUPTION_SOURCES:
+            raise ConfigError(f"--corruptions {corruptions!r}: known: {', '.join(CORRUPTION_SOURCES)}")
+        check_corruption_dataset(dataset, corruptions)
+        out["corruptions"] = corruptions
+    return out
+
+
 def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dataset: str, n: int, n_aa: int | None,
-              eps: float, batch_size: int, seed: int = 0, n_pgd: int | None = None) -> EvalSpec:
+              eps: float, batch_size: int, seed: int = 0, n_pgd: int | None = None, threat: str = "linf",
+              eps_l2: Any = None, corruptions: str | None = None) -> EvalSpec:
     """What to evaluate: clean accuracy on the first ``n`` test images, PGD-20 on the first ``n_pgd`` (default
-    ``n``), AutoAttack on the first ``n_aa`` (default ``n_pgd``; 0 skips it)."""
+    ``n``), AutoAttack on the first ``n_aa`` (default ``n_pgd``; 0 skips it), under each threat model of
+    ``threat`` (see the module doc)."""
     if (model is None) == (zoo is None):
         raise ConfigError("give one of --model (with --checkpoint) or --zoo NAME")
     if zoo is not None and checkpoint is not None:
@@ -77,6 +155,7 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
         raise ConfigError(f"--n-aa must be in [0, --n-pgd] = [0, {n_pgd}] (got {n_aa}): AA <= PGD-20 is checked on "
                           "the images they share")
     eps = parse_eps(eps, "--eps")
+    threat_fields = _threat_fields(dataset, threat, eps_l2, corruptions)
     if checkpoint is not None:
         check_checkpoint_path(checkpoint)
     ev = EvalConfig(n_clean=n, n_pgd=n_pgd, n_aa=n_pgd if n_aa is None else n_aa, batch_size=batch_size)
@@ -84,7 +163,7 @@ def make_spec(*, model: str | None, zoo: str | None, checkpoint: str | None, dat
     return EvalSpec(model=model if zoo is None else f"zoo:{zoo}",
                     checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
                     checkpoint_digest=file_digest(checkpoint) if checkpoint else None,
-                    dataset=dataset, eval=ev, eps=eps, seed=seed)
+                    dataset=dataset, eval=ev, eps=eps, seed=seed, **threat_fields)
 
 
 def build(spec: EvalSpec, num_classes: int, channels: int, rt: Runtime) -> tuple[nn.Module, list[str]]:
@@ -130,7 +209,8 @@ def _from_factory(ref: str, num_classes: int) -> nn.Module:
 
 
 def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume, or return the finished) evaluation of ``spec``; writes and returns the result."""
+    """Run (or resume, or return the finished) evaluation of ``spec``; writes and returns the result. Every check
+    of the input (the data, the radius, the corruption files) comes before anything is written."""
 
     determinism.apply(rt.determinism, rt.torch_device())  # before any CUDA work
     store = Store(rt.results)
@@ -147,6 +227,10 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
         except json.JSONDecodeError:
             log(f"[{eid}] result {out} is unreadable; evaluating again")
     _, test, info = load_dataset(spec.dataset, rt.data_root, rt.cache_dir)
+    if spec.eps_l2 is not None:
+        check_eps_l2(spec.eps_l2, info.channels, info.image_size)
+    corrupted = (load_corruption_set(spec.dataset, spec.corruptions, test, info, rt.data_root, rt.cache_dir,
+                                     log=log) if spec.corruptions else None)
     model, mapping = build(spec, info.num_classes, info.channels, rt)
     for note in mapping:
         log(f"[{eid}] checkpoint keys mapped: {note}")
@@ -154,17 +238,51 @@ def evaluate(spec: EvalSpec, rt: Runtime, log: Callable[[str], None] = print) ->
     model = model.to(device).eval()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    ev = Evaluator(test, spec.eval, spec.eps, device, seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout],
-                   fold_bn=rt.eval_fold_bn, checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
-    metrics = ev.run(model, log=lambda s: log(f"[{eid}] {s}"), features=_gap_features(model),
-                     state_dir=out.with_suffix(".chunks"))
+    metrics = _measure_threats(spec, model, test, corrupted, rt, device, log=lambda s: log(f"[{eid}] {s}"),
+                               state_dir=out.with_suffix(".chunks"))
     result = {"eval_id": eid, "status": "done", "spec": asdict(spec), "metrics": metrics, "key_mapping": mapping,
-              "sanity": "violated" if metrics.get("violations") else "ok", "started": started,
+              "sanity": "violated" if _violations(metrics) else "ok", "started": started,
               "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - t0, **provenance(device)}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return result
+
+
+def _measure_threats(spec: EvalSpec, model: nn.Module, test, corrupted, rt: Runtime, device,
+                     log: Callable[[str], None], state_dir: Path) -> dict:
+    """The metrics of every threat model of ``spec``: L-inf at the top level as always, L2 under ``"l2"`` (its
+    clean accuracy is the top level's when L-inf is not measured), corruptions under ``"corruptions"``."""
+    kw = dict(seed=spec.seed, memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn)
+    metrics: dict[str, Any] = {}
+    if "linf" in spec.threats:
+        checks = IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n)
+        metrics = Evaluator(test, spec.eval, spec.eps, device, checks=checks, **kw).run(
+            model, log=log, features=_gap_features(model), state_dir=state_dir)
+    if "l2" in spec.threats:
+        l2 = L2Evaluator(test, spec.eval, spec.eps_l2, device, **kw).run(
+            model, log=lambda s: log(f"L2 {s}"), features=_gap_features(model), state_dir=state_dir)
+        shared = ("clean", "n_clean", "eval_layout", "eval_bn_folded")
+        if "linf" not in spec.threats:
+            metrics.update({key: l2[key] for key in shared}, per_example={"clean": l2["per_example"]["clean"]},
+                           seconds={"clean": l2["seconds"]["clean"]})
+        l2["per_example"].pop("clean")
+        l2["seconds"].pop("clean")
+        metrics["l2"] = {"eps": spec.eps_l2, **{key: v for key, v in l2.items() if key not in shared}}
+    if corrupted is not None:
+        ev = Evaluator(test, spec.eval, spec.eps, device, **kw)
+        prepared = ev.ready(model)[0]
+        if "clean" not in metrics:  # corruptions alone: the clean accuracy they are read against
+            t0 = time.perf_counter()
+            ok = ev.correct(prepared, spec.eval.n_clean)
+            metrics.update(clean=float(ok.float().mean()), n_clean=len(ok), seconds={"clean": time.perf_counter() - t0})
+        metrics["corruptions"] = corruption_accuracy(prepared, corrupted, device, spec.eval.batch_size, log=log)
+    return metrics
+
+
+def _violations(metrics: dict) -> list[str]:
+    """The order checks that failed, L-inf's and L2's (named so)."""
+    return list(metrics.get("violations") or []) + [f"L2: {v}" for v in (metrics.get("l2") or {}).get("violations", [])]
 
 
 class _Logits(nn.Module):
@@ -191,20 +309,30 @@ def _gap_features(model: nn.Module) -> nn.Module | None:
 
 def render(result: dict) -> str:
     m = result["metrics"]
-    rows = [("Clean", m.get("clean"), m.get("n_clean")), ("PGD-20", m.get("pgd20"), m.get("n_pgd")),
-            ("AutoAttack", m.get("aa"), m.get("n_aa"))]
+    l2 = m.get("l2") or {}
+    rows = [("Clean", m.get("clean"), m.get("n_clean"), m.get("seconds", {}).get("clean")),
+            ("PGD-20", m.get("pgd20"), m.get("n_pgd"), m.get("seconds", {}).get("pgd20")),
+            ("AutoAttack", m.get("aa"), m.get("n_aa"), m.get("seconds", {}).get("aa"))]
+    if l2:
+        rows += [(f"L2 PGD-20 (eps {l2['eps']:g})", l2.get("pgd20"), l2.get("n_pgd"), l2["seconds"].get("pgd20")),
+                 (f"L2 AutoAttack (eps {l2['eps']:g})", l2.get("aa"), l2.get("n_aa"), l2["seconds"].get("aa"))]
+    corr = m.get("corruptions")
+    if corr:
+        rows.append((f"{corr['label']}: mean of {len(corr['accuracy']) * len(SEVERITIES)}", corr["mean"], corr["n"],
+                     corr["seconds"]))
     lines = [f"| {result['spec']['model']} on {result['spec']['dataset']} | accuracy (%) | images | seconds |",
              "|:---|---:|---:|---:|"]
-    secs = m.get("seconds", {})
-    for (name, acc, n), key in zip(rows, ("clean", "pgd20", "aa")):
+    for name, acc, n, secs in rows:
         if acc is not None:
-            lines.append(f"| {name} | {100 * acc:.2f} | {n} | {secs.get(key, float('nan')):.1f} |")
+            lines.append(f"| {name} | {100 * acc:.2f} | {n} | {float('nan') if secs is None else secs:.1f} |")
     if m.get("feature_gap") is not None:
         lines.append(f"\nfeature gap ({m.get('feature_gap_of')}): {m['feature_gap']:.4f}")
+    if corr:
+        lines.append(render_corruptions(corr))
     for note in result.get("key_mapping") or []:
         lines.append(f"checkpoint keys mapped: {note}")
-    lines.append(f"AA <= PGD-20 <= clean: {result['sanity']}" + (f" ({'; '.join(m['violations'])})"
-                                                               if m.get("violations") else ""))
+    violations = _violations(m)
+    lines.append(f"AA <= PGD-20 <= clean: {result['sanity']}" + (f" ({'; '.join(violations)})" if violations else ""))
     if "unreliable" in m:  # evaluations stored before the indicators have none: nothing is said about them
         lines.append(verdict(m["unreliable"]))
         lines += [f"  {name}: {d['value']:.4g} > {d['threshold']:g} ({d['what']}, n={d['n']})"
