@@ -379,3 +379,20 @@ def test_a_plugin_edited_while_its_job_waits_runs_as_submitted(tmp_path, plugin_
     assert result["extra"]["code_mark"] == "submitted"
     snap = Path(record["snapshot"])
     assert f"plugin frz_live.std_e from {(snap / 'frz_live' / '__init__.py').resolve()}" in log
+
+
+def test_a_job_gets_every_runtime_option_of_the_command_line(tmp_path):
+    """job_runtime lists the runtime options one by one: a new Runtime field left out would be silently dropped on
+    the cluster (the job would run with its default). Only procs is not passed: a job's ranks come from SLURM."""
+    import dataclasses
+
+    from bench.core.runtime import Runtime
+    from bench.grid.slurm.profiles import Resources
+    from bench.grid.slurm.submission import job_runtime
+
+    rt = Runtime(results=tmp_path, data_root=tmp_path, eval_checks=False, eval_checks_n=7, eval_fold_bn=False,
+                 eval_layout="nchw", compile=True, determinism="fast", threads=3)
+    job = job_runtime(rt, Resources())
+    assert {f.name for f in dataclasses.fields(Runtime)} - set(job) == {"procs"}
+    assert (job["eval_checks"], job["eval_checks_n"], job["eval_fold_bn"], job["eval_layout"]) == (False, 7, False, "nchw")
+    assert Runtime(**{**job, "results": Path(job["results"])}).eval_checks is False

@@ -117,14 +117,16 @@ def plan_submission(runs: list[RunConfig], results: Path, profile_name: str, pro
 def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
     """The runtime a job gets: absolute paths (the job's working directory is the snapshot), the device from
     the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given, and
-    the runtime options of the command line (compile, evaluation layout and folding, determinism policy)."""
+    the runtime options of the command line (compile, evaluation layout and folding, the indicators of attack
+    failure and their subset, determinism policy)."""
     data_root = (rt.data_root or default_data_root()).expanduser().resolve()
     cache = rt.cache_dir or (Path(os.environ["BENCH_CACHE_DIR"]) if os.environ.get("BENCH_CACHE_DIR") else None)
     device = rt.device if rt.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
     return {"results": str(Path(rt.results).resolve()), "data_root": str(data_root),
             "cache_dir": str(cache.expanduser().resolve()) if cache else None, "device": device,
             "progress": False, "threads": rt.threads, "compile": rt.compile, "eval_layout": rt.eval_layout,
-            "eval_fold_bn": rt.eval_fold_bn, "determinism": rt.determinism}
+            "eval_fold_bn": rt.eval_fold_bn, "eval_checks": rt.eval_checks, "eval_checks_n": rt.eval_checks_n,
+            "determinism": rt.determinism}
 
 
 def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callable[[str], None] = print) -> None:
