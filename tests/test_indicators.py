@@ -197,6 +197,18 @@ class Oscillating(Negated):
         return grad if (self.calls - 1) // 5 % 2 == 0 else -grad
 
 
+# --- a defence that runs an optimisation in its forward pass (AutoAttack's "dynamic defense") ------------------
+class Purifying(Wrap):
+    """Test-time purification: one signed gradient step on the input towards a more confident prediction before
+    classifying it. Its forward calls autograd, which AutoAttack's check_dynamic looks for."""
+
+    def forward(self, x):
+        with torch.inference_mode(False), torch.enable_grad():  # evaluation's clean pass runs in inference mode
+            z = x.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(F.log_softmax(self.net(z), 1).amax(1).sum(), [z])
+        return self.net((x + 0.01 * g.sign()).clamp(0, 1))
+
+
 FAMILIES = {
     "zero_gradients": [Quantize, Threshold, Detached, Saturated, Saturated3, SaturatedProbabilities],
     "unbounded_pgd": [Quantize, Threshold, Detached, Negated, RandomGradient, Permuted, Constant],
@@ -311,7 +323,10 @@ def test_autoattack_warnings_are_captured_as_numbers():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls,name", [(SaturatedProbabilities, "aa_probabilities"), (RandomLogits, "aa_randomized"),
-                                      (Detached, "aa_zero_gradients")], ids=lambda v: getattr(v, "__name__", v))
+                                      (Detached, "aa_zero_gradients"), (Purifying, "aa_dynamic"),
+                                      # white-box attacks follow the negated gradient away; Square needs none
+                                      (Negated, "aa_square_beats_whitebox")],
+                         ids=lambda v: getattr(v, "__name__", v))
 def test_autoattack_checks_are_stored(honest, digits, cls, name):
     cfg = EvalConfig(n_clean=20, n_pgd=20, n_aa=20, pgd_steps=5, batch_size=20, pgd_step_size=2.5 * EPS / 5)
     model = cls(honest)
