@@ -438,3 +438,18 @@ def test_bench_run_prints_and_stores_the_verdict(tmp_path, tiny_folder):
     off = execute(cfg, Runtime(results=tmp_path / "off", data_root=tiny_folder.parent, device="cpu", progress=False,
                                eval_checks=False), log=lambda s: None)
     assert "indicators" not in off["metrics"] and off["metrics"]["per_example"] == m["per_example"]
+
+
+class ConstantClass(Wrap):
+    """Answers class 0 for every input (its zero gradient is real, and so is its robustness on class 0)."""
+
+    def forward(self, x):
+        return F.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_a_constant_classifier_is_no_failed_unbounded_attack(digits):
+    """At radius 1 an example can be broken only if the model gives some image another class: a constant
+    classifier keeps its class-0 examples at every radius, and that is no attack failure."""
+    m = evaluate(ConstantClass(nn.Identity()), digits[1])
+    assert m["clean"] > 0 and m["indicators"]["unbounded_pgd"]["value"] == 0
+    assert not m["indicators"]["unbounded_pgd"]["tripped"]

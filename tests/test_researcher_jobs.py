@@ -53,9 +53,11 @@ def test_a_three_seed_grid_through_every_command_with_the_same_options(tmp_path,
     capsys.readouterr()
 
     assert main(["status", *where]) == 0
-    assert _lines(capsys)[-1] == "7 done"  # 2 methods x 3 seeds and their one natural parent
+    # 2 methods x 3 seeds and their one natural parent (PGD-3 is a weak evaluation: the indicators may say so)
+    assert re.fullmatch(r"7 done(; \d runs? with an evaluation potentially unreliable)?", _lines(capsys)[-1])
     assert main(["status", *where[:2], *where[4:]]) == 0
-    assert _lines(capsys)[-1] == "3 done"  # without --seeds: seed 0 only, and says so by its count
+    # without --seeds: seed 0 only, and says so by its count
+    assert re.fullmatch(r"3 done(; \d runs? with an evaluation potentially unreliable)?", _lines(capsys)[-1])
 
     assert main(["report", *where]) == 0
     md = "\n".join(_lines(capsys))
@@ -131,8 +133,10 @@ def test_her_method_in_table1_beside_afd_with_a_verdict_then_stale_and_rerun(tmp
 
     plugin.write_text(PLUGIN.replace("SCALE = 1.0", "SCALE = 2.0"))
     status = _bench(tmp_path, "status", *where)
-    assert sum("(stale: mine_job changed)" in line for line in status.splitlines()) == 2  # both seeds
-    assert status.strip().splitlines()[-1] == "5 done, 2 stale"  # parent, vAFT and AFD x 2 seeds stand
+    assert sum("(stale: mine_job changed" in line for line in status.splitlines()) == 2  # both seeds
+    # parent, vAFT and AFD x 2 seeds stand (PGD-3 is a weak evaluation: the indicators may say so)
+    assert re.fullmatch(r"5 done, 2 stale(; \d runs? with an evaluation potentially unreliable)?",
+                        status.strip().splitlines()[-1])
     rerun = _bench(tmp_path, "run", *where, "--device", "cpu", "--threads", "2", "--rerun", "stale")
     assert rerun.count("archived and trained again from scratch") == 2
     assert "(stale" not in _bench(tmp_path, "status", *where)

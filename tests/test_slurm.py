@@ -8,6 +8,7 @@ The cluster tests are skipped, saying why, when `sinfo` cannot reach a controlle
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_grid_of_a_parent_and_two_children(tmp_path, folder, monkeypatch, capsys
     assert child["dependency"] == f"afterok:{parent_job}"
     # status: all done; a second run submits nothing
     assert main(["status", *args]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "3 done"
+    # (a tiny run's weak evaluation may trip the indicators of attack failure: the count says so after "3 done")
+    assert re.fullmatch(r"3 done(; \d runs? with an evaluation potentially unreliable)?",
+                        capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["run", *args, "--executor", "slurm", "--profile", "local"]) == 0
     assert "0 job(s) in 0 array(s); not submitted: 3 done" in capsys.readouterr().out
 
