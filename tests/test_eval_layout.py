@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from bench.eval.attacks import _AAModel
+from bench.eval.attacks import ContiguousInput
 from bench.core.config import ConfigError, EvalConfig
 from bench.data import DataError, load_dataset
 from bench.eval.evaluator import Evaluator, FeatureMap, fold_batchnorm, fold_batchnorm_checked
@@ -80,8 +80,8 @@ def test_autoattack_gets_contiguous_input_gradients_from_a_channels_last_copy():
     odd = torch.nn.Sequential(_ToChannelsLast(), model)
     assert not input_grad(odd).is_contiguous()
     # ... and the guard hands AutoAttack a contiguous one, for it and for the evaluator's copy alike
-    assert input_grad(_AAModel(odd)).is_contiguous()
-    assert input_grad(_AAModel(model)).is_contiguous()
+    assert input_grad(ContiguousInput(odd)).is_contiguous()
+    assert input_grad(ContiguousInput(model)).is_contiguous()
 
 
 def test_stored_chunks_are_kept_apart_by_layout_and_folding(tmp_path):

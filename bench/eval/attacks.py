@@ -228,7 +228,7 @@ def fgsm(
     )
 
 
-class _ContiguousGrad(torch.autograd.Function):
+class ContiguousGradient(torch.autograd.Function):
     """Identity whose backward makes the incoming gradient contiguous (NCHW).
 
     pyautoattack's zero-gradient check (APGD-T) does ``grad.view(B, -1)``, which crashes on a non-contiguous
@@ -247,7 +247,7 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-class _AAModel(nn.Module):
+class ContiguousInput(nn.Module):
     """What AutoAttack sees: contiguous input in, model's logits out, contiguous input-gradient back."""
 
     def __init__(self, model: nn.Module):
@@ -255,7 +255,7 @@ class _AAModel(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(_ContiguousGrad.apply(x.contiguous()))
+        return self.model(ContiguousGradient.apply(x.contiguous()))
 
 
 def _to_contiguous_format(model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
@@ -273,7 +273,7 @@ def _to_contiguous_format(model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
+def predictions(model: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).to(x.device) for i in range(0, len(x), batch_size)])
 
 
@@ -299,7 +299,7 @@ def autoattack(
 
     ``contiguous_weights``: attack with the weights made NCHW-contiguous for the duration (and restored), the safe
     default for a caller's training model; ``False`` keeps their layout (the evaluator's private channels_last copy:
-    faster, and the input gradient is still handed to AutoAttack contiguous by ``_ContiguousGrad``).
+    faster, and the input gradient is still handed to AutoAttack contiguous by ``ContiguousGradient``).
     Side effects avoided: the model's train/eval flags, requires_grad flags and memory format are restored,
     and the global torch RNG (which AutoAttack reseeds with ``seed``) is restored afterwards.
     Fidelity note: for fewer than 10 classes the numbers of APGD-T / FAB-T target classes (9 in the standard
@@ -321,7 +321,7 @@ def autoattack(
     try:
         with attack_context(model, eval_mode=True), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # Back to contiguous format so the conv backward yields NCHW input gradients (with the
-            # _ContiguousGrad guard as a second line of defence for models that permute internally).
+            # ContiguousGradient guard as a second line of defence for models that permute internally).
             changed = _to_contiguous_format(model) if contiguous_weights else []
             # pyautoattack logs progress at DEBUG/INFO; keep its WARNING-level checks (randomized defense, zero
             # gradients, Square beating white-box attacks), silence the rest; ``heard`` stores the checks' warnings.
@@ -401,7 +401,7 @@ def _run_autoattack(
     """AutoAttack itself, inside :func:`autoattack`'s contexts: ``(x_adv, clean_ok, adv_ok, bookkeeping_ok)``,
     the three flags per example (clean prediction, re-prediction of ``x_adv``, AutoAttack's own record).
     ``attack_cls`` is pyautoattack's ``AutoAttack``, imported by the caller."""
-    wrapped = _AAModel(model).eval()
+    wrapped = ContiguousInput(model).eval()
     with torch.no_grad():
         num_classes = wrapped(x[:1].to(device)).shape[1]
     adversary = attack_cls(wrapped, norm="Linf", eps=eps, version=version, device=device, seed=seed)
@@ -414,8 +414,8 @@ def _run_autoattack(
     x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
 
     x_adv = x_adv.detach().to(x.device)
-    clean_ok = _predict(wrapped, x, batch_size, device) == y
-    adv_ok = _predict(wrapped, x_adv, batch_size, device) == y
+    clean_ok = predictions(wrapped, x, batch_size, device) == y
+    adv_ok = predictions(wrapped, x_adv, batch_size, device) == y
     bookkeeping_ok = y_adv.to(y.device) == y
     return x_adv, clean_ok, adv_ok, bookkeeping_ok
 

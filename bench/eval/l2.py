@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.eval.attacks import attack_context
+from bench.eval.attacks import ContiguousInput, attack_context, predictions
 from bench.eval.evaluator import Evaluator
 from bench.eval.indicators import IndicatorOptions
 from bench.models.architectures import feature_extractor_and_head
@@ -73,36 +73,6 @@ def pgd_l2(model, x: Tensor, y: Tensor, *, eps: float, step_size: float, steps: 
             unit = grad / l2_norms(grad).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
             x_adv = project_l2(x_adv.detach() + step_size * unit, x, eps)
     return x_adv.detach()
-
-
-class ContiguousGradient(torch.autograd.Function):
-    """Identity whose backward hands back a contiguous gradient: pyautoattack ``.view``s the input gradient, which
-    fails on the channels_last gradient a channels_last copy returns (the same guard as the L-inf wrapper's)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad.contiguous()
-
-
-class ContiguousInput(nn.Module):
-    """What AutoAttack sees: contiguous input in, the model's logits out, a contiguous input gradient back."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(ContiguousGradient.apply(x.contiguous()))
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).to(x.device)
-                      for i in range(0, len(x), batch_size)])
 
 
 def autoattack_l2(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, batch_size: int = 500, device=None,
