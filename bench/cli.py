@@ -139,6 +139,23 @@ def _eval_checks(args) -> dict:
     return {"eval_checks": getattr(args, "eval_checks", True), "eval_checks_n": n}
 
 
+def _run_threats(args, runs: list[RunConfig]) -> dict:
+    """The Runtime fields of `bench run`'s threat models: --threat and its options, else the grid's declared ones
+    (bench.grid.grids.GRID_THREATS), else none beyond each run's own; checked for every data set of the grid."""
+    from bench.eval.threats import Threats
+    from bench.grid.grids import GRID_THREATS
+
+    if args.threat is None and (args.eps_l2 is not None or args.corruptions is not None):
+        raise UsageError("--eps-l2 / --corruptions go with --threat l2 / --threat corruptions: add --threat")
+    if args.threat is not None:
+        threats = Threats.parse(args.threat, args.eps_l2, args.corruptions)
+    else:
+        threats = GRID_THREATS.get(args.grid, Threats())
+    for dataset in sorted({cfg.dataset for cfg in runs}):
+        threats.check(dataset)
+    return {"threats": threats.names, "eps_l2": threats.eps_l2, "corruptions": threats.corruptions}
+
+
 def _check_threads(args) -> None:
     threads = args.threads
     if threads is not None and threads < 1:
@@ -239,6 +256,7 @@ def cmd_run(args) -> int:
 
     rt = _runtime(args)
     runs = grid_runs(args, procs=rt.procs)
+    rt = dataclasses.replace(rt, **_run_threats(args, runs))
     if (args.gpus is not None or args.workers is not None) and args.executor == "slurm":
         raise UsageError("--gpus / --workers schedule runs on this machine: leave out --executor slurm")
     slurm_names = {"partition": args.partition, "account": args.account, "qos": args.qos}
@@ -553,8 +571,14 @@ def _add_evaluation(sp) -> None:
     g.add_argument("--eps", default="8/255", help="L-inf radius in [0, 1] pixels (default 8/255)")
     g.add_argument("--batch-size", type=int, default=500, help="images per chunk and batch (default 500)")
     g.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
-    g.add_argument("--threat", default="linf", help="threat models, comma-separated: linf, l2, corruptions "
-                   "(default linf)")
+    _add_threats(g, default="linf")
+
+
+def _add_threats(g, default: str | None) -> None:
+    """--threat, --eps-l2, --corruptions (bench.eval.threats) of `bench eval` and `bench run`."""
+    g.add_argument("--threat", default=default, help="threat models, comma-separated: linf, l2, corruptions "
+                   + ("(default linf)" if default else "(default: the grid's own, else linf: each run's own "
+                      "evaluation; l2 and corruptions are measured beside it, finished runs on their saved model)"))
     g.add_argument("--eps-l2", default=None, help="L2 radius of --threat l2 in [0, 1] pixels over the whole image "
                    "(default: the data set's, 0.5 for CIFAR-10)")
     g.add_argument("--corruptions", default=None, help="the set of --threat corruptions: published (CIFAR-10-C, "
@@ -566,6 +590,7 @@ def _run_parser(sub) -> None:
     sp = sub.add_parser("run", help="train and evaluate a grid (resumes; skips finished runs)")
     _add_grid(sp, data_root=DATA_ROOT_HELP)
     _add_runtime(sp, trains=True, evaluates=True)
+    _add_threats(sp.add_argument_group("threat models beyond each run's own evaluation (same run ids)"), None)
     g = sp.add_argument_group("scheduling")
     g.add_argument("--executor", default="local", choices=["local", "slurm"],
                    help="local: in order on this machine; slurm: job arrays through submitit")

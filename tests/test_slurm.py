@@ -394,8 +394,11 @@ def test_a_job_gets_every_runtime_option_of_the_command_line(tmp_path):
     from bench.grid.slurm.submission import job_runtime
 
     rt = Runtime(results=tmp_path, data_root=tmp_path, eval_checks=False, eval_checks_n=7, eval_fold_bn=False,
-                 eval_layout="nchw", compile=True, determinism="fast", threads=3)
+                 eval_layout="nchw", compile=True, determinism="fast", threads=3, threats=("linf", "l2"),
+                 eps_l2=0.25)
     job = job_runtime(rt, Resources())
+    assert json.loads(json.dumps(job))["threats"] == ["linf", "l2"]  # the job's runtime travels as JSON
+    assert Runtime(**{**json.loads(json.dumps(job)), "results": Path(job["results"])}).threats == ("linf", "l2")
     assert {f.name for f in dataclasses.fields(Runtime)} - set(job) == {"procs"}
     assert (job["eval_checks"], job["eval_checks_n"], job["eval_fold_bn"], job["eval_layout"]) == (False, 7, False, "nchw")
     assert Runtime(**{**job, "results": Path(job["results"])}).eval_checks is False

@@ -33,12 +33,21 @@ class Runtime:
     # the first eval_checks_n images of the PGD set. Same ids: they add to a result, they change none of its numbers.
     eval_checks: bool = True
     eval_checks_n: int = 50
+    # Threat models measured beyond a run's own evaluation (bench/eval/threats.py: "l2", "corruptions"), the L2
+    # radius (None: the data set's) and the corruption set's source (None: published). Same ids: further
+    # measurements of the same model, added to its result.
+    threats: tuple[str, ...] = ("linf",)
+    eps_l2: float | None = None
+    corruptions: str | None = None
     # Processes per run (bench/core/distributed.py): data-parallel training and sharded evaluation of ONE run on this
     # many local processes (GPUs: one each; CPUs: gloo). Not part of a run's meaning: same run id and files.
     procs: int = 1
     # bench/core/determinism.py: "strict" (deterministic cuDNN and kernels, no cuDNN benchmarking: what the
     # bit-identical promises rest on) or "fast". Recorded in every result; not part of a run's meaning.
     determinism: str = "strict"
+
+    def __post_init__(self):
+        object.__setattr__(self, "threats", tuple(self.threats))  # a list when rebuilt from a job's JSON
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

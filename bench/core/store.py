@@ -129,7 +129,8 @@ RESULT_SHAPE: dict[str, Any] = {
     "peak_memory": dict, "versions": dict, "device": str, "device_name": (str, type(None)),
 }
 METRICS_SHAPE: dict[str, Any] = {"violations": (list, type(None)), "seconds": dict, "per_example": dict,
-                                 "unreliable": (list, type(None)), "indicators": dict}
+                                 "unreliable": (list, type(None)), "indicators": dict, "l2": dict,
+                                 "corruptions": dict}
 CONFIG_SHAPE: dict[str, Any] = {"method": str, "model": str, "dataset": str, "seed": int, "eps": (int, float),
                                 "train": dict, "eval": dict, "hparams": list, "parent": (dict, type(None))}
 
@@ -151,6 +152,9 @@ def misshapen(result: dict) -> str | None:
         v = metrics.get(key)
         if isinstance(v, (int, float)) and not (0 <= v <= 1 or math.isnan(v)):
             return f"metrics.{key} is {v}, not an accuracy in [0, 1]"
+    why = misshapen_threats(metrics)
+    if why:
+        return why
     for key in ("n_clean", "n_pgd", "n_aa"):
         v = metrics.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
@@ -166,6 +170,28 @@ def misshapen(result: dict) -> str | None:
     for where, items, kind in nested:
         if any(not isinstance(v, kind) for v in items):
             return f"an entry of {where} is not of the kind a result holds there"
+    return None
+
+
+def _accuracy(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v <= 1 or math.isnan(v))
+
+
+def misshapen_threats(metrics: dict) -> str | None:
+    """What in the L2 and corruption entries (bench.eval.threats) is not what the tables read, else None."""
+    l2 = metrics.get("l2") or {}
+    for key in ("pgd20", "aa"):
+        if key in l2 and l2[key] is not None and not _accuracy(l2[key]):
+            return f"metrics.l2.{key} is {l2[key]!r}, not an accuracy in [0, 1]"
+    if "l2" in metrics and not (isinstance(l2.get("eps"), (int, float)) and not isinstance(l2.get("eps"), bool)):
+        return "metrics.l2.eps is not a number"
+    corr = metrics.get("corruptions")
+    if corr is None:
+        return None
+    acc = corr.get("accuracy")
+    if not (_accuracy(corr.get("mean")) and isinstance(corr.get("label"), str) and isinstance(acc, dict)
+            and all(isinstance(a, list) and a and all(_accuracy(v) for v in a) for a in acc.values())):
+        return "metrics.corruptions is not a mean, a label and accuracies per corruption and severity in [0, 1]"
     return None
 
 

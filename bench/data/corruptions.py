@@ -33,7 +33,14 @@ CORRUPTIONS: tuple[str, ...] = (
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 # data set -> the published set's folder under the data root
 PUBLISHED: dict[str, str] = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C", "tiny-imagenet": "Tiny-ImageNet-C"}
-GENERATABLE: tuple[str, ...] = ("cifar10", "cifar100")  # CIFAR-sized: make_cifar_c.py's parameters apply
+# CIFAR-sized: make_cifar_c.py's parameters apply (cifar10-jpeg: CIFAR-10's test images from their JPEG files)
+GENERATABLE: tuple[str, ...] = ("cifar10", "cifar100", "cifar10-jpeg")
+
+
+def corruption_set_name(dataset: str, source: str) -> str:
+    """The data-set name of ``dataset``'s corruption set from ``source``: ``cifar10-c`` (published) or
+    ``cifar10-c-generated``; the two are never mistaken for each other in a result."""
+    return f"{dataset}-c-generated" if source == "generated" else f"{dataset}-c"
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,12 @@ def load_corruption_set(dataset: str, source: str, test: Split, info: DatasetInf
         from bench.data import generated_corruptions as gen  # its generation needs scipy and PIL
 
         return load_cifar_c(gen.generated_folder(dataset, test, root, log=log), test,
-                            dataset_name=f"{dataset}-c-generated", label=gen.LABELS[dataset],
+                            dataset_name=corruption_set_name(dataset, source), label=gen.LABELS[dataset],
                             corruptions=gen.GENERATED)
     if dataset == "tiny-imagenet":
         return load_tiny_imagenet_c(root / PUBLISHED[dataset], test, info, cache_dir)
-    return load_cifar_c(root / PUBLISHED[dataset], test, dataset_name=f"{dataset}-c", label=PUBLISHED[dataset])
+    return load_cifar_c(root / PUBLISHED[dataset], test, dataset_name=corruption_set_name(dataset, source),
+                        label=PUBLISHED[dataset])
 
 
 def open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:

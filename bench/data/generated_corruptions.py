@@ -40,7 +40,8 @@ GENERATED: tuple[str, ...] = (
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 SEED = 0
 VERSION = 1  # of the generator: a change here regenerates every cached set
-LABELS = {"cifar10": "CIFAR-10-C-generated", "cifar100": "CIFAR-100-C-generated"}
+LABELS = {"cifar10": "CIFAR-10-C-generated", "cifar100": "CIFAR-100-C-generated",
+          "cifar10-jpeg": "CIFAR-10-JPEG-C-generated"}
 
 # make_cifar_c.py's constants, severity 1..5
 NOISE_SIGMA = (0.04, 0.06, 0.08, 0.09, 0.10)

@@ -19,12 +19,13 @@ from bench.data.corruptions import SEVERITIES, CorruptionSet, mean_accuracy
 
 @exact_fp32()
 def corruption_accuracy(model: nn.Module, cset: CorruptionSet, device: torch.device, batch_size: int,
-                        log: Callable[[str], None] = lambda s: None) -> dict:
-    """``model`` (an evaluator-prepared fp32 eval-mode copy) on every image of ``cset``: ``{"dataset", "label",
-    "accuracy": {corruption: [severity 1..5]}, "mean", "n" (images per severity), "seconds"}``."""
+                        n: int | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """``model`` (an evaluator-prepared fp32 eval-mode copy) on the first ``n`` images (default: all) of every
+    corruption and severity of ``cset``, the clean accuracy's images: ``{"dataset", "label", "accuracy":
+    {corruption: [severity 1..5]}, "mean", "n" (images per severity), "seconds"}``."""
     t0 = time.perf_counter()
-    labels = cset.labels.to(device)
-    n = len(labels)
+    n = len(cset.labels) if n is None else min(n, len(cset.labels))
+    labels = cset.labels[:n].to(device)
     accuracy: dict[str, list[float]] = {}
     with torch.inference_mode():
         for cor in cset.corruptions:

@@ -38,16 +38,18 @@ from torch import nn
 
 from bench.core import determinism
 from bench.core.checkpoints import check_checkpoint_path, load_into
-from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps, parse_fraction
+from bench.core.config import EPS_8, ConfigError, EvalConfig, file_digest, parse_eps
 from bench.core.provenance import provenance
 from bench.core.runtime import Runtime, set_threads
 from bench.core.store import Store, atomic_write_bytes
-from bench.data import L2_EPS, load_dataset
-from bench.data.corruptions import SEVERITIES, check_corruption_dataset, load_corruption_set
-from bench.eval.corruption_accuracy import corruption_accuracy, render_corruptions
+from bench.data import load_dataset
+from bench.data.corruptions import SEVERITIES, load_corruption_set
+from bench.eval.corruption_accuracy import render_corruptions
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.eval.indicators import IndicatorOptions, verdict
-from bench.eval.l2 import L2Evaluator
+# The threat-model parsing lives in bench.eval.threats; re-exported here, where `bench eval` callers found it.
+from bench.eval.threats import (CORRUPTION_SOURCES, THREATS, Threats, check_eps_l2,  # noqa: F401
+                                measure_more, parse_eps_l2, parse_threats, timed_clean)
 from bench.models.architectures import MODELS, Classifier, Normalized, build_model, feature_extractor_and_head
 from bench.models.zoo import load_zoo_model
 
@@ -76,61 +78,15 @@ class EvalSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-THREATS = ("linf", "l2", "corruptions")
-CORRUPTION_SOURCES = ("published", "generated")
-
-
-def parse_threats(text: str) -> tuple[str, ...]:
-    """``--threat linf,l2,corruptions`` -> the threat models in THREATS' order; ConfigError in one line."""
-    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
-    unknown = [t for t in names if t not in THREATS]
-    if unknown or not names:
-        raise ConfigError(f"--threat {text!r}: unknown threat model {unknown[0] if unknown else '(none)'!r}; known: "
-                          f"{', '.join(THREATS)} (comma-separated)")
-    return tuple(t for t in THREATS if t in names)
-
-
-def parse_eps_l2(value: Any, what: str = "--eps-l2") -> float:
-    """An L2 radius in [0, 1] pixels, > 0 and finite (a number or a fraction); the upper end, the diameter of the
-    pixel cube sqrt(C * H * W), is checked once the data set is known (:func:`check_eps_l2`)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        eps = parse_fraction(value) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} {value!r}: expected a number like 0.5") from None
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ConfigError(f"{what} must be a finite number > 0 (an L2 radius over the image in [0, 1] pixels), got "
-                          f"{value}")
-    return eps
-
-
-def check_eps_l2(eps: float, channels: int, size: int) -> None:
-    """No two images of C x H x W pixels in [0, 1] are further apart than sqrt(C * H * W) in L2."""
-    top = math.sqrt(channels * size * size)
-    if eps > top:
-        raise ConfigError(f"--eps-l2 {eps} is outside (0, {top:.4g}]: no two {channels}x{size}x{size} images in "
-                          f"[0, 1] are further apart in L2")
-
-
 def _threat_fields(dataset: str, threat: str, eps_l2: Any, corruptions: str | None) -> dict:
     """EvalSpec's threat-model fields from the command line's values; ConfigError in one line."""
-    threats = parse_threats(threat)
-    if eps_l2 is not None and "l2" not in threats:
-        raise ConfigError("--eps-l2 is the radius of --threat l2: add l2 to --threat or leave --eps-l2 out")
-    if corruptions is not None and "corruptions" not in threats:
-        raise ConfigError("--corruptions chooses the set of --threat corruptions: add corruptions to --threat")
-    out: dict[str, Any] = {"threats": threats}
-    if "l2" in threats:
-        if eps_l2 is None and dataset not in L2_EPS:
-            raise ConfigError(f"--threat l2: data set {dataset!r} has no default L2 radius; give one with --eps-l2")
-        out["eps_l2"] = L2_EPS[dataset] if eps_l2 is None else parse_eps_l2(eps_l2)
-    if "corruptions" in threats:
-        corruptions = corruptions or "published"
-        if corruptions not in CORRUPTION_SOURCES:
-            raise ConfigError(f"--corruptions {corruptions!r}: known: {', '.join(CORRUPTION_SOURCES)}")
-        check_corruption_dataset(dataset, corruptions)
-        out["corruptions"] = corruptions
+    threats = Threats.parse(threat, eps_l2, corruptions)
+    threats.check(dataset)
+    out: dict[str, Any] = {"threats": threats.names}
+    if "l2" in threats.names:
+        out["eps_l2"] = threats.radius(dataset)
+    if "corruptions" in threats.names:
+        out["corruptions"] = threats.source
     return out
 
 
@@ -259,25 +215,17 @@ def _measure_threats(spec: EvalSpec, model: nn.Module, test, corrupted, rt: Runt
         checks = IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n)
         metrics = Evaluator(test, spec.eval, spec.eps, device, checks=checks, **kw).run(
             model, log=log, features=_gap_features(model), state_dir=state_dir)
-    if "l2" in spec.threats:
-        l2 = L2Evaluator(test, spec.eval, spec.eps_l2, device, **kw).run(
-            model, log=lambda s: log(f"L2 {s}"), features=_gap_features(model), state_dir=state_dir)
-        shared = ("clean", "n_clean", "eval_layout", "eval_bn_folded")
-        if "linf" not in spec.threats:
-            metrics.update({key: l2[key] for key in shared}, per_example={"clean": l2["per_example"]["clean"]},
-                           seconds={"clean": l2["seconds"]["clean"]})
-        l2["per_example"].pop("clean")
-        l2["seconds"].pop("clean")
-        metrics["l2"] = {"eps": spec.eps_l2, **{key: v for key, v in l2.items() if key not in shared}}
-    if corrupted is not None:
-        ev = Evaluator(test, spec.eval, spec.eps, device, **kw)
-        prepared = ev.ready(model)[0]
-        if "clean" not in metrics:  # corruptions alone: the clean accuracy they are read against
-            t0 = time.perf_counter()
-            ok = ev.correct(prepared, spec.eval.n_clean)
-            metrics.update(clean=float(ok.float().mean()), n_clean=len(ok), seconds={"clean": time.perf_counter() - t0})
-        metrics["corruptions"] = corruption_accuracy(prepared, corrupted, device, spec.eval.batch_size, log=log)
-    return metrics
+    threats = Threats(spec.threats, spec.eps_l2, spec.corruptions)
+    more, l2_clean = measure_more(model, tuple(t for t in spec.threats if t != "linf"), test=test, eval_cfg=spec.eval,
+                        device=device, dataset=spec.dataset, threats=threats, corrupted=corrupted,
+                        features=_gap_features(model), log=log, state_dir=state_dir, **kw)
+    if "linf" not in spec.threats:  # the clean accuracy the other threat models are read against
+        if l2_clean is not None:
+            metrics.update(l2_clean)
+        else:
+            ev = Evaluator(test, spec.eval, spec.eps, device, **kw)
+            metrics.update(timed_clean(ev, ev.ready(model)[0], spec.eval.n_clean))
+    return {**metrics, **more}
 
 
 def _violations(metrics: dict) -> list[str]:

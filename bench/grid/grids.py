@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from bench.core.config import ConfigError, EvalConfig, RunConfig
+from bench.eval.threats import Threats
 from bench.grid.gridfile import MAX_SEEDS, is_grid_file, load
 from bench.grid.runs import make_run, seeded, unique
 from methods import get_method, parent_method
@@ -247,3 +248,24 @@ def cpu20(seeds: int = 2) -> list[RunConfig]:
             for seed in range(max(seeds, 2)) for m in CPU20_METHODS]
     runs += [_cpu_run(m, epochs=CPU20_EPOCHS, eval=gap_eval) for m in CPU20_ABLATION]
     return unique(runs)
+
+
+# -- threat models beyond L-inf at CPU scale: does a method's L-inf gain carry over to L2 and to corruptions? --------
+# Threat models a grid measures beyond each run's own evaluation when `bench run` names none (--threat); they are
+# measurements of the same models, so the runs keep the ids they have in the grids they come from.
+GRID_THREATS: dict[str, Threats] = {}
+THREATS_METHODS = ("vaft", "afkd", "arrest", "afd")
+
+
+@grid
+def cpu_threats(seeds: int = 1) -> list[RunConfig]:
+    """The cpu grid's natural and PGD-AT parents and its vAFT, AFKD, ARREST and AFD runs (2 epochs from the natural
+    parent: the same run ids as in `cpu`), measured in L-inf (8/255), L2 (0.5) and on the generated corruptions of
+    CIFAR-10's test images (CIFAR-10-JPEG-C-generated). Its finished runs' saved models are measured, not retrained."""
+    gap_eval = replace(CPU_EVAL, feature_gap_every_epoch=True)
+    runs = [_cpu_run("standard", epochs=15), _cpu_run("pgd_at", epochs=CPU_SCRATCH["pgd_at"])]
+    runs += [_cpu_run(m, epochs=2, seed=seed, eval=gap_eval) for seed in range(seeds) for m in THREATS_METHODS]
+    return unique(runs)
+
+
+GRID_THREATS["cpu_threats"] = Threats(("linf", "l2", "corruptions"), corruptions="generated")

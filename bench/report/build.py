@@ -69,7 +69,8 @@ class Built:
 
 # The test-image counts behind each accuracy (load()'s columns); Avg is the mean of the three, and counts the fewest
 # of them, which overstates its test-sample error rather than understating it.
-COUNTS = {"clean": ("n_clean",), "pgd20": ("n_pgd",), "aa": ("n_aa",), "avg": ("n_clean", "n_pgd", "n_aa")}
+COUNTS = {"clean": ("n_clean",), "pgd20": ("n_pgd",), "aa": ("n_aa",), "avg": ("n_clean", "n_pgd", "n_aa"),
+          "l2_pgd20": ("n_pgd",), "l2_aa": ("n_aa",), "corr_mean": ("n_clean",)}
 # The paper's † numbers are PGD-10 (excerpted from Huang et al. 2023): no difference against our PGD-20, nor
 # against our Avg, which contains it.
 PGD10_INCOMPARABLE = ("pgd20", "avg")

@@ -23,11 +23,11 @@ from bench.train.result import stale_modules
 EVAL_MEASURES = ("clean", "pgd20", "aa")  # the keys of a result's metrics.seconds
 TEST_COUNTS = ("n_clean", "n_pgd", "n_aa")  # test images each accuracy was measured on, as its result records them
 # Columns every DataFrame has, whatever its results recorded (a grid of missing runs still has them, as NaN / None).
-FLOAT_COLUMNS = ("clean", "pgd20", "aa", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
+FLOAT_COLUMNS = ("clean", "pgd20", "aa", "l2_pgd20", "l2_aa", "corr_mean", "l2_eps", "f1_clean", "f2_clean", "feature_gap", "feature_gap_se", "seconds_per_epoch",
                  "train_seconds", "wall_seconds", "wall_processes", "probe_seconds", "peak_train_bytes",
                  "peak_eval_bytes", *(f"eval_s_{k}" for k in EVAL_MEASURES), *TEST_COUNTS)
 OBJECT_COLUMNS = ("reason", "device_name", "violations", "unreliable", "epoch_log", "feature_gap_of", "peak_train_of",
-                  "peak_eval_of")
+                  "peak_eval_of", "corr_label")
 
 
 def device_label(res: dict) -> str | None:
@@ -102,6 +102,7 @@ def _result_fields(store: Store, rid: str) -> dict[str, Any]:
     for k in TEST_COUNTS:
         if _is_num(m.get(k)):
             row[k] = float(m[k])
+    row.update(threat_fields(m))
     row["violations"] = "; ".join(m.get("violations") or [])
     row["unreliable"] = "; ".join(m.get("unreliable") or [])
     for k in ("seconds_per_epoch", "train_seconds", "wall_seconds", "wall_processes"):
@@ -118,6 +119,28 @@ def _result_fields(store: Store, rid: str) -> dict[str, Any]:
         b = (peaks.get(phase) or {}).get("bytes")
         row[f"peak_{phase}_bytes"] = float(b) if _is_num(b) else math.nan
         row[f"peak_{phase}_of"] = (peaks.get(phase) or {}).get("of")
+    return row
+
+
+def threat_fields(m: dict) -> dict[str, Any]:
+    """The columns of the threat models beyond L-inf (bench/eval/threats.py), in percent: ``l2_pgd20``, ``l2_aa``
+    and ``l2_eps``; ``corr_mean``, ``corr_label`` (which set: published or generated), ``corr.<corruption>`` (the
+    mean over its severities) and ``corr.s<k>`` (the mean over the corruptions at severity k)."""
+    row: dict[str, Any] = {}
+    l2 = m.get("l2") or {}
+    for k in ("pgd20", "aa"):
+        if _is_num(l2.get(k)):
+            row[f"l2_{k}"] = 100.0 * l2[k]
+    if _is_num(l2.get("eps")):
+        row["l2_eps"] = float(l2["eps"])
+    corr = m.get("corruptions") or {}
+    acc = corr.get("accuracy") or {}
+    if _is_num(corr.get("mean")) and acc:
+        row["corr_mean"], row["corr_label"] = 100.0 * corr["mean"], corr.get("label")
+        for name, per_severity in acc.items():
+            row[f"corr.{name}"] = 100.0 * statistics.fmean(per_severity)
+        for k, at in enumerate(zip(*acc.values()), start=1):
+            row[f"corr.s{k}"] = 100.0 * statistics.fmean(at)
     return row
 
 

@@ -29,6 +29,7 @@ from bench.report.declarations import (
 )
 from bench.report.frame import load, peak_memory_note
 from bench.report.render import RENDERERS
+from bench.report.threat_tables import breakdown_tables, threat_notes, with_threat_metrics
 
 # Names importers of this module use (the command line, the tests), kept where they have always been importable.
 __all__ = ["TABLES", "load", "load_paper", "peak_memory_note", "report"]
@@ -50,30 +51,38 @@ def report(grid: str | list[RunConfig], results: str | Path = "results", fmt: st
 
 def built_tables(df: pd.DataFrame, name: str | None, compare: str | None = None) -> list[Built]:
     """The built tables of ``report`` (every renderer's, the HTML page's): the declared tables of a grid named
-    ``name``, the declared table ``name``, a grid file's table, or the generic accuracy table."""
+    ``name``, the declared table ``name``, a grid file's table, or the generic accuracy table; each with the
+    threat models beyond L-inf where its runs measured them, and the corruptions broken down after them."""
+    tables = _tables(df, name, compare)
+    out: list[Built] = []
+    for t in tables:
+        built = build(with_threat_metrics(t, df), df, compare)
+        unknown = [r.label for r in (*t.rows, *t.cols) if isinstance(r, Sel) and "method" in r.where
+                   and r.where["method"] not in PAPER_METHODS] if compare and t.paper else []
+        if unknown:
+            built.notes.append(f"{NOT_IN_PAPER}: {', '.join(unknown)}.")
+        built.notes += threat_notes(df, t)
+        out.append(built)
+    # the corruptions of the first table that holds them, broken down (every table of a grid selects the same runs)
+    breakdown = next((b for t in tables if (b := breakdown_tables(t, df))), [])
+    return out + [build(t, df) for t in breakdown]
+
+
+def _tables(df: pd.DataFrame, name: str | None, compare: str | None) -> list[Table]:
     if name in GRID_TABLES:
-        return [build(TABLES[t], df, compare) for t in GRID_TABLES[name]]
+        return [TABLES[t] for t in GRID_TABLES[name]]
     if name in TABLES:
         # a grid's methods that the table does not declare get rows (or columns) of their own after its own
-        t = with_extra_methods(TABLES[name], df)
-    elif name is not None and name.endswith(".toml"):
+        return [with_extra_methods(TABLES[name], df)]
+    if name is not None and name.endswith(".toml"):
         spec = load_grid_file(name).table
         t = generic_table(df, spec.get("caption", f"Accuracy (%) of grid {Path(name).stem} on clean, PGD-20 and "
                                                   "AutoAttack inputs; Avg is their mean."))
         if "metrics" in spec:
             t = replace(t, cols=[m for m in ACC if m.key in spec["metrics"]])
-        if compare:
-            t = _with_paper(t, df, name)
-    else:
-        what = f"grid {name}" if name else "this grid"
-        t = generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; "
-                              "Avg is their mean.")
-    built = build(t, df, compare)
-    unknown = [r.label for r in (*t.rows, *t.cols) if isinstance(r, Sel) and "method" in r.where
-               and r.where["method"] not in PAPER_METHODS] if compare and t.paper else []
-    if unknown:
-        built.notes.append(f"{NOT_IN_PAPER}: {', '.join(unknown)}.")
-    return [built]
+        return [_with_paper(t, df, name) if compare else t]
+    what = f"grid {name}" if name else "this grid"
+    return [generic_table(df, f"Accuracy (%) of {what} on clean, PGD-20 and AutoAttack inputs; Avg is their mean.")]
 
 
 def _with_paper(t: Table, df: pd.DataFrame, name: str) -> Table:

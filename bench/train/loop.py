@@ -37,6 +37,7 @@ from bench.core.store import CorruptFile, Store, content_digest
 from bench.data import Batch, DatasetInfo, Loader, Split, load_dataset
 from bench.eval.evaluator import LAYOUTS, Evaluator
 from bench.eval.indicators import IndicatorOptions
+from bench.eval.l2 import L2Evaluator
 from bench.models.architectures import build_model
 from bench.train.compiling import compile_unless_declared
 from bench.train.ema import EMA
@@ -44,6 +45,7 @@ from bench.train.parents import load_parent, save_model
 from bench.train.precision import make_step
 from bench.train.rerun import Rerun, archive_if_chosen
 from bench.train.result import current_code, run_result
+from bench.train import threat_evals
 from bench.train.resume import CKPT_VERSION, load_checkpoint, resume_threads, save_checkpoint
 from bench.train.tblog import EpochWriter
 from bench.train.validation import validate_run
@@ -125,6 +127,10 @@ def execute(cfg: RunConfig, rt: Runtime, *, log: Callable[[str], None] = print,
     validate_run(cfg, procs=max(rt.procs, world.size))
     spawn = rt.procs > 1 and not world.active
     with _world_joined(rt, world) as device, _claimed(cfg, rt, world, opts) as verdict:
+        if verdict is not None and verdict.get("status") == "done" and world.main:
+            # done already: the threat models asked for beyond its own evaluation, measured on its saved model
+            with _run_numerics():
+                return threat_evals.add_to_finished(cfg, rt, verdict, device, opts.log)
         if verdict is not None:  # done already, or held by another runner
             return verdict
         if spawn:
@@ -282,6 +288,7 @@ class Run:
     ema: EMA | None
     step_fn: Callable[[Batch, StepInfo], dict]
     evaluator: Evaluator
+    corrupted: Any  # the common-corruption set to measure the model on (bench.train.threat_evals), or None
     bn_note: str | None
     progress: Progress
     code: dict | None  # the fingerprint of the code that trains and evaluates it, recorded in its result
@@ -344,12 +351,16 @@ class Run:
             why = compile_unless_declared(method)
             if why is not None:
                 opts.log(f"[{rid}] {cfg.method}: training not compiled: {why}")
-        evaluator = Evaluator(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed,
-                              memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world,
-                              checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
+        # the run's own evaluation is in the norm it trained under (L2Evaluator: the indicators are L-inf's)
+        evaluator_cls = L2Evaluator if threat_evals.own_norm(cfg) == "l2" else Evaluator
+        evaluator = evaluator_cls(test_split, cfg.eval, cfg.eps, device, seed=cfg.seed,
+                                  memory_format=LAYOUTS[rt.eval_layout], fold_bn=rt.eval_fold_bn, world=world,
+                                  checks=IndicatorOptions(enabled=rt.eval_checks, n_costly=rt.eval_checks_n))
+        corrupted = threat_evals.corruption_set(cfg, rt, test_split, info, opts.log) if world.main else None
         return cls(cfg=cfg, rt=rt, world=world, opts=opts, store=store, rid=rid, device=device, started=started,
                    info=info, test_split=test_split, parent_model=parent_model, loader=loader, method=method,
-                   ema=ema, step_fn=step_fn, evaluator=evaluator, bn_note=bn_note, progress=progress,
+                   ema=ema, step_fn=step_fn, evaluator=evaluator, corrupted=corrupted, bn_note=bn_note,
+                   progress=progress,
                    code=current_code(cfg.method))
 
     def resume(self) -> None:
@@ -488,6 +499,12 @@ class Run:
             metrics = self.evaluator.run(final, log=lambda s: self.log(f"[{rid}] {cfg.method} {s}"),
                                          features=method.gap_features(net), state_dir=self.store.ckpt_dir(rid))
         metrics.update(method.extra_metrics(net, self.test_split, self.evaluator))
+        which = threat_evals.missing(cfg, self.rt, metrics)
+        if which and self.world.main:  # the threat models asked for beyond the run's own (one process measures)
+            metrics.update(threat_evals.measure(cfg, self.rt, final, which, test=self.test_split,
+                                                corrupted=self.corrupted, device=self.device,
+                                                log=lambda s: self.log(f"[{rid}] {cfg.method} {s}"),
+                                                state_dir=self.store.ckpt_dir(rid)))
         self.peak_memory["eval"] = memory.peak(self.device, reset)
         return metrics
 
@@ -496,7 +513,8 @@ class Run:
         cfg, rid = self.cfg, self.rid
         result = self.result("done", metrics=metrics, extra=extra)
         # clean >= PGD-20 >= AA, checked by the evaluator: a violation points at gradient masking or a bug
-        result["sanity"] = "violated" if metrics.get("violations") else "ok"
+        l2_violations = (metrics.get("l2") or {}).get("violations")
+        result["sanity"] = "violated" if metrics.get("violations") or l2_violations else "ok"
         if getattr(type(self.method), "single_step", False):
             result["catastrophic_overfitting"] = catastrophic_overfitting(self.progress.epoch_log)
             if result["catastrophic_overfitting"]:

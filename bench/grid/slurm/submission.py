@@ -118,7 +118,7 @@ def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
     """The runtime a job gets: absolute paths (the job's working directory is the snapshot), the device from
     the profile unless --device named one, threads from SLURM_CPUS_PER_TASK unless --threads was given, and
     the runtime options of the command line (compile, evaluation layout and folding, the indicators of attack
-    failure and their subset, determinism policy)."""
+    failure and their subset, determinism policy, the threat models beyond each run's own evaluation)."""
     data_root = (rt.data_root or default_data_root()).expanduser().resolve()
     cache = rt.cache_dir or (Path(os.environ["BENCH_CACHE_DIR"]) if os.environ.get("BENCH_CACHE_DIR") else None)
     device = rt.device if rt.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
@@ -126,7 +126,8 @@ def job_runtime(rt: Runtime, res: Resources) -> dict[str, Any]:
             "cache_dir": str(cache.expanduser().resolve()) if cache else None, "device": device,
             "progress": False, "threads": rt.threads, "compile": rt.compile, "eval_layout": rt.eval_layout,
             "eval_fold_bn": rt.eval_fold_bn, "eval_checks": rt.eval_checks, "eval_checks_n": rt.eval_checks_n,
-            "determinism": rt.determinism}
+            "determinism": rt.determinism, "threats": list(rt.threats), "eps_l2": rt.eps_l2,
+            "corruptions": rt.corruptions}
 
 
 def submit(plan: SubmissionPlan, rt: Runtime, profile_name: str, *, log: Callable[[str], None] = print) -> None:

@@ -1,0 +1,67 @@
+"""The tables' threat-model columns (L2 AA, corruption mean) and the breakdown per corruption and severity, from
+results that hold them; results without them leave every table as it was (tests/test_cpu_results.py: the committed
+tables regenerate byte for byte)."""
+import json
+
+import pytest
+
+from bench.core.config import EvalConfig, run_id, to_dict
+from bench.core.store import Store
+from bench.grid.runs import expand, make_run
+from bench.report.tables import report
+
+EV = EvalConfig(n_clean=100, n_pgd=100, n_aa=50, batch_size=50)
+GENERATED = ("gaussian_noise", "fog", "brightness")
+
+
+def _runs():
+    return [make_run(m, model="small_cnn", dataset="cifar10", epochs=1, eval=EV) for m in ("pgd_at", "vaft", "afd")]
+
+
+def _write(results, runs, *, threats: bool):
+    for i, c in enumerate(expand(runs)):
+        m = {"clean": 0.6 - i / 20, "pgd20": 0.3, "aa": 0.25, "n_clean": 100, "n_pgd": 100, "n_aa": 50,
+             "violations": [], "unreliable": []}
+        if threats and c.method != "pgd_at":  # one run without them: its cells say "—"
+            m["l2"] = {"eps": 0.5, "pgd20": 0.4 - i / 50, "aa": 0.35 - i / 50, "n_pgd": 100, "n_aa": 50}
+            m["corruptions"] = {"dataset": "cifar10-c-generated", "label": "CIFAR-10-C-generated", "n": 100,
+                                "mean": 0.5, "accuracy": {c_: [0.6, 0.55, 0.5, 0.45, 0.4] for c_ in GENERATED}}
+        res = {"run_id": run_id(c), "status": "done", "config": to_dict(c), "metrics": m, "extra": {},
+               "epochs": [], "train_seconds": 1.0, "seconds_per_epoch": 1.0}
+        Store(results).write(run_id(c), res)
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "latex", "csv"])
+def test_threat_columns_and_breakdown_where_results_have_them(tmp_path, fmt):
+    runs = _runs()
+    _write(tmp_path / "without", runs, threats=False)
+    plain = report(runs, tmp_path / "without", fmt)
+    assert "L2 AA" not in plain and "Corr." not in plain and "Gauss." not in plain
+    _write(tmp_path / "with", runs, threats=True)
+    out = report(runs, tmp_path / "with", fmt)
+    for label in ("L2 PGD-20", "L2 AA", "Corr.", "Gauss.", "Fog", "Bright.", "s5"):
+        assert label in out, label
+    assert "Shot" not in out  # only the corruptions the results hold
+    assert "CIFAR-10-C-generated" in out
+    if fmt == "markdown":
+        table = out.split("\n\n")[0]
+        vaft = next(line for line in table.splitlines() if line.startswith("| vAFT"))
+        assert "35.00" in vaft or "34.98" in vaft or any(f"{35 - 2 * i:.2f}" in vaft for i in range(4))
+        assert "radius 0.5" in out and "not comparable with published CIFAR-10-C numbers" in out
+        assert "| vAFT | 60.00 | 55.00 | 50.00 | 45.00 | 40.00 | 50.00 |" in out  # per severity
+        assert "| vAFT | 50.0 | 50.0 | 50.0 |" in out  # per corruption
+        assert "| PGD-AT | — | — | — |" in out
+
+
+def test_misshapen_threat_entries_are_refused_by_the_store(tmp_path):
+    runs = _runs()
+    _write(tmp_path, runs, threats=True)
+    rid = run_id(runs[1])
+    path = tmp_path / "runs" / f"{rid}.json"
+    res = json.loads(path.read_text())
+    res["metrics"]["corruptions"]["mean"] = 7
+    path.write_text(json.dumps(res))
+    from bench.core.store import CorruptFile
+
+    with pytest.raises(CorruptFile, match="corruptions"):
+        Store(tmp_path).read(rid)
