@@ -65,3 +65,25 @@ def test_misshapen_threat_entries_are_refused_by_the_store(tmp_path):
 
     with pytest.raises(CorruptFile, match="corruptions"):
         Store(tmp_path).read(rid)
+
+
+def test_evals_table_gets_the_threat_columns_only_where_an_evaluation_has_them(tmp_path):
+    from bench.report.evals import evals_report
+
+    (tmp_path / "evals").mkdir()
+
+    def write(eid, metrics):
+        res = {"eval_id": eid, "status": "done", "spec": {"model": "small_cnn", "dataset": "cifar10"},
+               "metrics": {"clean": 0.5, "n_clean": 10, **metrics}, "sanity": "ok", "finished": f"2026-12-0{eid[-1]}"}
+        (tmp_path / "evals" / f"{eid}.json").write_text(json.dumps(res))
+
+    write("e1", {})
+    assert "L2 AA" not in evals_report(tmp_path)
+    write("e2", {"l2": {"eps": 0.5, "pgd20": 0.3, "n_pgd": 10, "aa": 0.25, "n_aa": 4},
+                 "corruptions": {"label": "CIFAR-10-C", "mean": 0.42, "n": 10, "accuracy": {}}})
+    out = evals_report(tmp_path)
+    line = next(s for s in out.splitlines() if s.startswith("| e2"))
+    assert "| 30.00 (10) | 25.00 (4) | 42.00 (10) |" in line and "L2 AA" in out and "of CIFAR-10-C" in out
+    assert "| — | — | — |" in next(s for s in out.splitlines() if s.startswith("| e1"))
+    csv = evals_report(tmp_path, "csv")
+    assert "l2_aa" in csv.splitlines()[0] and "corruptions_mean" in csv.splitlines()[0]

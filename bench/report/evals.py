@@ -17,6 +17,10 @@ from bench.report.render import RENDERERS, Listing, render_listing
 
 # (the label, the metric in the result, its image count)
 MEASURES = (("Clean", "clean", "n_clean"), ("PGD-20", "pgd20", "n_pgd"), ("AA", "aa", "n_aa"))
+# The threat models beyond L-inf (bench/eval/threats.py), columns only where an evaluation measured them:
+# (the label, the entry of the metrics, the metric in it, its image count)
+THREAT_MEASURES = (("L2 PGD-20", "l2", "pgd20", "n_pgd"), ("L2 AA", "l2", "aa", "n_aa"),
+                   ("Corr.", "corruptions", "mean", "n"))
 CAPTION = ("The results of bench eval (evals/*.json): accuracy (%) of each evaluated checkpoint on clean, PGD-20 and "
            "AutoAttack inputs, with the number of test images each was measured on in parentheses; one evaluation "
            "per row (no seeds averaged, no ±). Order: AA <= PGD-20 <= clean on the images they share. Keys: the "
@@ -61,13 +65,16 @@ def _when(stamp: Any) -> str:
 def listing(results: str | Path) -> Listing:
     """The evaluations of a results folder as a table every renderer writes."""
     evals, problems = load_evals(results)
-    header = ("Eval", "Model", "Checkpoint", "Data set", *(label for label, _, _ in MEASURES), "Order", "Keys",
-              "Finished", "Device")
+    more = [t for t in THREAT_MEASURES if any(isinstance((r.get("metrics") or {}).get(t[1]), dict) for r in evals)]
+    header = ("Eval", "Model", "Checkpoint", "Data set", *(label for label, _, _ in MEASURES),
+              *(t[0] for t in more), "Order", "Keys", "Finished", "Device")
     rows, records, mapped = [], [], []
     for res in evals:
         spec, m = res.get("spec") or {}, res.get("metrics") or {}
         ckpt = Path(spec["checkpoint"]).name if spec.get("checkpoint") else DASH  # the name: paths differ by machine
         accs = [_acc(m, key, count) for _, key, count in MEASURES]
+        accs += [_acc(m.get(entry) or {}, key, count) for _, entry, key, count in more]
+        names = [(key, count) for _, key, count in MEASURES] + [(f"{e}_{k}", f"{e}_{c}") for _, e, k, c in more]
         keys = list(res.get("key_mapping") or [])
         mapped += [f"\t{res['eval_id']}: {k}" for k in keys]
         rows.append((res["eval_id"], str(spec.get("model", DASH)), ckpt, str(spec.get("dataset", DASH)),
@@ -75,7 +82,7 @@ def listing(results: str | Path) -> Listing:
                      _when(res.get("finished")), device_label(res) or str(res.get("device", DASH))))
         records.append({"eval_id": res["eval_id"], "model": spec.get("model"), "checkpoint": ckpt,
                         "dataset": spec.get("dataset"),
-                        **{k: v for (_, key, count), (_, acc, n) in zip(MEASURES, accs)
+                        **{k: v for (key, count), (_, acc, n) in zip(names, accs)
                            for k, v in ((key, "" if math.isnan(acc) else f"{acc:.2f}"), (count, int(n)))},
                         "sanity": res.get("sanity"), "unreliable": "; ".join(m.get("unreliable") or []),
                         "key_mapping": "; ".join(keys),
@@ -91,8 +98,14 @@ def listing(results: str | Path) -> Listing:
         notes += [f"{UNRELIABLE}: {UNRELIABLE_WORDS} (reliability indicators tripped):", *unreliable]
     if mapped:
         notes += ["Checkpoint keys mapped:", *mapped]
-    return Listing(header=header, align="llll" + "r" * len(MEASURES) + "llll", rows=rows, records=records,
-                   caption=CAPTION, notes=notes)
+    corr_sets = sorted({str(r["metrics"]["corruptions"].get("label")) for r in evals
+                        if isinstance((r.get("metrics") or {}).get("corruptions"), dict)})
+    if more:
+        notes.append("L2 PGD-20 / L2 AA: the L2 threat model at each evaluation's radius (its eps_l2); Corr.: the mean "
+                     "accuracy over every corruption and severity" + (f" of {', '.join(corr_sets)}" if corr_sets
+                                                                      else "") + "; not in the paper.")
+    return Listing(header=header, align="llll" + "r" * (len(MEASURES) + len(more)) + "llll", rows=rows,
+                   records=records, caption=CAPTION, notes=notes)
 
 
 def evals_report(results: str | Path = "results", fmt: str = "markdown") -> str:
