@@ -276,6 +276,11 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from bench.grid.runs import expand
 
+        extra = [t for t in rt.threats if t != "linf"]
+        if extra:
+            print("beside each run's own evaluation: " + ", ".join(
+                {"l2": f"l2 (eps {rt.eps_l2 if rt.eps_l2 is not None else 'of the data set'})",
+                 "corruptions": f"corruptions ({rt.corruptions or 'published'})"}[t] for t in extra))
         for cfg in expand(runs):
             print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
                   f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else ""))
