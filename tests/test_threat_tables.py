@@ -87,3 +87,14 @@ def test_evals_table_gets_the_threat_columns_only_where_an_evaluation_has_them(t
     assert "| — | — | — |" in next(s for s in out.splitlines() if s.startswith("| e1"))
     csv = evals_report(tmp_path, "csv")
     assert "l2_aa" in csv.splitlines()[0] and "corruptions_mean" in csv.splitlines()[0]
+
+
+def test_compare_reads_the_threat_models_with_the_noise_rule(tmp_path):
+    from bench.report.compare import compare
+
+    runs = _runs()
+    _write(tmp_path, runs, threats=True)
+    out = compare(runs, tmp_path, "vaft", "afd")
+    l2 = next(line for line in out.splitlines() if "| L2 AA |" in line)
+    assert "| 31.00 (1) | 29.00 (1) | +2.00 |" in l2 and "not distinguishable" in l2  # 2 points on 50 images
+    assert "| Corr. mean |" in out

@@ -27,7 +27,11 @@ from bench.report.plots import at_defaults
 from bench.report.render import markdown_table
 
 # (column, label, higher is better, index of its test-image count in eval_sizes or None)
+# The threat models beyond L-inf (bench/eval/threats.py) where both methods' results hold them: L2 on the PGD-20 and
+# AutoAttack images, the corruption mean on the clean images (each of its sets; the mean of 60 or 75 of them is
+# less noisy than one, so its binomial error overstates the noise rather than understating it).
 METRICS = (("clean", "Clean", True, 0), ("pgd20", "PGD-20", True, 1), ("aa", "AA", True, 2),
+           ("l2_pgd20", "L2 PGD-20", True, 1), ("l2_aa", "L2 AA", True, 2), ("corr_mean", "Corr. mean", True, 0),
            ("feature_gap", "feature gap", False, None))
 HEADER = ("Model / data", "Metric", "A", "B", "A − B", "noise", "verdict")  # A and B: the methods' labels
 FORMATS = ("markdown", "csv")
@@ -56,6 +60,8 @@ def _features(runs: pd.DataFrame) -> str:
 def _row(a: pd.DataFrame, b: pd.DataFrame, metric: tuple, labels: tuple[str, str]) -> list[str] | None:
     """One metric of one model and data set, or None when one of the two has no value of it."""
     key, label, higher, size = metric
+    if key not in a or key not in b:  # a frame made by hand (a researcher's, the tests') may lack the threat columns
+        return None
     va, vb = a[key].dropna(), b[key].dropna()
     # the fewer test images of the two, where their evaluations differ: the larger binomial error
     n_test = min(int(x.eval_sizes.iloc[0][size]) for x in (a, b)) if size is not None else None
