@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.core.config import run_id
+from bench.core.config import ConfigError, run_id
 from bench.core.runtime import Runtime
+from bench.core.store import Store
 from bench.data import DatasetInfo, Split
 from bench.data.split import DataError
 from bench.train import loop, threat_evals
@@ -71,7 +72,10 @@ def test_corruptions_beside_the_run_and_a_missing_file_refused_before_training(t
     with pytest.raises(DataError, match="1 of the 15 corruptions missing"):
         execute(other, rt)
     assert not (tmp_path / "r" / "runs" / f"{run_id(other)}.json").exists()
-    assert not (tmp_path / "r" / "checkpoints" / run_id(other)).exists()
+    assert not Store(tmp_path / "r").ckpt_dir(run_id(other)).exists()
+    with pytest.raises(ConfigError, match=r"--eps-l2 60.0 is outside \(0, 55.43\]"):
+        execute(other, _rt(tmp_path, threats=("l2",), eps_l2=60.0))
+    assert not (tmp_path / "r" / "runs" / f"{run_id(other)}.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,7 +21,7 @@ from bench.core.store import Store
 from bench.data import DatasetInfo, Split, load_dataset
 from bench.data.corruptions import CorruptionSet, load_corruption_set
 from bench.eval.evaluator import LAYOUTS
-from bench.eval.threats import Threats, measure_more
+from bench.eval.threats import Threats, check_eps_l2, measure_more
 from bench.models.architectures import build_model
 from bench.train.parents import read_parent_file
 
@@ -37,9 +37,12 @@ def own_norm(cfg: RunConfig) -> str:
 
 def corruption_set(cfg: RunConfig, rt: Runtime, test: Split, info: DatasetInfo,
                    log: Callable[[str], None]) -> CorruptionSet | None:
-    """The checked corruption set the run is to be measured on (None when none is asked for): loaded before the
-    run trains, so that a missing or damaged file is said in one line before anything is written."""
+    """The checked corruption set the run is to be measured on (None when none is asked for), and the L2 radius
+    checked against the images' size: before the run trains, so that a missing or damaged file or a radius larger
+    than any two images are apart is said in one line before anything is written."""
     threats = threats_of(rt)
+    if "l2" in threats.names:
+        check_eps_l2(threats.radius(cfg.dataset), info.channels, info.image_size)
     if "corruptions" not in threats.names:
         return None
     return load_corruption_set(cfg.dataset, threats.source, test, info, rt.data_root, rt.cache_dir, log=log)
@@ -87,7 +90,7 @@ def add_to_finished(cfg: RunConfig, rt: Runtime, result: dict, device: torch.dev
             f"(models are not committed): copy it there, or train the run again with --rerun all")
         return result
     _, test, info = load_dataset(cfg.dataset, rt.data_root, rt.cache_dir)
-    corrupted = corruption_set(cfg, rt, test, info, log) if "corruptions" in which else None
+    corrupted = corruption_set(cfg, rt, test, info, log)
     blob = read_parent_file(path, cfg, info.num_classes, info.channels)
     model = build_model(cfg.model, info.num_classes, info.channels)
     model.load_state_dict(blob["state_dict"])
