@@ -8,6 +8,9 @@ Published layouts (under the data root):
 * ``Tiny-ImageNet-C/`` (Zenodo 2536630): ``<corruption>/<severity>/<wnid>/*.JPEG``, 64 x 64; decoded once per
   corruption (all five severities together) through the decode cache.
 
+A published folder that does not exist is downloaded first, checked against its published MD5
+(``bench.data.corruption_download``); one that exists is read as it is.
+
 Checks before any evaluation: all 15 corruptions present (else one line naming the missing ones), every file
 readable and of the published shape (a truncated file is named), the labels equal to the clean test set's (CIFAR: the
 test labels five times over, in order; Tiny-ImageNet-C: the same number of images of every class as the val set).
@@ -22,6 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.data.corruption_download import download_published
 from bench.data.images import decode_cached, list_images
 from bench.data.split import DataError, DatasetInfo, Split
 
@@ -78,10 +82,12 @@ def load_corruption_set(dataset: str, source: str, test: Split, info: DatasetInf
         return load_cifar_c(gen.generated_folder(dataset, test, root, log=log), test,
                             dataset_name=corruption_set_name(dataset, source), label=gen.LABELS[dataset],
                             corruptions=gen.GENERATED)
+    folder = root / PUBLISHED[dataset]
+    if not folder.exists():  # only a missing set is downloaded: an incomplete one is named below, never repaired
+        download_published(PUBLISHED[dataset], root, log=log)
     if dataset == "tiny-imagenet":
-        return load_tiny_imagenet_c(root / PUBLISHED[dataset], test, info, cache_dir)
-    return load_cifar_c(root / PUBLISHED[dataset], test, dataset_name=corruption_set_name(dataset, source),
-                        label=PUBLISHED[dataset])
+        return load_tiny_imagenet_c(folder, test, info, cache_dir)
+    return load_cifar_c(folder, test, dataset_name=corruption_set_name(dataset, source), label=PUBLISHED[dataset])
 
 
 def open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:

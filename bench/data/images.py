@@ -223,6 +223,20 @@ def load_image_folder_dataset(
     return train.shuffled(0), test.shuffled(0), info
 
 
+def extract_tar(archive: Path, dest: Path) -> None:
+    """Unpack the tar ``archive`` into ``dest``, refusing any member that would land outside it (absolute paths,
+    '..', links pointing out, device files): tarfile.FilterError (a TarError) or DataError."""
+    with tarfile.open(archive, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")  # refuses absolute paths, '..', device files
+        else:  # pragma: no cover - Python < 3.11.4
+            for member in tar.getmembers():
+                target = (dest / member.name).resolve()
+                if not target.is_relative_to(dest.resolve()):
+                    raise DataError(f"archive {archive} has an unsafe member path {member.name!r}")
+            tar.extractall(dest)
+
+
 def extract_archive(archive: Path, cache_dir: Path) -> Path:
     """Extract ``archive`` into the cache (once, keyed by its path/size/mtime) and return the extracted folder.
 
@@ -237,15 +251,7 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=cache_dir))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', device files
-            else:  # pragma: no cover - Python < 3.11.4
-                for member in tar.getmembers():
-                    dest = (tmp / member.name).resolve()
-                    if not str(dest).startswith(str(tmp.resolve())):
-                        raise DataError(f"archive {archive} has an unsafe member path {member.name!r}")
-                tar.extractall(tmp)
+        extract_tar(archive, tmp)
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; make the extracted copy as readable as a normal folder
         try:
             os.replace(tmp, target)
