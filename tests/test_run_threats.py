@@ -107,3 +107,14 @@ def test_a_grid_declares_its_threat_models_and_keeps_its_runs_ids():
                                         "corruptions": "generated"}
     args = argparse.Namespace(grid="cpu_threats", threat="l2", eps_l2="0.25", corruptions=None)
     assert _run_threats(args, runs) == {"threats": ("l2",), "eps_l2": 0.25, "corruptions": None}
+
+
+def test_local_workers_measure_a_finished_run_on_its_saved_model(tmp_path):
+    from bench.grid.pool import devices_from, run_pool
+
+    cfg = tiny_run("standard", "digits", epochs=1)
+    done = execute(cfg, _rt(tmp_path))
+    assert "l2" not in done["metrics"]
+    run_pool([cfg], _rt(tmp_path, threats=("linf", "l2")), devices_from(None, 1, 0), log=lambda s: None)
+    res = Store(tmp_path / "r").read(run_id(cfg))
+    assert res["metrics"]["l2"]["eps"] == 0.29 and res["epochs"] == done["epochs"]

@@ -86,6 +86,15 @@ def test_grid_of_a_parent_and_two_children(tmp_path, folder, monkeypatch, capsys
                         capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["run", *args, "--executor", "slurm", "--profile", "local"]) == 0
     assert "0 job(s) in 0 array(s); not submitted: 3 done" in capsys.readouterr().out
+    # another threat model for the finished runs: jobs that measure their saved models, training nothing
+    before = {run_id(c): store.read(run_id(c)) for c in full}
+    assert main(["run", *args, "--executor", "slurm", "--profile", "local", "--threads", "1", "--threat", "l2",
+                 "--eps-l2", "1.0", "--wait"]) == 0
+    assert "3 job(s)" in capsys.readouterr().out
+    for rid, old in before.items():
+        new = store.read(rid)
+        assert new["metrics"]["l2"]["eps"] == 1.0 and new["epochs"] == old["epochs"]
+        assert {k: v for k, v in new["metrics"].items() if k != "l2"} == old["metrics"]
 
 
 def _requeue_mid_run(tmp_path, cfg, profile: str, checkpoint_timeout: float, finish_timeout: float):

@@ -34,6 +34,7 @@ from bench.core.store import CorruptFile, Store
 from bench.grid.runner import parents_needing_model, preflight, stale_note
 from bench.grid.runs import expand
 from bench.train.attempt import execute_recording_crash
+from bench.train.threat_evals import lacks_threats
 from bench.train.rerun import Rerun
 from bench.train.result import failed_result
 
@@ -70,7 +71,8 @@ def work(ordered: list[RunConfig], rt: Runtime, since: str, name: str, log: Call
     while True:
         status = {rid: _status(store, rid, since, again) for rid in ids}
         todo = [rid for rid, s in status.items() if s == "todo" or (s == "done" and rid in needed
-                                                                      and not store.model_path(rid).exists())]
+                                                                      and not store.model_path(rid).exists())
+                or (s == "done" and lacks_threats(ids[rid], rt, store))]  # measured on its saved model
         if not todo:
             return
         started = False

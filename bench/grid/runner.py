@@ -16,6 +16,7 @@ from bench.core.runtime import Runtime
 from bench.core.store import CorruptFile, Store
 from bench.data import load_dataset
 from bench.grid.runs import expand
+from bench.train.threat_evals import lacks_threats
 from bench.models.architectures import MODELS, ModelError
 from bench.train.attempt import execute_recording_crash
 from bench.train.parents import load_parent_file, read_parent_file
@@ -108,7 +109,8 @@ def run_local(runs: list[RunConfig], rt: Runtime, log: Callable[[str], None] = p
         redo = status == "done" and rid in needed
         note = stale_note(cfg, stored, again, ordered)
         log(f"[{i}/{len(ordered)}] {rid} {cfg.method} on {cfg.model}/{cfg.dataset} seed {cfg.seed}: "
-            + (note if note and not redo else "done, skipped" if status == "done" and not redo else "training"))
+            + (note if note and not redo else ("done" if lacks_threats(cfg, rt, store) else "done, skipped")
+               if status == "done" and not redo else "training"))
         # bad input stops the whole grid with one line; a crash is recorded and the grid goes on
         results[rid] = execute_recording_crash(cfg, rt, log=log, need_model=rid in needed, rerun=again)
     return results

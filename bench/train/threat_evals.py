@@ -68,6 +68,20 @@ def missing(cfg: RunConfig, rt: Runtime, metrics: dict) -> tuple[str, ...]:
     return threats_of(rt).missing(metrics, cfg.dataset, own_norm(cfg))
 
 
+def lacks_threats(cfg: RunConfig, rt: Runtime, store: Store) -> bool:
+    """Whether a done run lacks a threat model ``rt`` asks for and its saved model is here to measure it (the
+    schedulers' question: a run without its model is not queued again for nothing)."""
+    if not rt.threats or all(t == "linf" for t in rt.threats):
+        return False
+    rid = run_id(cfg)
+    try:
+        result = store.read(rid)
+    except Exception:  # noqa: BLE001 - a corrupt result is the run's own business (it is redone), not this one's
+        return False
+    return (result is not None and result.get("status") == "done" and store.model_path(rid).exists()
+            and bool(missing(cfg, rt, result.get("metrics") or {})))
+
+
 def with_more(result: dict, more: dict) -> dict:
     """``result`` with the entries of ``more`` added to its metrics and L2's order check counted in its sanity."""
     metrics = {**result["metrics"], **more}

@@ -39,7 +39,8 @@ class RunJob(submitit.helpers.Checkpointable):
             f"{os.environ.get('SLURM_ARRAY_TASK_ID')}, restart {os.environ.get('SLURM_RESTART_COUNT', 0)}) "
             f"on {os.environ.get('SLURMD_NODENAME')}, code {os.getcwd()}")
         try:
-            # submitted although done only when a child needs its missing model file (grid_status)
+            # submitted although done only when a child needs its missing model file (grid_status), or to measure
+            # the threat models of `bench run --threat` on its saved model (bench.train.threat_evals)
             result = execute_recording_crash(cfg, rt, log=log, need_model=True)
         except ConfigError as e:  # bad input found in the job: recorded too, for `bench status`
             record_crash(cfg, rt, e, log)

@@ -26,6 +26,7 @@ from bench.grid.slurm.scheduler import (QUEUED_STATES, RUNNING_STATES, Scheduler
                                         query_jobs)
 from bench.grid.slurm.snapshot import plugin_modules, plugin_sources, snapshot_code
 from bench.grid.slurm.status import RunStatus, grid_status, write_job
+from bench.train.threat_evals import lacks_threats
 from bench.models.architectures import MODELS, ModelError
 from bench.train.rerun import Rerun, archive_if_chosen
 from bench.train.validation import validate_run
@@ -85,7 +86,7 @@ def plan_submission(runs: list[RunConfig], results: Path, profile_name: str, pro
     statuses = statuses if statuses is not None else grid_status(runs, results)
     state = {s.run_id: s for s in statuses}
     # "unknown" (a recorded job the scheduler could not be asked about) is never resubmitted blindly
-    todo = [s.cfg for s in statuses if s.state in ("missing", "failed", "corrupt")]
+    todo = [s.cfg for s in statuses if s.state in ("missing", "failed", "corrupt", "measure")]
     skipped = [s for s in statuses if s.run_id not in {run_id(c) for c in todo}]
     todo_ids = {run_id(c) for c in todo}
 
@@ -220,7 +221,7 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
         if statuses is not None and rerun is not None:
             chosen = _chosen(ordered, Store(rt.results), Rerun(rerun))
             statuses = [dataclasses.replace(s, state="missing") if s.run_id in chosen else s for s in statuses]
-        plan = plan_submission(runs, rt.results, name, prof, statuses)
+        plan = plan_submission(runs, rt.results, name, prof, statuses and _to_measure(statuses, rt))
         where = "" if profiles_file() == PROFILES_FILE else f" (from {profiles_file()})"
         log(f"dry run, profile '{name}'{where}: nothing is submitted")
         log(plan.describe())
@@ -235,10 +236,19 @@ def run_slurm(runs: list[RunConfig], rt: Runtime, profile: str | None, *, dry_ru
     store.check_writable()
     if rerun is not None:
         _archive_chosen(ordered, store, Rerun(rerun), log)
-    plan = plan_submission(runs, rt.results, name, prof)
+    plan = plan_submission(runs, rt.results, name, prof, _to_measure(grid_status(runs, rt.results), rt))
     submit(plan, rt, name, log=log)
     log(plan.describe())
     return plan
+
+
+def _to_measure(statuses: list[RunStatus], rt: Runtime) -> list[RunStatus]:
+    """Done runs that lack a threat model of ``bench run --threat`` and have their saved model: submitted as
+    "measure" jobs, which measure it on that model (bench.train.threat_evals) without training."""
+    store = Store(rt.results)
+    return [dataclasses.replace(s, state="measure", reason="done; measuring its other threat models on its saved "
+                                "model") if s.state in ("done", "stale") and lacks_threats(s.cfg, rt, store) else s
+            for s in statuses]
 
 
 def _stored(store: Store, rid: str) -> dict | None:
