@@ -62,7 +62,7 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     return new
 
 
-TOP_KEYS = {"model", "dataset", "seed", "eps"}
+TOP_KEYS = {"model", "dataset", "seed", "eps", "norm"}
 
 
 def apply_set(cfg: RunConfig, key: str, value: Any) -> tuple[RunConfig, bool]:

@@ -1,7 +1,7 @@
 """Run configurations: frozen, keyword-only dataclasses whose canonical JSON names a run.
 
 A run is one method trained on one model and data set with one schedule, then evaluated:
-``RunConfig(method, hparams, model, dataset, train, eval, seed, eps, parent)``. Its identity
+``RunConfig(method, hparams, model, dataset, train, eval, seed, eps, parent, norm)``. Its identity
 (``run_id``) is a short hash of its canonical JSON, so the same run asked for by two grids is
 trained once, and a parent (the natural model behind vAFT, the PGD-AT model behind RiFT) is a
 run of its own, nested in its children's configs.
@@ -23,6 +23,10 @@ from typing import Any, Mapping
 SCHEMA_VERSION = 1
 
 EPS_8 = 8 / 255
+# The threat model a run trains under: its attack's norm. "linf" (the paper's; ``eps`` in (0, 1] per pixel) or "l2"
+# (``eps`` the radius over the whole image in [0, 1] pixels, e.g. bench.data.L2_EPS).
+NORMS = ("linf", "l2")
+DEFAULT_NORM = "linf"
 
 
 def parse_fraction(text: str) -> float:
@@ -192,13 +196,16 @@ class RunConfig:
     # run); its path is not (moving the file does not), so canonical_json leaves the path out.
     parent_file: str | None = None
     parent_digest: str | None = None
+    # The norm of the run's threat model (NORMS). Left out of canonical_json when it is the default, so the run ids
+    # of every L-inf run stay what they were before runs had a norm.
+    norm: str = DEFAULT_NORM
 
     @property
     def hp(self) -> dict[str, Any]:
         return dict(self.hparams)
 
     def validate(self) -> None:
-        parse_eps(self.eps)
+        check_norm_eps(self.norm, self.eps)
         self.train.validate()
         self.eval.validate()
         if self.parent is not None:
@@ -207,6 +214,18 @@ class RunConfig:
             raise ConfigError("a run has one parent: a trained run, a zoo model or a file, not several")
         if (self.parent_file is None) != (self.parent_digest is None):
             raise ConfigError("parent_file and parent_digest go together (bench.core.config.with_parent_file sets both)")
+
+
+def check_norm_eps(norm: Any, eps: Any) -> None:
+    """ConfigError in one line for an unknown norm or a radius that does not fit it: an L-inf eps in (0, 1], an L2
+    eps finite and > 0 (its upper bound sqrt(C * H * W) depends on the data set: bench.eval.standalone.check_eps_l2)."""
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    if norm == "linf":
+        parse_eps(eps)
+    elif isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
+        raise ConfigError(f"eps under norm l2 is the L2 radius over the whole image: a finite number > 0 (e.g. 0.5 "
+                          f"on CIFAR-10), got {eps}")
 
 
 def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
@@ -236,9 +255,11 @@ def to_dict(cfg: Any) -> Any:
 
 
 def _identity(d: Any) -> Any:
-    """to_dict(run) without what does not change a run's meaning: the path of a parent file (its digest stays)."""
+    """to_dict(run) without what does not change a run's meaning: the path of a parent file (its digest stays); and
+    without the default norm, at every level, so an L-inf run keeps the id it had before runs had a norm."""
     if isinstance(d, dict):
-        return {k: _identity(v) for k, v in d.items() if k != "parent_file"}
+        return {k: _identity(v) for k, v in d.items()
+                if k != "parent_file" and not (k == "norm" and v == DEFAULT_NORM)}
     return d
 
 
@@ -282,6 +303,7 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
         parent_zoo=d.get("parent_zoo"),
         parent_file=d.get("parent_file"),
         parent_digest=d.get("parent_digest"),
+        norm=d.get("norm", DEFAULT_NORM),
     )
 
 
