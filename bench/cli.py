@@ -260,7 +260,8 @@ def cmd_run(args) -> int:
 
         for cfg in expand(runs):
             print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
-                  f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else ""))
+                  f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else "")
+                  + (f"  norm {cfg.norm} eps {cfg.eps:g}" if cfg.norm != "linf" else ""))
         return 0
     if args.gpus is not None or args.workers is not None:  # one worker per device, independent runs at once
         import torch

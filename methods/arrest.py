@@ -56,6 +56,7 @@ from torch import Tensor
 
 from bench.core.distributed import global_mean
 from bench.core.schedules import milestone_iteration
+from bench.eval.attacks import random_start_l2
 from methods.afkd import AFKD, upcast
 from methods.base import FRACTION, Range, angular_distance, register
 from methods.vaft import aft_pgd
@@ -126,9 +127,13 @@ class ARREST(AFKD):
                                  hp.replay_fraction)
         if noise:
             # ARREST.py:173, 175-176, 189: PGD's random start x + U(-eps, eps), not attacked, clamped to [0, 1].
-            # Drawn exactly as bench.eval.attacks.pgd draws its start, so both branches consume the same random numbers.
-            u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
-            x_train = (x + (2.0 * u - 1.0) * self.ctx.eps).clamp(0.0, 1.0)
+            # Drawn exactly as bench.eval.attacks.pgd draws its start, so both branches consume the same random numbers
+            # (under norm l2 the attack's start is a random point of the L2 ball: that one, drawn the same way).
+            if self.ctx.norm == "l2":
+                x_train = random_start_l2(x, self.ctx.eps, None)
+            else:
+                u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
+                x_train = (x + (2.0 * u - 1.0) * self.ctx.eps).clamp(0.0, 1.0)
         else:
             x_train = aft_pgd(self, x, batch.y)
         out = self.rgkd_losses(x, x_train, batch.y, target)

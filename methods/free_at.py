@@ -84,6 +84,10 @@ class FreeAT(Method):
     parent = None
     summary = "Free-AT: m minibatch replays with a persistent FGSM perturbation (Shafahi et al. 2019)"
     single_step = True
+    # The replay update is delta <- clip(delta + eps sign(grad), -eps, eps) (Shafahi et al. 2019, Algorithm 1;
+    # train_free.py:103): a sign step and a per-pixel clip, the L-inf ball by construction.
+    norms = ("linf",)
+    norm_reason = "trains with sign (FGSM) steps clipped per pixel, an L-inf attack by construction"
     # train_free.py:23-30: --epochs 10 (passes; x8 replays), cyclic 0 -> 0.04 -> 0 per replay, wd 5e-4, momentum
     # 0.9; :81-82 CyclicLR's default cycle_momentum=True (momentum 0.9 -> 0.8 at the lr peak -> 0.9)
     recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5,

@@ -115,6 +115,7 @@ from bench.core.distributed import broadcast_object
 from bench.data import Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
+from bench.eval.l2 import L2Evaluator
 from bench.models.architectures import BasicBlock, ResNet, WideResNet, feature_extractor_and_head
 from methods.base import COUNT, POSITIVE, Method, MethodError, OneOf, Range, register
 
@@ -353,8 +354,9 @@ class RiFT(Method):
         y = split.labels.to(dev)
         gen = torch.Generator(device=dev).manual_seed(self.ctx.seed)
         bs = 500
-        x_adv = torch.cat([pgd(probe, x[i:i + bs], y[i:i + bs], eps=self.ctx.eps, step_size=hp.attack_step_size,
-                               steps=hp.attack_steps, random_start=True, generator=gen, clamp_start=True)
+        x_adv = torch.cat([pgd(probe, x[i:i + bs], y[i:i + bs], eps=self.ctx.eps,
+                               step_size=self.attack_step(hp.attack_step_size), steps=hp.attack_steps,
+                               random_start=True, generator=gen, clamp_start=True, norm=self.ctx.norm)
                            for i in range(0, len(x), bs)])
         return x_adv, y
 
@@ -393,7 +395,9 @@ class RiFT(Method):
         # uniform start clamped to [0, 1], model in eval mode.
         cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=0, pgd_steps=self.hp.attack_steps,
                          pgd_step_size=self.hp.attack_step_size, pgd_clamp_start=True, batch_size=batch_size)
-        return Evaluator(split, cfg, self.ctx.eps, device, seed=self.ctx.seed if seed is None else seed)
+        # Under norm l2 the held-out robustness is the L2 one (PGD-10 in L2 with the L2 evaluator's step, eps / 4).
+        evaluator = L2Evaluator if self.ctx.norm == "l2" else Evaluator
+        return evaluator(split, cfg, self.ctx.eps, device, seed=self.ctx.seed if seed is None else seed)
 
     def _record_epoch(self, model: nn.Module, ev: Evaluator) -> None:
         """Held-out clean accuracy of the model at the end of a fine-tuning epoch; keep it if strictly best."""
