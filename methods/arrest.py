@@ -45,6 +45,9 @@ Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
 - The code computes the teacher's features twice per step (167 and 194), with equal values (same x, same mode);
   ours once. Its running statistics, updated by each, are never read (methods/afkd.py).
 - ``noise`` (1 if the batch was replayed with noise, else 0) and ``replay_dist`` (d) are logged per epoch as means.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``); the noisy replay
+  trains on that attack's start, a random point of the L2 ball (clamped to [0, 1]).
 """
 from __future__ import annotations
 

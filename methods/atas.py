@@ -86,6 +86,8 @@ same initial weights, batches, crops and initial delta; step sizes in /255, per 
   un-padded centre of the buffer is used (the code always augments).
 - The padded border of delta is drawn U(-eps, eps) like the rest, as in the code; pixels read from it are added
   to the zero padding and clamped to [0, 1], so after a write-back they hold [0, eps].
+- Under norm l2: refused (``norms``): its adaptive sign step and the per-pixel projection are an L-inf attack by
+  construction.
 """
 from __future__ import annotations
 

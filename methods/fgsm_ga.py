@@ -72,6 +72,8 @@ bench's Loader makes them; "trained small CNN" = the small CNN after 2 passes of
   (a property of the model, not of FGSM-GA).
 - GradAlign's uniform draw: uniform_(-eps, eps) (= -eps + 2 eps u) there, (2u - 1) eps here: the same u from the
   global RNG, equal to rounding.
+- Under norm l2: refused (``norms``): FGSM's sign step and GradAlign's U(-eps, eps) noise are an L-inf attack by
+  construction.
 """
 from __future__ import annotations
 

@@ -61,6 +61,7 @@ makes them):
 - The perturbation gradient is that of the batch-mean CE; only its sign is used, so sum or mean give the same
   step (TF's total loss adds weight decay, whose delta-gradient is zero).
 - Data: the code's DataLoader keeps the short last batch (no drop_last), as our loader does.
+- Under norm l2: refused (``norms``): the replay's sign step and per-pixel clip are an L-inf attack by construction.
 """
 from __future__ import annotations
 

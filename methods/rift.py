@@ -97,6 +97,10 @@ Fidelity notes (measured on a PGD-AT parent trained with the cpu grid's recipe, 
   next one, outside the loop's per-epoch timer; the MRC wall time is ``rift_mrc_seconds`` in the result. Measured
   on 1 contended thread: 526 s for the 6 modules on 2,000 images (the old 1,000 images in batches of 512: 144 s);
   the whole run 1,389 s. The README's modules skip the MRC stage entirely (as main.py --layer).
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``) for the
+  adversarial MRC set; theta_FT's held-out robustness (and a's) is the L2 evaluator's (bench.eval.l2, PGD-10 of step
+  eps / 4).
 """
 from __future__ import annotations
 
