@@ -196,8 +196,8 @@ class RunConfig:
     # run); its path is not (moving the file does not), so canonical_json leaves the path out.
     parent_file: str | None = None
     parent_digest: str | None = None
-    # The norm of the run's threat model (NORMS). Left out of canonical_json when it is the default, so the run ids
-    # of every L-inf run stay what they were before runs had a norm.
+    # The norm of the run's threat model (NORMS). Left out of to_dict (so of canonical_json) when it is the default:
+    # the run ids of every L-inf run stay what they were before runs had a norm.
     norm: str = DEFAULT_NORM
 
     @property
@@ -245,21 +245,27 @@ def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
     return default is None or isinstance(value, type(default)), value
 
 
+# Fields written only where they differ from their default: added after runs were first hashed and stored, they are
+# left out of an L-inf run's dict at every level (parents too), so its run id, its result file's config and the
+# report's pages read as before they existed. from_dict reads an absent one as its default.
+OMITTED_AT_DEFAULT = frozenset({"norm"})
+
+
 def to_dict(cfg: Any) -> Any:
-    """Plain JSON-able structure of a config (tuples become lists)."""
+    """Plain JSON-able structure of a config (tuples become lists; ``OMITTED_AT_DEFAULT`` fields at their default
+    left out)."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)
+                if not (f.name in OMITTED_AT_DEFAULT and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, (tuple, list)):
         return [to_dict(v) for v in cfg]
     return cfg
 
 
 def _identity(d: Any) -> Any:
-    """to_dict(run) without what does not change a run's meaning: the path of a parent file (its digest stays); and
-    without the default norm, at every level, so an L-inf run keeps the id it had before runs had a norm."""
+    """to_dict(run) without what does not change a run's meaning: the path of a parent file (its digest stays)."""
     if isinstance(d, dict):
-        return {k: _identity(v) for k, v in d.items()
-                if k != "parent_file" and not (k == "norm" and v == DEFAULT_NORM)}
+        return {k: _identity(v) for k, v in d.items() if k != "parent_file"}
     return d
 
 

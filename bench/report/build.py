@@ -169,7 +169,7 @@ def _other_norm(runs: pd.DataFrame) -> pd.Series:
 def _norm_notes(selected: dict[str, pd.Series]) -> list[str]:
     """One note per other threat model the table's runs train under: the paper has no numbers for them."""
     runs = pd.DataFrame(list(selected.values()))
-    if runs.empty:
+    if runs.empty or "norm" not in runs:  # a frame of runs without a norm (built by hand) is L-inf
         return []
     other = runs[_other_norm(runs)]
     return [f"{norm.upper()} (eps {', '.join(f'{e:g}' for e in sorted(set(g.eps)))}): no paper numbers (the "
