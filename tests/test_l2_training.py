@@ -17,6 +17,8 @@ from bench.core.config import (EPS_8, SCHEMA_VERSION, ConfigError, RunConfig, ca
 from bench.core.store import Store
 from bench.data import L2_EPS, DatasetInfo, Split
 from bench.eval.attacks import l2_norms, pgd
+from bench.eval.evaluator import Evaluator
+from bench.eval.l2 import L2Evaluator
 from bench.grid.grids import GRIDS, get_grid
 from bench.grid.runs import expand, make_run
 from bench.models.architectures import build_model
@@ -174,6 +176,9 @@ def test_rift_adversarial_set_is_an_l2_attack(monkeypatch):
     m = _method("rift", "l2", 0.5)
     m.mrc_set()
     assert seen["norm"] == "l2" and seen["step_size"] == pytest.approx(m.hp.attack_step_size * 0.5 / EPS_8)
+    # theta_FT's epoch and a are chosen by held-out robustness in the run's threat model
+    assert type(m._heldout_evaluator(torch.device("cpu"))) is L2Evaluator
+    assert type(_method("rift", "linf", EPS_8)._heldout_evaluator(torch.device("cpu"))) is Evaluator
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
