@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.core.config import NORMS
+
 LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
 
@@ -67,9 +69,6 @@ def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     # Project onto the L-inf ball around x, then onto the image box [0, 1] (the box is the tighter constraint
     # near 0/1; doing it second keeps x_adv both in the ball and a valid image).
     return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
-
-
-NORMS = ("linf", "l2")
 
 
 def l2_norms(d: Tensor) -> Tensor:
