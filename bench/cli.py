@@ -62,7 +62,7 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     return new
 
 
-TOP_KEYS = {"model", "dataset", "seed", "eps"}
+TOP_KEYS = {"model", "dataset", "seed", "eps", "norm"}
 
 
 def apply_set(cfg: RunConfig, key: str, value: Any) -> tuple[RunConfig, bool]:
@@ -283,7 +283,8 @@ def cmd_run(args) -> int:
                  "corruptions": f"corruptions ({rt.corruptions or 'published'})"}[t] for t in extra))
         for cfg in expand(runs):
             print(f"{run_id(cfg)}  {cfg.method:10s} {cfg.model}/{cfg.dataset} seed {cfg.seed} "
-                  f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else ""))
+                  f"epochs {cfg.train.epochs}" + (f"  parent {run_id(cfg.parent)}" if cfg.parent else "")
+                  + (f"  norm {cfg.norm} eps {cfg.eps:g}" if cfg.norm != "linf" else ""))
         return 0
     if args.gpus is not None or args.workers is not None:  # one worker per device, independent runs at once
         import torch

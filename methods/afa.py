@@ -52,6 +52,9 @@ Fidelity notes (every item but SupCon's formula is a choice the summary leaves o
   for its two views: BatchNorm statistics of clean and adversarial images are mixed); TRADES does three passes.
 - Recipe (UNVERIFIED): PGD-AT's (Bag-of-Tricks: 110 epochs, lr 0.1, x0.1 at 100 and 105, wd 5e-4, batch 128);
   AFA's is unknown. PGD-AT's two extra clean BatchNorm passes (methods/pgd_at.py) are not part of AFA.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``), on the same
+  embedding objective.
 """
 from __future__ import annotations
 

@@ -94,6 +94,9 @@ naturally trained 3 epochs on digits (32x32, fp32, batch 128); D1 != D2 (both I 
   code's update with the disentangler's terms removed: three steps become two, the middle one on a zero gradient
   (what a zero-weighted backward leaves), i.e. weight decay + momentum only, so the ablations keep AFD's
   optimiser dynamics (3x weight decay, EMA) and differ from it only in their losses; "joint" gives them one step.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``), from the same
+  unclamped start rule.
 """
 from __future__ import annotations
 

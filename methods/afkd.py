@@ -34,6 +34,9 @@ Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
 - The attack's unclamped start and its mean-vs-sum loss: see methods/vaft.py.
 - Suzuki et al.'s own code is not public and their lambda is taken from the code's default; the AFD authors'
   re-implementation is what the AFD tables use, so we follow it (lr 0.025, the AFT schedule).
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``), through
+  ``aft_pgd``.
 """
 from __future__ import annotations
 

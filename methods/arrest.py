@@ -45,6 +45,9 @@ Fidelity notes (numbers from the script and setting of methods/vaft.py's notes):
 - The code computes the teacher's features twice per step (167 and 194), with equal values (same x, same mode);
   ours once. Its running statistics, updated by each, are never read (methods/afkd.py).
 - ``noise`` (1 if the batch was replayed with noise, else 0) and ``replay_dist`` (d) are logged per epoch as means.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``); the noisy replay
+  trains on that attack's start, a random point of the L2 ball (clamped to [0, 1]).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from torch import Tensor
 
 from bench.core.distributed import global_mean
 from bench.core.schedules import milestone_iteration
+from bench.eval.attacks import random_start_l2
 from methods.afkd import AFKD, upcast
 from methods.base import FRACTION, Range, angular_distance, register
 from methods.vaft import aft_pgd
@@ -126,9 +130,13 @@ class ARREST(AFKD):
                                  hp.replay_fraction)
         if noise:
             # ARREST.py:173, 175-176, 189: PGD's random start x + U(-eps, eps), not attacked, clamped to [0, 1].
-            # Drawn exactly as bench.eval.attacks.pgd draws its start, so both branches consume the same random numbers.
-            u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
-            x_train = (x + (2.0 * u - 1.0) * self.ctx.eps).clamp(0.0, 1.0)
+            # Drawn exactly as bench.eval.attacks.pgd draws its start, so both branches consume the same random numbers
+            # (under norm l2 the attack's start is a random point of the L2 ball: that one, drawn the same way).
+            if self.ctx.norm == "l2":
+                x_train = random_start_l2(x, self.ctx.eps, None)
+            else:
+                u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
+                x_train = (x + (2.0 * u - 1.0) * self.ctx.eps).clamp(0.0, 1.0)
         else:
             x_train = aft_pgd(self, x, batch.y)
         out = self.rgkd_losses(x, x_train, batch.y, target)

@@ -86,6 +86,8 @@ same initial weights, batches, crops and initial delta; step sizes in /255, per 
   un-padded centre of the buffer is used (the code always augments).
 - The padded border of delta is drawn U(-eps, eps) like the rest, as in the code; pixels read from it are added
   to the zero padding and clamped to [0, 1], so after a write-back they hold [0, eps].
+- Under norm l2: refused (``norms``): its adaptive sign step and the per-pixel projection are an L-inf attack by
+  construction.
 """
 from __future__ import annotations
 
@@ -152,6 +154,10 @@ class ATAS(Method):
     parent = None
     summary = "ATAS: one-step AT with per-example adaptive step sizes and stored perturbations (Huang et al. 2023)"
     single_step = True
+    # ATAS's step is x0 + alpha_i sign(g_i) projected onto the L-inf ball (Huang et al. 2023, Algorithm 1;
+    # adv_attack.py:51-53), its carried perturbation drawn U(-eps, eps) per pixel: L-inf by construction.
+    norms = ("linf",)
+    norm_reason = "trains with sign (FGSM) steps of an adaptive size, an L-inf attack by construction"
     # ATAS_CIFAR.sh: 30 epochs, lr 0.1 x0.1 after epochs 24 and 28 (MultiStepLR in iterations), wd 5e-4, batch 128
     recipe = TrainConfig(epochs=RECIPE_EPOCHS, lr=0.1, weight_decay=5e-4, schedule="piecewise",
                          milestones=(24 / 30, 28 / 30))

@@ -16,6 +16,11 @@ it, keeps its EMA, and hands it to ``export`` which returns the plain classifier
 persistent perturbation, per-example buffers) goes through ``state_dict``/``load_state_dict`` so that a resumed
 run continues bit for bit. The other hooks are optional, each with the default most methods keep.
 
+The attack: a method's training attack goes through ``Method.pgd`` (``bench.eval.attacks.pgd`` at the run's eps and
+norm). Every method's step hyperparameter is an L-inf value for eps 8/255 (its paper's); under norm "l2" (a run
+whose ``eps`` is an L2 radius) ``Method.pgd`` scales it by ``ctx.eps / EPS_8`` (``Method.attack_step``): the step
+is the same fraction of the radius as in the paper's L-inf attack. Under L-inf the step is used as given.
+
 What the suite reads about a method (label, ``bench plan``'s prior, capabilities) is ``Declarations``
 (methods/declarations.py), which ``Method`` inherits; the registry is methods/registry.py, whose names this module
 re-exports.
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.core.config import TrainConfig
+from bench.core.config import EPS_8, TrainConfig
 from bench.data import Batch, DatasetInfo, Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator, FeatureMap  # noqa: F401  (FeatureMap: also for methods' overrides)
@@ -145,8 +150,14 @@ class Method(Declarations):
 
     def pgd(self, x: Tensor, y: Tensor, *, steps: int, step_size: float, model: nn.Module | None = None,
             **kw: Any) -> Tensor:
-        return pgd(model if model is not None else self.model, x, y, eps=self.ctx.eps, step_size=step_size,
-                   steps=steps, **kw)
+        """The run's attack: ``bench.eval.attacks.pgd`` at the run's eps and norm, the step from ``attack_step``."""
+        return pgd(model if model is not None else self.model, x, y, eps=self.ctx.eps,
+                   step_size=self.attack_step(step_size), steps=steps, norm=self.ctx.norm, **kw)
+
+    def attack_step(self, step_size: float) -> float:
+        """The attack's step from a step hyperparameter (an L-inf value for eps 8/255): as given under L-inf; under
+        L2 scaled by eps / (8/255), so that it is the same fraction of the radius (2/255 at 8/255 -> eps / 4)."""
+        return step_size * self.ctx.eps / EPS_8 if self.ctx.norm == "l2" else step_size
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,7 @@ class Context:
     train: Split  # the full training split on the CPU (RiFT's held-out set, ATAS's buffer sizes)
     parent_model: nn.Module | None = None  # the parent's exported plain model (frozen copy), if any
     train_cfg: TrainConfig | None = None
+    norm: str = "linf"  # the run's threat model (RunConfig.norm): eps is an L2 radius under "l2"
 
 
 @dataclass(frozen=True)

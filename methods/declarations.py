@@ -7,6 +7,7 @@ method overrides the few that are not right for it:
 - what tables and figures print: ``label`` (``display_label()``);
 - the parent kind it trains, if it is the one that makes them: ``produces``;
 - the data it trains on: ``single_step`` (catastrophic-overfitting probes), ``drop_last``;
+- the threat models it can train under: ``norms`` (why not: ``norm_reason``, ``norm_problem()``);
 - ``bench plan``'s prior: ``plan_seconds_per_epoch``, ``plan_seconds_guessed`` (``plan_prior()``);
 - capabilities, one line of why not or None: ``compile_problem``, ``grad_scaler_problem``,
   ``data_parallel_problem``, ``batchnorm_sync_problem``.
@@ -34,6 +35,12 @@ class Declarations:
     # paper's GPU (its Table 5), or an estimate from the closest measured method (``plan_seconds_guessed``).
     plan_seconds_per_epoch: ClassVar[float | None] = None
     plan_seconds_guessed: ClassVar[bool] = False
+    # The norms of the threat models (bench.core.config.NORMS) it can train under. A method whose attack goes
+    # through ``methods.base.Method.pgd`` (or takes no attack) trains under both; one whose algorithm is an L-inf
+    # attack by construction (sign steps of FGSM, a perturbation clipped per pixel) declares ("linf",) and says why
+    # in ``norm_reason`` (what follows "method <name>" in the refusal).
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    norm_reason: ClassVar[str] = ""
 
     @classmethod
     def display_label(cls) -> str:
@@ -64,6 +71,14 @@ class Declarations:
         if keeps_the_base_train_step(cls):
             return None
         return "its own train_step does not go through the gradient scaler fp16 needs"
+
+    @classmethod
+    def norm_problem(cls, norm: str) -> str | None:
+        """Why this method cannot train under the threat model of ``norm`` (one line, the refusal), or None."""
+        if norm in cls.norms:
+            return None
+        why = cls.norm_reason or f"trains under {', '.join(cls.norms)} only"
+        return f"method {cls.name} {why}: it cannot train under norm {norm}"
 
     @classmethod
     def data_parallel_problem(cls, hp: Any) -> str | None:

@@ -72,6 +72,8 @@ bench's Loader makes them; "trained small CNN" = the small CNN after 2 passes of
   (a property of the model, not of FGSM-GA).
 - GradAlign's uniform draw: uniform_(-eps, eps) (= -eps + 2 eps u) there, (2u - 1) eps here: the same u from the
   global RNG, equal to rounding.
+- Under norm l2: refused (``norms``): FGSM's sign step and GradAlign's U(-eps, eps) noise are an L-inf attack by
+  construction.
 """
 from __future__ import annotations
 
@@ -156,6 +158,10 @@ class FGSMGA(Method):
     parent = None
     summary = "FGSM training + GradAlign regularizer (Andriushchenko & Flammarion 2020)"
     single_step = True
+    # FGSM (Goodfellow et al. 2015) from zero, eps * sign(g1) clipped to [-eps, eps] (Andriushchenko & Flammarion
+    # 2020; train.py:164-169), and GradAlign's noise drawn U(-eps, eps) per pixel: L-inf by construction.
+    norms = ("linf",)
+    norm_reason = "trains with sign (FGSM) steps and U(-eps, eps) noise per pixel, an L-inf attack by construction"
     drop_last = True  # data.py:39-40 (the code drops the last partial batch)
     # README command: 30 epochs, cyclic lr 0 -> 0.3 (at 40%) -> 0 per iteration; train.py:94 SGD momentum 0.9,
     # :39 wd 5e-4

@@ -61,6 +61,7 @@ makes them):
 - The perturbation gradient is that of the batch-mean CE; only its sign is used, so sum or mean give the same
   step (TF's total loss adds weight decay, whose delta-gradient is zero).
 - Data: the code's DataLoader keeps the short last batch (no drop_last), as our loader does.
+- Under norm l2: refused (``norms``): the replay's sign step and per-pixel clip are an L-inf attack by construction.
 """
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ class FreeAT(Method):
     parent = None
     summary = "Free-AT: m minibatch replays with a persistent FGSM perturbation (Shafahi et al. 2019)"
     single_step = True
+    # The replay update is delta <- clip(delta + eps sign(grad), -eps, eps) (Shafahi et al. 2019, Algorithm 1;
+    # train_free.py:103): a sign step and a per-pixel clip, the L-inf ball by construction.
+    norms = ("linf",)
+    norm_reason = "trains with sign (FGSM) steps clipped per pixel, an L-inf attack by construction"
     # train_free.py:23-30: --epochs 10 (passes; x8 replays), cyclic 0 -> 0.04 -> 0 per replay, wd 5e-4, momentum
     # 0.9; :81-82 CyclicLR's default cycle_momentum=True (momentum 0.9 -> 0.8 at the lr peak -> 0.9)
     recipe = TrainConfig(epochs=10, lr=0.04, weight_decay=5e-4, schedule="cyclic", cyclic_peak=0.5,

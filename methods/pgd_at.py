@@ -48,6 +48,9 @@ Fidelity notes:
   models take [0, 1] inputs without normalization (the TRADES/AFD convention, methods.md). Not measured.
 - Data: the code pads by 4 with REFLECTION before its random crop (utils.py:21-22); bench.data.loader pads with zeros
   (TRADES' RandomCrop(padding=4)). Not measured.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``): 2/255 becomes
+  eps / 4.
 """
 from __future__ import annotations
 

@@ -97,6 +97,10 @@ Fidelity notes (measured on a PGD-AT parent trained with the cpu grid's recipe, 
   next one, outside the loop's per-epoch timer; the MRC wall time is ``rift_mrc_seconds`` in the result. Measured
   on 1 contended thread: 526 s for the 6 modules on 2,000 images (the old 1,000 images in batches of 512: 144 s);
   the whole run 1,389 s. The README's modules skip the MRC stage entirely (as main.py --layer).
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``) for the
+  adversarial MRC set; theta_FT's held-out robustness (and a's) is the L2 evaluator's (bench.eval.l2, PGD-10 of step
+  eps / 4).
 """
 from __future__ import annotations
 
@@ -115,6 +119,7 @@ from bench.core.distributed import broadcast_object
 from bench.data import Split
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
+from bench.eval.l2 import L2Evaluator
 from bench.models.architectures import BasicBlock, ResNet, WideResNet, feature_extractor_and_head
 from methods.base import COUNT, POSITIVE, Method, MethodError, OneOf, Range, register
 
@@ -353,8 +358,9 @@ class RiFT(Method):
         y = split.labels.to(dev)
         gen = torch.Generator(device=dev).manual_seed(self.ctx.seed)
         bs = 500
-        x_adv = torch.cat([pgd(probe, x[i:i + bs], y[i:i + bs], eps=self.ctx.eps, step_size=hp.attack_step_size,
-                               steps=hp.attack_steps, random_start=True, generator=gen, clamp_start=True)
+        x_adv = torch.cat([pgd(probe, x[i:i + bs], y[i:i + bs], eps=self.ctx.eps,
+                               step_size=self.attack_step(hp.attack_step_size), steps=hp.attack_steps,
+                               random_start=True, generator=gen, clamp_start=True, norm=self.ctx.norm)
                            for i in range(0, len(x), bs)])
         return x_adv, y
 
@@ -393,7 +399,9 @@ class RiFT(Method):
         # uniform start clamped to [0, 1], model in eval mode.
         cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=0, pgd_steps=self.hp.attack_steps,
                          pgd_step_size=self.hp.attack_step_size, pgd_clamp_start=True, batch_size=batch_size)
-        return Evaluator(split, cfg, self.ctx.eps, device, seed=self.ctx.seed if seed is None else seed)
+        # Under norm l2 the held-out robustness is the L2 one (PGD-10 in L2 with the L2 evaluator's step, eps / 4).
+        evaluator = L2Evaluator if self.ctx.norm == "l2" else Evaluator
+        return evaluator(split, cfg, self.ctx.eps, device, seed=self.ctx.seed if seed is None else seed)
 
     def _record_epoch(self, model: nn.Module, ev: Evaluator) -> None:
         """Held-out clean accuracy of the model at the end of a fine-tuning epoch; keep it if strictly best."""

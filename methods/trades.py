@@ -49,6 +49,9 @@ Fidelity notes:
 - The code draws the start noise in float32 from the global CPU generator; we draw it in the input's dtype on
   its device (identical on a CPU fp32 run; on a GPU, the same distribution from another stream).
 - Data: crop (zero padding 4) + flip as the code (bench.data.loader); the code's torchvision loader, not ours.
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``); the start x +
+  0.001 N(0, I) is kept, as TRADES' own L2 branch (trades.py, ``distance='l_2'``) keeps it.
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ training images, batches of 128, a natural parent trained 4 epochs, 50.7% clean)
 - ARREST.py also runs its natural model on x without --RGKD (193-194) and discards the result: nothing to do.
 - The random start is drawn on the CPU in float32 and moved to the GPU (173); ours from the run's RNG on its
   device: same distribution, other random numbers (unavoidable).
+- Under norm l2 (not in the paper or its code): the attack of ``bench.eval.attacks.pgd(norm="l2")``
+  (docs/evaluation-threat-models.md) with the step scaled by eps / (8/255) (``Method.attack_step``), through
+  ``aft_pgd``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Run configurations: frozen, keyword-only dataclasses whose canonical JSON names a run.
 
 A run is one method trained on one model and data set with one schedule, then evaluated:
-``RunConfig(method, hparams, model, dataset, train, eval, seed, eps, parent)``. Its identity
+``RunConfig(method, hparams, model, dataset, train, eval, seed, eps, parent, norm)``. Its identity
 (``run_id``) is a short hash of its canonical JSON, so the same run asked for by two grids is
 trained once, and a parent (the natural model behind vAFT, the PGD-AT model behind RiFT) is a
 run of its own, nested in its children's configs.
@@ -23,6 +23,10 @@ from typing import Any, Mapping
 SCHEMA_VERSION = 1
 
 EPS_8 = 8 / 255
+# The threat model a run trains under: its attack's norm. "linf" (the paper's; ``eps`` in (0, 1] per pixel) or "l2"
+# (``eps`` the radius over the whole image in [0, 1] pixels, e.g. bench.data.L2_EPS).
+NORMS = ("linf", "l2")
+DEFAULT_NORM = "linf"
 
 
 def parse_fraction(text: str) -> float:
@@ -192,13 +196,16 @@ class RunConfig:
     # run); its path is not (moving the file does not), so canonical_json leaves the path out.
     parent_file: str | None = None
     parent_digest: str | None = None
+    # The norm of the run's threat model (NORMS). Left out of to_dict (so of canonical_json) when it is the default:
+    # the run ids of every L-inf run stay what they were before runs had a norm.
+    norm: str = DEFAULT_NORM
 
     @property
     def hp(self) -> dict[str, Any]:
         return dict(self.hparams)
 
     def validate(self) -> None:
-        parse_eps(self.eps)
+        check_norm_eps(self.norm, self.eps)
         self.train.validate()
         self.eval.validate()
         if self.parent is not None:
@@ -207,6 +214,18 @@ class RunConfig:
             raise ConfigError("a run has one parent: a trained run, a zoo model or a file, not several")
         if (self.parent_file is None) != (self.parent_digest is None):
             raise ConfigError("parent_file and parent_digest go together (bench.core.config.with_parent_file sets both)")
+
+
+def check_norm_eps(norm: Any, eps: Any) -> None:
+    """ConfigError in one line for an unknown norm or a radius that does not fit it: an L-inf eps in (0, 1], an L2
+    eps finite and > 0 (its upper bound sqrt(C * H * W) depends on the data set: bench.eval.standalone.check_eps_l2)."""
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    if norm == "linf":
+        parse_eps(eps)
+    elif isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
+        raise ConfigError(f"eps under norm l2 is the L2 radius over the whole image: a finite number > 0 (e.g. 0.5 "
+                          f"on CIFAR-10), got {eps}")
 
 
 def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
@@ -226,10 +245,18 @@ def coerce_like(default: Any, value: Any) -> tuple[bool, Any]:
     return default is None or isinstance(value, type(default)), value
 
 
+# Fields written only where they differ from their default: added after runs were first hashed and stored, they are
+# left out of an L-inf run's dict at every level (parents too), so its run id, its result file's config and the
+# report's pages read as before they existed. from_dict reads an absent one as its default.
+OMITTED_AT_DEFAULT = frozenset({"norm"})
+
+
 def to_dict(cfg: Any) -> Any:
-    """Plain JSON-able structure of a config (tuples become lists)."""
+    """Plain JSON-able structure of a config (tuples become lists; ``OMITTED_AT_DEFAULT`` fields at their default
+    left out)."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)
+                if not (f.name in OMITTED_AT_DEFAULT and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, (tuple, list)):
         return [to_dict(v) for v in cfg]
     return cfg
@@ -282,6 +309,7 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
         parent_zoo=d.get("parent_zoo"),
         parent_file=d.get("parent_file"),
         parent_digest=d.get("parent_digest"),
+        norm=d.get("norm", DEFAULT_NORM),
     )
 
 

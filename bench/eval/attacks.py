@@ -1,12 +1,15 @@
-"""L-inf attacks used for training and evaluation: PGD, FGSM and an AutoAttack wrapper.
+"""Attacks used for training and evaluation: PGD (L-inf or L2), FGSM and an AutoAttack wrapper.
 
 All attacks work in [0, 1] pixel space (models contain no normalization, see ``bench.models.architectures``):
-the adversarial example always satisfies ``||x_adv - x||_inf <= eps`` and ``0 <= x_adv <= 1``.
+the adversarial example always satisfies ``||x_adv - x||_inf <= eps`` (``||x_adv - x||_2 <= eps`` per image under
+``norm="l2"``) and ``0 <= x_adv <= 1``.
 
 * :func:`pgd` -- Madry et al. 2017 sign-gradient PGD with a uniform random start, as in TRADES
   ``pgd_attack_cifar10.py`` (evaluation: PGD-20, step 0.003) and the training attacks of PGD-AT / AFT;
   ``loss="kl"`` is the TRADES inner maximization (start ``x + 0.001 N(0, 1)``, maximize
-  ``KL(softmax f(x) || softmax f(x_adv))``, summed).
+  ``KL(softmax f(x) || softmax f(x_adv))``, summed). ``norm="l2"`` is the L2 PGD of Rice et al. 2020
+  (``attack_pgd`` with ``norm='l_2'``): a random start in the L2 ball (:func:`random_start_l2`), steps along the
+  L2-normalised gradient, each iterate projected onto the ball and then the pixel range (:func:`project_l2`).
 * :func:`fgsm` -- one PGD step (FGSM from zero, or FGSM-RS with ``random_start=True``).
 * :func:`autoattack` -- ``pyautoattack`` (the PyPI packaging of fra31/auto-attack), ``version="standard"``
   (APGD-CE, APGD-T, FAB-T, Square), returning a per-example worst-case robust flag.
@@ -27,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from bench.core.config import NORMS
 
 LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -66,6 +71,42 @@ def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
 
 
+def l2_norms(d: Tensor) -> Tensor:
+    """Per-image L2 norm of a batch (N, ...) -> (N,)."""
+    return d.flatten(1).norm(p=2, dim=1)
+
+
+def _per_image(v: Tensor, x: Tensor) -> Tensor:
+    # (N,) -> (N, 1, 1, ...): one value per image, broadcast over its pixels
+    return v.view(-1, *[1] * (x.dim() - 1))
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Onto the L2 ball of radius eps around each image, then onto [0, 1]. The clamp after the projection only
+    moves pixels towards x (x is in [0, 1]), so the result stays in the ball."""
+    delta = x_adv - x
+    scale = (eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return torch.clamp(x + delta * _per_image(scale, x), 0.0, 1.0)
+
+
+def random_start_l2(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    """x plus a random point of the ball: a Gaussian direction (uniform on the sphere) times a radius U(0, eps),
+    clamped to [0, 1]. Draws N(0, 1) for every pixel, then U(0, 1) per image, from ``generator``."""
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    radius = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps
+    unit = direction / _per_image(l2_norms(direction).clamp_min(1e-12), x)
+    return torch.clamp(x + unit * _per_image(radius, x), 0.0, 1.0)
+
+
+def _step(x_adv: Tensor, grad: Tensor, x: Tensor, *, eps: float, step_size: float, norm: str) -> Tensor:
+    """One PGD step from ``x_adv`` (detached) along ``grad``, projected onto the ball and the pixel range."""
+    if norm == "l2":
+        # A zero gradient (a saturated example) gives a zero step rather than a division by zero.
+        unit = grad / _per_image(l2_norms(grad).clamp_min(1e-12), x)
+        return project_l2(x_adv + step_size * unit, x, eps)
+    return _project(x_adv + step_size * grad.sign(), x, eps)
+
+
 def pgd(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -80,8 +121,9 @@ def pgd(
     generator: torch.Generator | None = None,
     clamp_start: bool = True,
     trace: "PGDTrace | None" = None,
+    norm: str = "linf",
 ) -> Tensor:
-    """L-inf PGD maximizing ``loss``; returns a detached ``x_adv`` in the eps-ball around ``x`` and in [0, 1].
+    """PGD maximizing ``loss``; returns a detached ``x_adv`` in the eps-ball around ``x`` and in [0, 1].
 
     Args:
         model: any callable (usually an ``nn.Module``) mapping images to logits.
@@ -98,12 +140,19 @@ def pgd(
         generator: optional RNG for the random start (reproducible attacks without touching the global RNG).
         trace: optional :class:`PGDTrace`, handed every iterate's logits and input gradient (the attack's
             checks, ``bench.eval.indicators``); it only reads them, so ``x_adv`` is the same with or without it.
+        norm: ``"linf"`` (sign steps, the L-inf ball) or ``"l2"`` (``eps`` the per-image L2 radius, steps of length
+            ``step_size`` along the L2-normalised gradient, the L2 ball; the random start is
+            :func:`random_start_l2`, already clamped to [0, 1] as in Rice et al.'s ``attack_pgd``, so
+            ``clamp_start`` changes nothing there). ``loss="kl"`` starts at ``x + 0.001 N(0, 1)`` under both
+            norms, as TRADES' own L2 branch (trades.py, ``distance='l_2'``) does.
     """
     _check_pgd_args(y, eps=eps, step_size=step_size, steps=steps, loss=loss)
+    if norm not in NORMS:
+        raise ValueError(f"unknown PGD norm {norm!r}; known: {', '.join(NORMS)}")
     x = x.detach()
     with attack_context(model, eval_mode):
         x_adv, objective = _start_and_objective(model, x, y, eps=eps, random_start=random_start, loss=loss,
-                                                generator=generator)
+                                                generator=generator, norm=norm)
         if clamp_start or steps == 0:
             x_adv = torch.clamp(x_adv, 0.0, 1.0)
         for _ in range(steps):
@@ -112,7 +161,7 @@ def pgd(
             (grad,) = torch.autograd.grad(objective(logits), [x_adv])
             if trace is not None:
                 trace.record(logits, grad)
-            x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+            x_adv = _step(x_adv.detach(), grad, x, eps=eps, step_size=step_size, norm=norm)
     return x_adv.detach()
 
 
@@ -168,10 +217,11 @@ def _start_and_objective(
     random_start: bool,
     loss: LossArg,
     generator: torch.Generator | None,
+    norm: str = "linf",
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """PGD's unclamped start point and the objective it maximizes, inside :func:`pgd`'s attack context (the
     TRADES target is computed in the attack's own mode). Draws from ``generator`` exactly once: N(0, 1) for
-    ``"kl"``, U(0, 1) for a random start."""
+    ``"kl"``, U(0, 1) for an L-inf random start (an L2 one: :func:`random_start_l2`'s draws, clamped)."""
     if loss == "kl":
         # TRADES: the target distribution is f(x) on the clean input, fixed during the attack, computed in
         # the same (eval) mode as the attack itself.
@@ -186,7 +236,9 @@ def _start_and_objective(
             return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
 
         return x_adv, objective
-    if random_start:
+    if random_start and norm == "l2":
+        x_adv = random_start_l2(x, eps, generator)
+    elif random_start:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = x + (2.0 * u - 1.0) * eps
     else:

@@ -23,10 +23,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.eval.attacks import ContiguousInput, attack_context, predictions
+# l2_norms, project_l2 and random_start_l2 live with the attack that uses them (training and evaluation alike);
+# importable from here as before.
+from bench.eval.attacks import (ContiguousInput, attack_context, l2_norms, pgd, predictions,  # noqa: F401
+                                project_l2, random_start_l2)
 from bench.eval.evaluator import Evaluator
 from bench.eval.indicators import IndicatorOptions
 from bench.models.architectures import feature_extractor_and_head
@@ -34,45 +36,15 @@ from bench.models.architectures import feature_extractor_and_head
 PGD_STEP_FRACTION = 0.25  # step = eps / 4 (the L2 PGD of Rice et al. 2020 and RobustBench's L2 checks)
 
 
-def l2_norms(d: Tensor) -> Tensor:
-    """Per-image L2 norm of a batch (N, ...) -> (N,)."""
-    return d.flatten(1).norm(p=2, dim=1)
-
-
-def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Onto the L2 ball of radius eps around each image, then onto [0, 1]. The clamp after the projection only
-    moves pixels towards x (x is in [0, 1]), so the result stays in the ball."""
-    delta = x_adv - x
-    scale = (eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
-    return torch.clamp(x + delta * scale.view(-1, *[1] * (x.dim() - 1)), 0.0, 1.0)
-
-
-def random_start_l2(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    """x plus a random point of the ball: a Gaussian direction (uniform on the sphere) times a radius U(0, eps),
-    clamped to [0, 1]. Draws N(0, 1) for every pixel, then U(0, 1) per image, from ``generator``."""
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    radius = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) * eps
-    unit = direction / l2_norms(direction).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-    return torch.clamp(x + unit * radius.view(-1, *[1] * (x.dim() - 1)), 0.0, 1.0)
-
-
 def pgd_l2(model, x: Tensor, y: Tensor, *, eps: float, step_size: float, steps: int, random_start: bool = True,
            eval_mode: bool = True, generator: torch.Generator | None = None) -> Tensor:
-    """L2 PGD maximising the summed cross-entropy; a detached ``x_adv`` in the L2 ball around ``x`` and in [0, 1].
-    Model handling (eval mode, frozen parameters, all restored) as :func:`bench.eval.attacks.pgd`."""
+    """L2 PGD maximising the summed cross-entropy; a detached ``x_adv`` in the L2 ball around ``x`` and in [0, 1]:
+    :func:`bench.eval.attacks.pgd` with ``norm="l2"`` (the one L2 PGD of the suite, also the training attack), which
+    also handles the model (eval mode, frozen parameters, all restored)."""
     if not (eps > 0 and step_size >= 0 and steps >= 0):
         raise ValueError(f"eps must be > 0, step_size and steps >= 0, got {eps}, {step_size}, {steps}")
-    x = x.detach()
-    with attack_context(model, eval_mode):
-        x_adv = random_start_l2(x, eps, generator) if random_start else x.clone()
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, [x_adv])
-            # A zero gradient (a saturated example) gives a zero step rather than a division by zero.
-            unit = grad / l2_norms(grad).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            x_adv = project_l2(x_adv.detach() + step_size * unit, x, eps)
-    return x_adv.detach()
+    return pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, random_start=random_start, loss="ce",
+               eval_mode=eval_mode, generator=generator, norm="l2")
 
 
 def autoattack_l2(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, batch_size: int = 500, device=None,

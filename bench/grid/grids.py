@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from bench.core.config import ConfigError, EvalConfig, RunConfig
+from bench.data import L2_EPS
 from bench.eval.threats import Threats
 from bench.grid.gridfile import MAX_SEEDS, is_grid_file, load
 from bench.grid.runs import make_run, seeded, unique
@@ -123,6 +124,28 @@ def table1(seeds: int = 1) -> list[RunConfig]:
 def table1_full(seeds: int = 1) -> list[RunConfig]:
     """Table 1 with the cells the paper leaves empty too (Free-AT, FGSM-GA, ATAS on Tiny-ImageNet): 30 runs."""
     return seeded([_table1_run(m, d) for d in DATASETS_3 for m in TABLE1_METHODS], seeds)
+
+
+def l2_run(run: RunConfig, eps: float) -> RunConfig:
+    """``run`` trained under the L2 threat model of radius ``eps``. A natural parent is kept as it is (natural
+    training has no attack: the same run, the same id, as the L-inf grids'); a parent trained with an attack (RiFT's
+    PGD-AT) is trained under L2 too, so the child fine-tunes a model of its own threat model."""
+    parent = run.parent
+    if parent is not None and get_method(parent.method).produces != "natural":
+        parent = l2_run(parent, eps)
+    return replace(run, norm="l2", eps=eps, parent=parent)
+
+
+@grid
+def table1_l2(seeds: int = 1) -> list[RunConfig]:
+    """Table 1's CIFAR-10 fine-tuning rows (vAFT, RiFT, AFKD, ARREST, AFD) trained under the L2 threat model, eps
+    0.5 (bench.data.L2_EPS): the same runs with ``norm="l2"``, their natural parent Table 1's own (RiFT's PGD-AT
+    parent trained under L2 too). Every fine-tuning method attacks through ``Method.pgd``, so all of them train
+    under L2; Table 1's from-scratch rows are not fine-tuning and are not here (of them Free-AT, FGSM-GA and ATAS
+    could not anyway: their sign steps are an L-inf attack by construction, and they refuse norm l2). The paper has
+    no L2 numbers: the report shows none beside these rows."""
+    methods = [m for m in TABLE1_METHODS if get_method(m).parent is not None and "l2" in get_method(m).norms]
+    return seeded([l2_run(_table1_run(m, "cifar10"), L2_EPS["cifar10"]) for m in methods], seeds)
 
 
 @grid

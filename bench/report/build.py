@@ -136,14 +136,15 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                 for _, run in runs.iterrows():
                     selected[run.run_id] = run
                 cell = _cell(runs, metric)
-                if paper is not None:
+                # The paper's numbers are L-inf (eps 8/255): never beside a run trained under another threat model.
+                if paper is not None and not _other_norm(runs).any():
                     cell.paper, cell.paper_note = paper_value(paper, where, metric.key)
                     cell.no_delta = cell.paper_note == "†" and metric.key in PGD10_INCOMPARABLE
                 line.append(cell)
         cells.append(line)
     if table.rank:
         _rank(cells, [c if isinstance(c, Metric) else None for g in groups for c in table.cols])
-    notes = ([MARKS_NOTE] if table.rank else []) + _notes(selected, cells)
+    notes = ([MARKS_NOTE] if table.rank else []) + _notes(selected, cells) + _norm_notes(selected)
     if table.device_note:
         notes = _device_notes([r for r in selected.values() if r.status == "done"]) + notes
     if paper is not None:
@@ -159,6 +160,21 @@ def build(table: Table, df: pd.DataFrame, compare: str | None = None) -> Built:
                  row_labels=[_label(r.label) for r in kept], col_labels=col_labels,
                  groups=[(_label(g.label)[0], len(table.cols)) for g in groups] if table.groups else [],
                  cells=cells, rules=rules, notes=notes, compare=paper is not None)
+
+
+def _other_norm(runs: pd.DataFrame) -> pd.Series:
+    """Which runs train under a threat model other than the paper's L-inf one (``RunConfig.norm``)."""
+    return runs["norm"].fillna("linf") != "linf" if "norm" in runs else pd.Series(False, index=runs.index)
+
+
+def _norm_notes(selected: dict[str, pd.Series]) -> list[str]:
+    """One note per other threat model the table's runs train under: the paper has no numbers for them."""
+    runs = pd.DataFrame(list(selected.values()))
+    if runs.empty or "norm" not in runs:  # a frame of runs without a norm (built by hand) is L-inf
+        return []
+    other = runs[_other_norm(runs)]
+    return [f"{norm.upper()} (eps {', '.join(f'{e:g}' for e in sorted(set(g.eps)))}): no paper numbers (the "
+            f"paper's are L-inf, eps 8/255)." for norm, g in other.groupby("norm")]
 
 
 def seeds_note(cells: list[list[Cell]]) -> str:

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from bench.core.config import ConfigError
 from bench.report.build import load_paper, paper_value
 from bench.report.frame import load
 from bench.report.labels import (
@@ -119,6 +120,10 @@ def claims(runs: str | list, results: str | Path, name: str | None = None) -> st
     """The claims block of a grid's runs (a grid's name, or its expanded runs as ``bench run`` makes them, with
     ``--seeds`` and ``--set`` applied); ``name`` is the grid named in the header."""
     df = load(runs, results)
+    other = sorted(set(df.norm) - {"linf"})
+    if other:  # the claims and the paper's numbers beside them are L-inf ones: never set against another threat model
+        raise ConfigError(f"--claims checks the paper's claims, made under L-inf (eps 8/255); runs of this grid train "
+                          f"under norm {', '.join(other)}: render its table without --claims")
     finetune = finetune_methods(list(df.method))
     # One setting (architecture x data set): the one with the most fine-tuning runs (the cpu grid has only one).
     # An architecture is the paper's name for it: its rows ran on their code's network of that name (labels.family).

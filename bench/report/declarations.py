@@ -160,6 +160,12 @@ TABLES.update({
         _CPU_SETTING, _CPU20_SETTING), rows=_cpu_methods("standard", "vaft", "afkd", "arrest", "afd", "vaft_d",
                                                          "vaft_a")),
 })
+# The `table1_l2` grid: Table 1's CIFAR-10 fine-tuning rows trained under L2 (eps 0.5). The paper has no L2
+# numbers, so the table names none (``paper`` unset; build() also refuses the paper's L-inf numbers to any L2 run).
+TABLES["table1_l2"] = Table("Table 1's fine-tuning rows trained under the L2 threat model (eps 0.5), ResNet18, "
+                            "CIFAR-10 (accuracy, %).",
+                            rows=_methods("vaft", "rift", "afkd", "arrest", "afd"), cols=ACC,
+                            select={"model": family("resnet18"), "dataset": "cifar10", "norm": "l2"}, rank=True)
 # Grids whose report is several declared tables, in this order (`bench report --grid cpu`).
 GRID_TABLES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu_table1", "cpu_table3", "cpu_table4", "cpu_table5"),

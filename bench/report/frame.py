@@ -73,7 +73,7 @@ def _config_fields(cfg: RunConfig) -> dict[str, Any]:
             "seed": cfg.seed, "epochs": cfg.train.epochs,
             "parent_id": run_id(cfg.parent) if cfg.parent is not None else None,
             "eval_sizes": (cfg.eval.n_clean, cfg.eval.n_pgd, cfg.eval.n_aa),
-            "eps": cfg.eps, "pgd_step_size": cfg.eval.pgd_step_size,
+            "eps": cfg.eps, "norm": cfg.norm, "pgd_step_size": cfg.eval.pgd_step_size,
             **{f"hp.{k}": v for k, v in cfg.hparams}}
 
 

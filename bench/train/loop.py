@@ -340,7 +340,7 @@ class Run:
         loader = Loader(train_split, cfg.train.batch_size, device=device, shuffle=True, augment=cfg.train.augment,
                         seed=cfg.seed, drop_last=method_cls.drop_last, rank=world.rank, world_size=world.size)
         ctx = Context(info=info, eps=cfg.eps, device=device, epochs=cfg.train.epochs, steps_per_epoch=len(loader),
-                      seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train)
+                      seed=cfg.seed, train=train_split, parent_model=parent_model, train_cfg=cfg.train, norm=cfg.norm)
         method = build_method(method_cls, model, hp, ctx, cfg.train, device)
         if world.active:  # gradients averaged over the ranks before every optimizer step, whoever calls it
             distributed.average_gradients_before_steps(method.optimizers)

@@ -1,5 +1,6 @@
 """The one gate a run passes before anything is written: its values, and what its method declares it cannot do
-at them (fp16 without the gradient scaler, several processes per run), for the run and its parents.
+at them (fp16 without the gradient scaler, several processes per run, a threat model its attack cannot have), for
+the run and its parents.
 
 Every entry point calls :func:`validate_run` once (the command line, a grid file's loading, the local and SLURM
 preflights) and the loop once more (``bench.train.loop.execute``: a run may be executed from Python directly).
@@ -36,6 +37,9 @@ def validate_run(cfg: RunConfig, procs: int = 1) -> None:
         except TypeError:  # hyperparameters of another version of the method: reported where they are resolved
             hp = None
         check_method_precision(cls, hp, node.train.precision)
+        why = cls.norm_problem(node.norm)
+        if why:
+            raise ConfigError(why)
         why = cls.data_parallel_problem(hp) if procs > 1 else None
         if why:
             raise ConfigError(f"method {cls.name} cannot train one run on {procs} processes: {why}; run it with "
