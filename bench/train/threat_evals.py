@@ -32,7 +32,7 @@ def threats_of(rt: Runtime) -> Threats:
 
 def own_norm(cfg: RunConfig) -> str:
     """The norm of the run's own threat model (runs without one are L-inf)."""
-    return getattr(cfg, "norm", "linf")
+    return cfg.norm
 
 
 def corruption_set(cfg: RunConfig, rt: Runtime, test: Split, info: DatasetInfo,
