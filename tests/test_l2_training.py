@@ -301,3 +301,16 @@ def test_tiny_pgd_at_run_trains_under_l2_inside_the_ball(tmp_path, monkeypatch):
     assert all(norm == "l2" and step == pytest.approx(0.5 / 4) for norm, step, *_ in seen)
     assert all(worst <= 0.5 + 1e-5 and lo >= 0 and hi <= 1 for _, _, worst, lo, hi in seen)
     assert max(worst for _, _, worst, _, _ in seen) > 0.25  # the attack used the ball, not an L-inf corner of it
+    # its own evaluation is in L2 at its eps (the L2 evaluator: PGD-20 with step eps/4, no L-inf indicators), so
+    # --threat l2 has nothing to add to it
+    from bench.eval import l2 as l2_mod
+
+    steps = []
+    real_l2 = l2_mod.pgd_l2
+    monkeypatch.setattr(l2_mod, "pgd_l2", lambda *a, **kw: steps.append(kw["step_size"]) or real_l2(*a, **kw))
+    rt = replace(rt, results=tmp_path / "again")  # trained anew: its evaluation is not read back from chunks
+    res = execute(cfg, rt, log=lambda s: None)
+    assert steps and all(s == pytest.approx(0.5 / 4) for s in steps) and "indicators" not in res["metrics"]
+    assert 0 <= res["metrics"]["pgd20"] <= res["metrics"]["clean"] and "l2" not in res["metrics"]
+    again = execute(cfg, replace(rt, threats=("linf", "l2")), log=lambda s: None)
+    assert "l2" not in again["metrics"] and again["metrics"] == res["metrics"]
