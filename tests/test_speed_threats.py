@@ -34,3 +34,28 @@ def test_speed_eval_prints_l2_autoattack_and_corruptions_with_min_median_max(tmp
     assert re.search(rf"^corruption evaluation \(gaussian_noise, 5 severities, 40 images\), images/s min / median / "
                      rf"max: {MMM}; clean accuracy on the same images {MMM}; corruptions / clean "
                      rf"x{NUM} / x{NUM} / x{NUM}$", text, re.M), text
+
+
+class _ClassZero(torch.nn.Module):
+    """Always class 0, whatever the image: right on exactly the images labelled 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(1, 10)
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + 0 * self.head.weight.sum()
+
+
+def test_corruptions_and_clean_count_the_same_images_with_counts_not_float_means(tmp_path):
+    """One image in three right: 1/3 as a float32 mean is not 1 / 3 as a double; the check compares counts."""
+    from bench.core.config import EvalConfig
+    from bench.data import Split
+
+    g = torch.Generator().manual_seed(0)
+    test = Split(torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8), torch.tensor([0, 1, 2]))
+    cset = speed_threats.corruption_set(test, tmp_path)
+    assert cset.images(speed_threats.CORRUPTION).shape == (5, 3, 3, 32, 32)
+    flags, secs = speed_threats.corruptions_vs_clean(_ClassZero(), cset, EvalConfig(batch_size=3), torch.device("cpu"), 0)
+    assert flags["clean_c"].tolist() == [True, False, False] * 5
+    assert secs["corruptions"] > 0 and secs["clean_c"] > 0
