@@ -21,6 +21,10 @@ Reported per measurement (clean, pgd20, aa): images/s of each contender, the spe
 ``direct``): float-order flips of the layout, counted, never hidden. The evaluation total (PGD-20 + AA) is the
 issue's target.
 
+In the same rounds, ``bench.perf.speed_threats`` times the other threat models: L2 AutoAttack (``ours`` through the
+L2 evaluator against pyautoattack's L2 AutoAttack run directly) and the corruption evaluation against the clean
+accuracy on the same images (``ours``), each printed with its min / median / max over the rounds.
+
 ``--contenders ours,direct`` leaves the ``ours_plain`` diagnosis out where a round is expensive (ResNet18
 AutoAttack on a CPU); ``--save-model`` keeps the model made here for a later ``--checkpoint``.
 
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -51,6 +57,8 @@ from bench.data import DataError, Split, default_data_root, load_dataset
 from bench.eval.attacks import pgd
 from bench.eval.evaluator import Evaluator
 from bench.models.architectures import MODELS, build_model
+from bench.perf import speed_threats
+from bench.perf.speed_threats import THREAT_MEASURES
 
 MEASURES = ("clean", "pgd20", "aa")
 # the indicators' own seconds (bench/eval/indicators.py): on every attacked image, and on the costlier subset
@@ -172,12 +180,17 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     net, what = _model_to_evaluate(model, checkpoint, train_steps, train, data, dev, seed, save_model, log)
     # One chunk (batch = n, at most 500): AutoAttack then sees the same batch and seed in every contender.
     cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=n)
-    runs = {
-        "ours": lambda: _ours(net, test, cfg, dev, seed, torch.channels_last, True),
-        "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),
-        "direct": lambda: _direct(net, test, cfg, dev, seed),
-    }
-    secs, flags = _rounds({c: runs[c] for c in contenders}, reps, log)
+    with tempfile.TemporaryDirectory(prefix="speed-eval-c-") as folder:
+        # generated before the rounds, as the evaluation reads a set generated and cached before it
+        cset = speed_threats.corruption_set(test, Path(folder))
+        runs = {
+            "ours": lambda: _joined(_ours(net, test, cfg, dev, seed, torch.channels_last, True),
+                                    speed_threats.ours_threats(net, test, cset, cfg, dev, seed)),
+            "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),
+            "direct": lambda: _joined(_direct(net, test, cfg, dev, seed),
+                                      speed_threats.direct_l2(net, test, cfg, dev, seed)),
+        }
+        secs, flags = _rounds({c: runs[c] for c in contenders}, reps, log)
     try:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover
@@ -186,7 +199,17 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     return {"model": what, "data": data, "n": n, "reps": reps, "contenders": list(contenders), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
-            "rows": _rows(secs, flags, n), "indicators": indicator_cost(secs["ours"])}
+            "rows": _rows(secs, flags, n), "indicators": indicator_cost(secs["ours"]),
+            "threats": speed_threats.threat_report(secs, flags, n)}
+
+
+def _joined(*parts: tuple[dict, dict]) -> tuple[dict, dict]:
+    """One contender's round made of several measurements: their flags and seconds side by side."""
+    flags, secs = {}, {}
+    for f, s in parts:
+        flags.update(f)
+        secs.update(s)
+    return flags, secs
 
 
 def indicator_cost(rounds: list[dict]) -> dict:
@@ -245,10 +268,11 @@ def _rounds(runs: dict[str, Callable[[], tuple[dict, dict]]], reps: int,
         for c, run in runs.items():
             f, s = run()
             secs[c].append(s)
-            if c in flags and any(not torch.equal(flags[c][k], f[k]) for k in MEASURES):
+            if c in flags and any(not torch.equal(flags[c][k], f[k]) for k in f):
                 raise RuntimeError(f"{c}: two evaluations of the same model disagree (nondeterminism)")
             flags[c] = f
-            log(f"round {r + 1}/{reps} {c}: " + ", ".join(f"{k} {s[k]:.1f}s" for k in MEASURES))
+            log(f"round {r + 1}/{reps} {c}: " + ", ".join(f"{k} {s[k]:.1f}s" for k in MEASURES + THREAT_MEASURES
+                                                        if k in s))
     return secs, flags
 
 
@@ -301,6 +325,8 @@ def render_eval(rep: dict) -> str:
                   f"image (+{100 * (cost['indicators_share'] or 0):.1f}% of the evaluation's "
                   f"{cost['evaluation_s']:.1f}s), {cost['indicators_subset_s']:.1f}s on the subset "
                   f"(+{100 * (cost['indicators_subset_share'] or 0):.1f}%)"]
+    if rep.get("threats"):
+        lines += ["", *speed_threats.render_threats(rep["threats"], _rate)]
     lines += ["", "direct = the plain NCHW model, TRADES-style PGD-20 loop, pyautoattack run_standard_evaluation; "
               "ours = channels_last + BatchNorm folded; plain = NCHW, unfolded; "
               "flips = images whose flag differs from direct's (ours, and ours plain)"]
