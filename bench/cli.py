@@ -473,7 +473,7 @@ def cmd_speed_eval(args) -> int:
     rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
                        train_steps=args.train_steps, device=args.device, threads=args.threads,
                        contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],
-                       save_model=args.save_model, log=log)
+                       save_model=args.save_model, threats=args.threats, log=log)
     sys.stdout.write(to_json(rep) + "\n" if args.json else render_eval(rep))
     return 0
 
@@ -710,6 +710,8 @@ def _speed_eval_parser(sub) -> None:
     sp.add_argument("--contenders", default="ours,ours_plain,direct",
                     help="which evaluations to time (ours and direct required; default all three)")
     sp.add_argument("--save-model", default=None, help="save the model made here, for --checkpoint later")
+    sp.add_argument("--no-threats", dest="threats", action="store_false", help="leave out L2 AutoAttack and the "
+                    "corruption evaluation (L2 AutoAttack's Square: 5,000 queries per robust image)")
     _add_json(sp)
     _add_runtime(sp)
     sp.set_defaults(func=cmd_speed_eval)

@@ -183,7 +183,8 @@ def test_speed_eval_against_pyautoattack_direct_on_cifar():
     equals pyautoattack called directly flag by flag; the channels_last one too (flips counted)."""
     from bench.perf.speed_eval import measure_eval, render_eval
 
-    rep = measure_eval(model="small_cnn", n=40, reps=1, train_steps=25, device="cpu")
+    rep = measure_eval(model="small_cnn", n=40, reps=1, train_steps=25, device="cpu", threats=False)
+    assert rep["threats"] == {}  # L2 AutoAttack and the corruptions: tests/test_speed_threats.py
     rows = {r["measure"]: r for r in rep["rows"]}
     assert "cifar10-jpeg" in rep["model"]
     assert 0 < rows["aa"]["accuracy"]["direct"] < rows["clean"]["accuracy"]["direct"], "AA must do real work"
@@ -203,7 +204,7 @@ def test_speed_eval_contenders_and_saved_model(tmp_path):
 
     saved = tmp_path / "m.pt"
     rep = measure_eval(model="small_cnn", n=6, reps=1, train_steps=2, device="cpu", contenders=["direct", "ours"],
-                       save_model=str(saved))
+                       save_model=str(saved), threats=False)
     assert rep["contenders"] == ["ours", "direct"]
     rows = {r["measure"]: r for r in rep["rows"]}
     assert rows["aa"]["flips_plain"] is None and rows["aa"]["speedup_plain"] is None
@@ -211,7 +212,7 @@ def test_speed_eval_contenders_and_saved_model(tmp_path):
     assert "| aa | " in render_eval(rep) and "(-)" in render_eval(rep)
     if rep["data"] == "cifar10-jpeg":
         again = measure_eval(model="small_cnn", checkpoint=str(saved), n=6, reps=1, device="cpu",
-                             contenders=["ours", "direct"])
+                             contenders=["ours", "direct"], threats=False)
         assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in rep["rows"]]
     else:  # a checkpoint is never measured on synthetic images
         assert "data: synthetic colour classes" in render_eval(rep)

@@ -168,11 +168,13 @@ def _ours(net: nn.Module, test: Split, cfg: EvalConfig, device: torch.device, se
 
 def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int = 200, reps: int = 2,
                  train_steps: int = 100, device: str = "auto", threads: int | None = None, seed: int = 0,
-                 contenders: Sequence[str] = CONTENDERS, save_model: str | None = None,
+                 contenders: Sequence[str] = CONTENDERS, save_model: str | None = None, threats: bool = True,
                  log: Callable[[str], None] = lambda s: None) -> dict:
     """``contenders``: a subset of CONTENDERS holding ``ours`` and ``direct`` (``ours_plain`` is a diagnosis and
     can be left out where a round is expensive, e.g. ResNet18 AutoAttack on a CPU); ``save_model``: write the
-    model made here (``torch.save`` of its state dict) so that later runs can pass it as ``--checkpoint``."""
+    model made here (``torch.save`` of its state dict) so that later runs can pass it as ``--checkpoint``;
+    ``threats``: also time L2 AutoAttack and the corruption evaluation (``--no-threats`` leaves them out: L2
+    AutoAttack's Square runs 5,000 queries per robust image, the costliest part of a round on a robust model)."""
     contenders = _checked(model, contenders, n, reps, train_steps)
     dev = resolve_device(device)
     set_threads(threads)
@@ -182,13 +184,13 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
     cfg = EvalConfig(n_clean=n, n_pgd=n, n_aa=n, n_gap=n, batch_size=n)
     with tempfile.TemporaryDirectory(prefix="speed-eval-c-") as folder:
         # generated before the rounds, as the evaluation reads a set generated and cached before it
-        cset = speed_threats.corruption_set(test, Path(folder))
+        cset = speed_threats.corruption_set(test, Path(folder)) if threats else None
         runs = {
             "ours": lambda: _joined(_ours(net, test, cfg, dev, seed, torch.channels_last, True),
-                                    speed_threats.ours_threats(net, test, cset, cfg, dev, seed)),
+                                    *([speed_threats.ours_threats(net, test, cset, cfg, dev, seed)] if threats else [])),
             "ours_plain": lambda: _ours(net, test, cfg, dev, seed, torch.contiguous_format, False),
             "direct": lambda: _joined(_direct(net, test, cfg, dev, seed),
-                                      speed_threats.direct_l2(net, test, cfg, dev, seed)),
+                                      *([speed_threats.direct_l2(net, test, cfg, dev, seed)] if threats else [])),
         }
         secs, flags = _rounds({c: runs[c] for c in contenders}, reps, log)
     try:
@@ -200,7 +202,7 @@ def measure_eval(model: str = "small_cnn", checkpoint: str | None = None, n: int
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["name"], "cpu": cpu,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg": load,
             "rows": _rows(secs, flags, n), "indicators": indicator_cost(secs["ours"]),
-            "threats": speed_threats.threat_report(secs, flags, n)}
+            "threats": speed_threats.threat_report(secs, flags, n) if threats else {}}
 
 
 def _joined(*parts: tuple[dict, dict]) -> tuple[dict, dict]:
