@@ -468,8 +468,13 @@ def cmd_speed_eval(args) -> int:
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
     if args.save_model is not None and args.checkpoint is not None:
         raise UsageError("--save-model saves the model made here; it cannot be used with --checkpoint")
-    if args.save_model is not None and not Path(args.save_model).resolve().parent.is_dir():
-        raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
+    if args.save_model is not None:
+        target = Path(os.path.abspath(args.save_model))  # not resolve(): a link that loops would raise there
+        if not target.parent.is_dir():
+            raise UsageError(f"--save-model {args.save_model}: its folder does not exist")
+        if target.is_dir() or (target.is_symlink() and not target.exists()):
+            raise UsageError(f"--save-model {args.save_model}: a folder or a link that leads nowhere; give a file "
+                             "path to write the model to")
     rep = measure_eval(model=args.model, checkpoint=args.checkpoint, n=args.n_images, reps=args.reps,
                        train_steps=args.train_steps, device=args.device, threads=args.threads,
                        contenders=[c.strip() for c in args.contenders.split(",") if c.strip()],

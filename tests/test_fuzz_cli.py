@@ -366,6 +366,7 @@ def test_bounds_are_refused_with_what_fits(box, capsys, argv, message):
 @example(["report", "--grid", "demo", "--results", "{missing}"])
 @example(["eval", "--model", "small_cnn", "--checkpoint", "{folder}", "--dataset", "digits", "--n", "10"])
 @example(["speed-eval", "--checkpoint", "{checkpoint}"])
+@example(["speed-eval", "--save-model", "{loop}"])
 @example(["run", "--grid"])  # argparse's usage block: now one line
 @example(["run", "--grid", "a\nb"])  # a name with a line break, quoted in the message
 @example(["report", "--results", "x" * 300, "--grid", "demo"])  # a name too long for the file system
