@@ -5,7 +5,8 @@ A table is read (``frame``: the results as one DataFrame), declared (``declarati
 (``build``: runs aggregated into cells, the paper's numbers beside them) and rendered (``render``: Markdown, LaTeX,
 CSV); ``tables.report`` does all four for a grid. ``html`` puts a grid's tables, figures (drawn by ``svg``), claims
 and runs on one page. Labels and marks the three share are in ``labels``; the noise rule that the tables' bold and
-the claims' verdicts apply is in ``noise``. ``evals`` tabulates the results of
+the claims' verdicts apply is in ``noise``; the columns and breakdown tables of the threat models beyond L-inf
+(L2, common corruptions) are added in ``threat_tables``. ``evals`` tabulates the results of
 ``bench eval`` (``bench report --evals``).
 
 ``bench.report.load(grid, results)`` (one row per run, a pandas DataFrame) and ``bench.report.report`` are the
