@@ -46,3 +46,12 @@ def test_tables_regenerate_byte_for_byte():
     for fmt, ext in (("markdown", "md"), ("latex", "tex")):
         assert _without_stale_note(report("cpu_threats", HERE, fmt)) == \
             _without_stale_note((HERE / f"tables.{ext}").read_text(encoding="utf-8"))
+
+
+def test_the_page_regenerates_and_holds_the_three_threat_models():
+    from bench.report.html import page
+
+    committed = (HERE / "index.html").read_text(encoding="utf-8")
+    assert _without_stale_note(page("cpu_threats", HERE)) == _without_stale_note(committed)
+    for label in ("L2 AA", "Corr.", "CIFAR-10-JPEG-C-generated", "per severity"):
+        assert label in committed, label
